@@ -1,0 +1,31 @@
+"""polytask: multi-task learning on PyTorch.
+
+One network with shared layers and a head per task, trained jointly on a combined loss, with
+masked missing labels, pluggable sharing architectures and loss balancers, and an honest
+comparison against single-task models trained under the same budget.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from polytask.artifacts import Predictor, load
+from polytask.config import RunConfig, config_from_dict, load_config
+from polytask.errors import ConfigError, DataError, PolytaskError
+from polytask.pipeline import RunResult, run
+from polytask.tasks import Task
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "PolytaskError",
+    "Predictor",
+    "RunConfig",
+    "RunResult",
+    "Task",
+    "__version__",
+    "config_from_dict",
+    "load",
+    "load_config",
+    "run",
+]

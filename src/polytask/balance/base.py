@@ -1,0 +1,94 @@
+"""Loss balancers: how the tasks' losses become one parameter update.
+
+A balancer receives the losses of the tasks present in the batch and performs the backward pass
+itself. Loss-level methods weight the losses and call one ``backward``; gradient-level methods
+(a later addition) need per-task gradients, and doing the backward inside the balancer keeps the
+trainer free of any knowledge of which kind it is running. The trainer reads only the declared
+capabilities below, never a method's name.
+
+State that must survive a resume lives in buffers or parameters, so ``state_dict()`` captures it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from polytask.errors import ConfigError
+from polytask.registry import Registry
+from polytask.tasks import Task
+
+
+class Balancer(nn.Module):
+    """Base class: combine per-task losses and back-propagate."""
+
+    #: Needs per-task gradients of the shared parameters (several backward passes or a Gramian).
+    needs_gradients: ClassVar[bool] = False
+    #: Keeps state across steps (in buffers), saved in checkpoints.
+    stateful: ClassVar[bool] = False
+
+    def __init__(self, tasks: list[Task]) -> None:
+        super().__init__()
+        self.task_names = [t.name for t in tasks]
+
+    def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:  # pragma: no cover
+        """Weight of each present task's loss (loss-level methods)."""
+        raise NotImplementedError
+
+    def backward(self, losses: dict[str, Tensor], model: nn.Module) -> dict[str, float]:
+        """Back-propagate the combined loss; return the weight applied to each task."""
+        weights = self.weights(losses)
+        total = torch.stack([weights[k] * losses[k] for k in losses]).sum()
+        total.backward()  # type: ignore[no-untyped-call]
+        return {k: float(w) for k, w in weights.items()}
+
+
+BalancerFactory = Callable[[list[Task], BaseModel], Balancer]
+BALANCERS: Registry[BalancerFactory] = Registry("balancer")
+
+
+class StaticParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weights: dict[str, float] | None = Field(
+        default=None, description="per-task weights; default: each task's own `weight`"
+    )
+
+
+class StaticWeights(Balancer):
+    """Fixed weights: L = sum_k w_k L_k (the classic weighted-sum scalarisation)."""
+
+    def __init__(self, tasks: list[Task], weights: dict[str, float]) -> None:
+        super().__init__(tasks)
+        self._w = {k: torch.tensor(float(v)) for k, v in weights.items()}
+
+    def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: self._w[k] for k in losses}
+
+
+@BALANCERS.register("static", params=StaticParams, summary="fixed per-task weights (default)")
+def build_static(tasks: list[Task], params: BaseModel) -> Balancer:
+    assert isinstance(params, StaticParams)
+    weights = {t.name: t.weight for t in tasks}
+    if params.weights is not None:
+        unknown = sorted(set(params.weights) - set(weights))
+        if unknown:
+            raise ConfigError(
+                f"balancer.weights: unknown task {unknown[0]!r}; tasks: {', '.join(weights)}"
+            )
+        weights.update(params.weights)
+    return StaticWeights(tasks, weights)
+
+
+@BALANCERS.register("equal", summary="every task weighted 1")
+def build_equal(tasks: list[Task], params: BaseModel) -> Balancer:
+    declared = [t.name for t in tasks if t.weight != 1.0]
+    if declared:
+        raise ConfigError(
+            f"balancer 'equal' ignores task weights, but task {declared[0]!r} declares one; "
+            "use balancer 'static' or drop the weight"
+        )
+    return StaticWeights(tasks, {t.name: 1.0 for t in tasks})

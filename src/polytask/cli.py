@@ -1,0 +1,182 @@
+"""Command line: ``polytask train | evaluate | predict | demo | list | fetch``.
+
+Each command parses its arguments and calls the Python API; it adds no logic of its own. A
+:class:`~polytask.errors.PolytaskError` is printed as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from polytask.errors import PolytaskError
+
+app = typer.Typer(
+    name="polytask",
+    help="Multi-task learning: one network, shared layers, one head per task.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="TOML run configuration")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key: train.epochs=5")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    baselines: Annotated[
+        bool | None, typer.Option(help="also train single-task baselines (default: config)")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train a multi-task model (and single-task baselines) from a config file."""
+    from polytask.config import load_config
+    from polytask.pipeline import run
+
+    overrides = list(set_ or [])
+    if baselines is not None:
+        overrides.append(f"baselines={'true' if baselines else 'false'}")
+    cfg = load_config(config, overrides)
+    target = out or (cfg.resolve(cfg.out) if cfg.out else Path("runs") / config.stem)
+    result = run(cfg, out=target, resume=resume, overwrite=overwrite, quiet=quiet)
+    out_console.print(result.comparison.table())
+    out_console.print(f"model saved to {target / 'model'}")
+
+
+@app.command()
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="model or run directory")],
+    data: Annotated[Path, typer.Argument(help="CSV/Parquet table with target columns")],
+    task: Annotated[list[str] | None, typer.Option("--task", help="only these tasks")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Score a trained model on a labelled table."""
+    from polytask.artifacts import load
+
+    predictor = load(model_dir)
+    metrics = predictor.evaluate(predictor.read(data), task, source=f"data file '{data}'")
+    if as_json:
+        out_console.print_json(json.dumps(metrics))
+        return
+    table = Table(title=f"{data}")
+    for col in ("task", "metric", "value"):
+        table.add_column(col)
+    for name, values in metrics.items():
+        for metric, value in values.items():
+            table.add_row(name, metric, "nan" if math.isnan(value) else f"{value:.4f}")
+    out_console.print(table)
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="model or run directory")],
+    data: Annotated[Path, typer.Argument(help="CSV/Parquet table of features")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV or Parquet to write")],
+    task: Annotated[list[str] | None, typer.Option("--task", help="only these tasks")] = None,
+) -> None:
+    """Predict every task (or a subset) for each row of a table."""
+    from polytask.artifacts import load
+    from polytask.data.tables import table_format
+    from polytask.state_io import atomic_write_text
+
+    predictor = load(model_dir)
+    frame = predictor.predict(predictor.read(data), task, source=f"data file '{data}'")
+    if table_format(output) == "parquet":
+        tmp = output.with_name(f".{output.name}.tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(output)
+    else:
+        atomic_write_text(output, frame.to_csv(index=False))
+    err_console.print(f"wrote {len(frame)} rows to {output}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="run directory")] = Path("runs/demo"),
+    samples: Annotated[int, typer.Option(min=100)] = 12000,
+    correlation: Annotated[float, typer.Option(min=-1.0, max=1.0)] = 0.9,
+    epochs: Annotated[int, typer.Option(min=1)] = 12,
+    seed: int = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train on the MMoE paper's synthetic data (Ma et al., KDD 2018); no download."""
+    from polytask.demo import run_demo
+
+    result = run_demo(
+        out=out, samples=samples, correlation=correlation, epochs=epochs, seed=seed, quiet=quiet
+    )
+    out_console.print(result.comparison.table())
+    out_console.print(
+        f"model saved to {out / 'model'}; try: polytask predict {out / 'model'} "
+        f"{out / 'data.csv'} -o predictions.csv"
+    )
+
+
+@app.command("list")
+def list_components() -> None:
+    """List registered encoders, architectures, balancers and datasets."""
+    from polytask.balance.base import BALANCERS
+    from polytask.data.datasets import DATASETS
+    from polytask.models.architectures import ARCHITECTURES
+    from polytask.models.encoders import ENCODERS
+
+    table = Table(title="polytask components")
+    for col in ("kind", "name", "summary"):
+        table.add_column(col)
+    for registry in (ENCODERS, ARCHITECTURES, BALANCERS):
+        for entry in registry:
+            table.add_row(registry.kind, entry.name, entry.summary)
+    for name in sorted(DATASETS):
+        table.add_row("dataset", name, DATASETS[name].summary)
+    out_console.print(table)
+
+
+@app.command()
+def fetch(
+    dataset: Annotated[str, typer.Argument(help="dataset name (see polytask list)")],
+    root: Annotated[Path, typer.Option(help="data root to download into")],
+) -> None:
+    """Download a dataset from its public origin and verify its checksum (needs internet)."""
+    from polytask.data.datasets import fetch_dataset
+
+    path = fetch_dataset(dataset, root)
+    err_console.print(f"{dataset}: files verified under {path}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except PolytaskError as exc:
+        err_console.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        # Usage errors (bad option, missing argument) come from click, typer's engine.
+        show = getattr(exc, "show", None)
+        code = getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""The run configuration: a TOML file (or keyword arguments) validated by pydantic.
+
+Every section forbids unknown keys, so a typo fails with the key's path and the valid keys.
+Component sections (``[model.encoder]``, ``[model.architecture]``, ``[balancer]``) name a
+registered component; their other keys are checked against that component's own schema.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from polytask.config_errors import validation_message
+from polytask.errors import ConfigError
+from polytask.models.heads import HeadParams
+from polytask.registry import Registry
+from polytask.tasks import Task, TaskKind, check_unique_names
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentConfig(BaseModel):
+    """A registered component by name plus its own parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TaskConfig(_Strict):
+    """One ``[[tasks]]`` entry; the fields of :class:`polytask.Task`."""
+
+    name: str = Field(min_length=1)
+    kind: TaskKind
+    target: str | list[str]
+    classes: list[str] | None = None
+    positive: str | None = None
+    loss: str | None = None
+    metrics: list[str] | None = None
+    primary_metric: str | None = None
+    weight: float = Field(default=1.0, ge=0.0)
+    pos_weight: float | list[float] | None = None
+    class_weights: list[float] | None = None
+
+    def to_task(self) -> Task:
+        return Task(**self.model_dump())
+
+
+class SplitConfig(_Strict):
+    """How rows are split into train / validation / test."""
+
+    method: Literal["random", "group", "files"] = "random"
+    val: float = Field(default=0.15, ge=0.0, lt=1.0)
+    test: float = Field(default=0.15, ge=0.0, lt=1.0)
+    seed: int | None = None
+    val_path: str | None = None
+    test_path: str | None = None
+
+
+class DataConfig(_Strict):
+    """Where the table is and what role each column plays."""
+
+    path: str | None = None
+    dataset: str | None = None
+    root: str | None = None
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    na_values: list[str] = Field(default_factory=list)
+    features: list[str] | None = None
+    ignore: list[str] = Field(default_factory=list)
+    group: str | None = None
+    id: str | None = None
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    categorical_encoding: Literal["auto", "onehot", "embedding"] = "auto"
+    onehot_max_categories: int = Field(default=10, ge=1)
+    max_categories: int = Field(default=1000, ge=1)
+    min_frequency: int = Field(default=1, ge=1)
+    unseen: Literal["unknown", "error"] = "unknown"
+    missing_numeric: Literal["median", "mean", "zero"] = "median"
+    missing_indicator: bool = True
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+class ModelConfig(_Strict):
+    encoder: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="mlp"))
+    architecture: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="hard"))
+    head: HeadParams = Field(default_factory=HeadParams)
+
+
+class TrainConfig(_Strict):
+    """Optimisation budget and bookkeeping."""
+
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    eval_batch_size: int = Field(default=8192, ge=1)
+    lr: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    scheduler: Literal["none", "cosine", "linear"] = "cosine"
+    warmup: float = Field(default=0.0, ge=0.0, lt=1.0, description="fraction of steps")
+    grad_clip: float | None = Field(default=1.0, gt=0.0)
+    patience: int | None = Field(default=5, ge=1)
+    min_delta: float = Field(default=0.0, ge=0.0)
+    criterion: str = "mean_relative"
+    log_format: Literal["jsonl", "csv"] = "jsonl"
+    progress: bool = True
+    threads: int | None = Field(default=None, ge=1)
+
+
+class RunConfig(_Strict):
+    """A whole run: data, tasks, model, balancer and training budget."""
+
+    seed: int = 0
+    out: str | None = None
+    baselines: bool = True
+    data: DataConfig
+    tasks: list[TaskConfig] = Field(min_length=1)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    balancer: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="static"))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    #: Directory that relative paths are resolved against (the config file's folder).
+    base_dir: str = "."
+
+    def task_objects(self) -> list[Task]:
+        return [t.to_task() for t in self.tasks]
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+
+# -- building and checking ---------------------------------------------------------------
+def _component_registries() -> list[tuple[str, Registry[Any], str]]:
+    from polytask.balance.base import BALANCERS
+    from polytask.models.architectures import ARCHITECTURES
+    from polytask.models.encoders import ENCODERS
+
+    return [
+        ("model.encoder", ENCODERS, "encoder"),
+        ("model.architecture", ARCHITECTURES, "architecture"),
+        ("balancer", BALANCERS, "balancer"),
+    ]
+
+
+def _component(cfg: RunConfig, path: str) -> ComponentConfig:
+    obj: Any = cfg
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    assert isinstance(obj, ComponentConfig)
+    return obj
+
+
+def check_config(cfg: RunConfig) -> RunConfig:
+    """Checks that span sections: component names/params, tasks, criterion, data source."""
+    for path, registry, _ in _component_registries():
+        comp = _component(cfg, path)
+        if comp.name not in registry:
+            raise ConfigError(
+                f"config error: {path}.name: unknown {registry.kind} {comp.name!r}; "
+                f"valid choices: {', '.join(registry.names())}"
+            )
+        registry.validate_params(comp.name, comp.params(), path)
+    tasks = cfg.task_objects()
+    check_unique_names(tasks)
+    _check_criterion(cfg.train.criterion, tasks)
+    data = cfg.data
+    if data.split.method == "group" and data.group is None:
+        raise ConfigError("config error: data.group: split method 'group' needs a group column")
+    if data.split.method == "files" and data.split.val_path is None:
+        raise ConfigError("config error: data.split.val_path: split method 'files' needs it")
+    if data.split.method != "files" and data.split.val <= 0:
+        raise ConfigError("config error: data.split.val: must be > 0 (validation drives training)")
+    return cfg
+
+
+def _check_criterion(criterion: str, tasks: list[Task]) -> None:
+    if criterion in ("mean_relative", "val_loss"):
+        return
+    task_name, _, metric = criterion.partition(".")
+    by_name = {t.name: t for t in tasks}
+    if task_name in by_name and metric in by_name[task_name].metric_names:
+        return
+    choices = ["mean_relative", "val_loss"] + [
+        f"{t.name}.{m}" for t in tasks for m in t.metric_names
+    ]
+    raise ConfigError(
+        f"config error: train.criterion: {criterion!r} is not valid; "
+        f"valid choices: {', '.join(choices)}"
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``key.path=value`` with the value read as TOML (``5``, ``[64, 32]``, ``true``) or,
+    failing that, as a plain string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.epochs=5")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip().split("."), value
+
+
+def apply_override(raw: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Set ``value`` at ``keys`` in the raw config; list items by index or by task name."""
+    node: Any = raw
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            index = _list_index(node, key, ".".join(keys[: i + 1]))
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+            continue
+        if last:
+            node[key] = value
+        else:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"--set {'.'.join(keys)}: '{key}' is not a section")
+
+
+def _list_index(items: list[Any], key: str, where: str) -> int:
+    if key.isdigit() and int(key) < len(items):
+        return int(key)
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == key:
+            return i
+    raise ConfigError(f"--set {where}: no list item with index or name {key!r}")
+
+
+def config_from_dict(
+    raw: dict[str, Any], overrides: list[str] | None = None, base_dir: str | Path = "."
+) -> RunConfig:
+    """Validate a raw dict (as read from TOML), after applying ``key=value`` overrides."""
+    raw = _deep_copy(raw)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        apply_override(raw, keys, value)
+    raw.setdefault("base_dir", str(base_dir))
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, "", RunConfig)) from None
+    return check_config(cfg)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read and validate a TOML config file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' not found")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file '{p}': not valid TOML: {exc}") from None
+    if "base_dir" in raw:
+        raise ConfigError(f"config file '{p}': base_dir is set by polytask, not by the file")
+    return config_from_dict(raw, overrides, base_dir=p.parent.resolve())
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value

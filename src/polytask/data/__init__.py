@@ -1,0 +1,1 @@
+"""Tabular data for multi-task learning: bundled dataset loaders and synthetic generators."""

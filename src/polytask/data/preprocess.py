@@ -1,0 +1,265 @@
+"""Feature preprocessing fitted on the training split and stored as JSON.
+
+Numeric columns: missing values filled (median, mean or zero) with an optional missing-indicator
+column, then standardised. Categorical columns: categories kept by frequency, missing values as a
+category of their own, unseen or rare values sent to a reserved "unknown" slot (or rejected, by
+policy), then one-hot encoded into the numeric matrix or passed as indices to embeddings.
+
+Everything runs column-wise with NumPy/pandas; the output is two tensors per table, so batching
+later is plain tensor indexing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from polytask.errors import DataError
+
+MISSING_TOKEN = "__missing__"
+Encoding = Literal["auto", "onehot", "embedding"]
+UnseenPolicy = Literal["unknown", "error"]
+NumericFill = Literal["median", "mean", "zero"]
+
+
+@dataclass
+class NumericColumn:
+    """Fitted statistics of one numeric feature."""
+
+    name: str
+    mean: float
+    std: float
+    fill: float
+    indicator: bool
+
+
+@dataclass
+class CategoricalColumn:
+    """Fitted vocabulary of one categorical feature (index 0 is reserved for unknown)."""
+
+    name: str
+    categories: list[str]
+    encoding: Literal["onehot", "embedding"]
+    rare: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PreprocessOptions:
+    """How features are encoded; see the ``[data]`` section of the config."""
+
+    categorical_encoding: Encoding = "auto"
+    onehot_max_categories: int = 10
+    max_categories: int = 1000
+    min_frequency: int = 1
+    unseen: UnseenPolicy = "unknown"
+    missing_numeric: NumericFill = "median"
+    missing_indicator: bool = True
+
+
+def infer_types(
+    df: pd.DataFrame,
+    features: Sequence[str],
+    numeric: Sequence[str] = (),
+    categorical: Sequence[str] = (),
+) -> tuple[list[str], list[str]]:
+    """Split ``features`` into numeric and categorical: numbers and booleans are numeric,
+    everything else categorical, unless overridden by the ``numeric``/``categorical`` lists."""
+    num, cat = [], []
+    for col in features:
+        if col in categorical:
+            cat.append(col)
+        elif (
+            col in numeric
+            or pd.api.types.is_numeric_dtype(df[col])
+            or pd.api.types.is_bool_dtype(df[col])
+        ):
+            num.append(col)
+        else:
+            cat.append(col)
+    return num, cat
+
+
+def _as_float(series: pd.Series, source: str) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(series):
+        return series.astype("float64").to_numpy(na_value=np.nan)
+    values = pd.to_numeric(series, errors="coerce")
+    bad = values.isna() & series.notna()
+    if bool(bad.any()):
+        text = series[bad].astype("string").str.strip()
+        bad_text = text[text.fillna("") != ""]
+        if len(bad_text):
+            row = bad_text.index[0]
+            raise DataError(
+                f"{source}: column '{series.name}' should hold numbers but row {row} has "
+                f"{series.loc[row]!r}"
+            )
+    return values.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    """Category labels as stripped strings, missing values as their own token."""
+    text = series.astype("string").str.strip()
+    text = text.mask(text == "", pd.NA)
+    if pd.api.types.is_float_dtype(series):
+        # 3.0 and 3 must be the same category when a code column was read as floats.
+        as_float = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        integral = np.isfinite(as_float) & (as_float == np.round(as_float))
+        ints = pd.Series(as_float, index=series.index).where(integral).astype("Int64")
+        text = text.where(~integral, ints.astype("string"))
+    return text.fillna(MISSING_TOKEN).astype(object)
+
+
+class TablePreprocessor:
+    """Fitted feature encoding of a table: ``fit`` on training rows, ``transform`` any table."""
+
+    def __init__(
+        self,
+        numeric: list[NumericColumn],
+        categorical: list[CategoricalColumn],
+        options: PreprocessOptions,
+    ) -> None:
+        self.numeric = numeric
+        self.categorical = categorical
+        self.options = options
+
+    # -- fitting -------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        df: pd.DataFrame,
+        numeric: Sequence[str],
+        categorical: Sequence[str],
+        options: PreprocessOptions,
+        source: str,
+    ) -> TablePreprocessor:
+        """Fit statistics and vocabularies on ``df`` (the training rows only)."""
+        num_cols = [cls._fit_numeric(df[c], options, source) for c in numeric]
+        cat_cols = [cls._fit_categorical(df[c], options) for c in categorical]
+        return cls(num_cols, cat_cols, options)
+
+    @staticmethod
+    def _fit_numeric(series: pd.Series, opts: PreprocessOptions, source: str) -> NumericColumn:
+        x = _as_float(series, source)
+        observed = x[np.isfinite(x)]
+        if observed.size == 0:
+            raise DataError(f"{source}: numeric column '{series.name}' has no value in train")
+        fill = {
+            "median": float(np.median(observed)),
+            "mean": float(observed.mean()),
+            "zero": 0.0,
+        }[opts.missing_numeric]
+        filled = np.where(np.isfinite(x), x, fill)
+        std = float(filled.std())
+        return NumericColumn(
+            name=str(series.name),
+            mean=float(filled.mean()),
+            std=std if std > 0 else 1.0,
+            fill=fill,
+            indicator=opts.missing_indicator and observed.size < x.size,
+        )
+
+    @staticmethod
+    def _fit_categorical(series: pd.Series, opts: PreprocessOptions) -> CategoricalColumn:
+        counts = _as_text(series).value_counts(sort=True)
+        kept = counts[counts >= opts.min_frequency].index[: opts.max_categories]
+        categories = sorted(str(c) for c in kept)
+        rare = sorted(str(c) for c in counts.index if c not in set(kept))
+        if opts.categorical_encoding == "auto":
+            encoding: Literal["onehot", "embedding"] = (
+                "onehot" if len(categories) <= opts.onehot_max_categories else "embedding"
+            )
+        else:
+            encoding = opts.categorical_encoding
+        # Rare values are only worth remembering when unseen values must be rejected.
+        return CategoricalColumn(
+            str(series.name), categories, encoding, rare if opts.unseen == "error" else []
+        )
+
+    # -- transforming --------------------------------------------------------------------
+    @property
+    def columns(self) -> list[str]:
+        return [c.name for c in self.numeric] + [c.name for c in self.categorical]
+
+    @property
+    def numeric_width(self) -> int:
+        """Width of the dense input: numbers, missing indicators and one-hot blocks."""
+        width = sum(2 if c.indicator else 1 for c in self.numeric)
+        return width + sum(len(c.categories) for c in self.categorical if c.encoding == "onehot")
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Vocabulary size (with the unknown slot) of each embedded column."""
+        return [len(c.categories) + 1 for c in self.categorical if c.encoding == "embedding"]
+
+    def transform(self, df: pd.DataFrame, source: str) -> dict[str, Tensor]:
+        """Encode ``df`` into ``{"numeric": float32[N, D], "categorical": int64[N, C]}``."""
+        missing = [c for c in self.columns if c not in df.columns]
+        if missing:
+            raise DataError(
+                f"{source}: feature column(s) {missing[:5]} not found; the model was trained "
+                f"with {len(self.columns)} feature columns"
+            )
+        n = len(df)
+        blocks: list[np.ndarray] = []
+        for col in self.numeric:
+            x = _as_float(df[col.name], source)
+            present = np.isfinite(x)
+            blocks.append(((np.where(present, x, col.fill) - col.mean) / col.std)[:, None])
+            if col.indicator:
+                blocks.append((~present).astype(np.float64)[:, None])
+        indices: list[np.ndarray] = []
+        for cat in self.categorical:
+            codes = self._codes(df[cat.name], cat, source)
+            if cat.encoding == "onehot":
+                onehot = np.zeros((n, len(cat.categories)), dtype=np.float64)
+                known = codes > 0
+                onehot[np.flatnonzero(known), codes[known] - 1] = 1.0
+                blocks.append(onehot)
+            else:
+                indices.append(codes)
+        dense = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0))
+        index = np.stack(indices, axis=1) if indices else np.zeros((n, 0), dtype=np.int64)
+        return {
+            "numeric": torch.from_numpy(dense.astype(np.float32)),
+            "categorical": torch.from_numpy(index.astype(np.int64)),
+        }
+
+    def _codes(self, series: pd.Series, cat: CategoricalColumn, source: str) -> np.ndarray:
+        """1-based category indices; 0 for unknown (rare or unseen) values."""
+        text = _as_text(series)
+        codes = pd.Index(cat.categories).get_indexer(text) + 1
+        if self.options.unseen == "error":
+            unseen = (codes == 0) & ~text.isin(cat.rare).to_numpy()
+            if bool(unseen.any()):
+                value = text[unseen].iloc[0]
+                raise DataError(
+                    f"{source}: column '{cat.name}' has category {value!r} not seen in "
+                    "training (data.unseen = 'error'; use 'unknown' to map it to a shared slot)"
+                )
+        result: np.ndarray = codes.astype(np.int64)
+        return result
+
+    # -- JSON ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "polytask.preprocessing/1",
+            "options": asdict(self.options),
+            "numeric": [asdict(c) for c in self.numeric],
+            "categorical": [asdict(c) for c in self.categorical],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TablePreprocessor:
+        if data.get("format") != "polytask.preprocessing/1":
+            raise DataError(f"preprocessing: unsupported format {data.get('format')!r}")
+        return cls(
+            [NumericColumn(**c) for c in data["numeric"]],
+            [CategoricalColumn(**c) for c in data["categorical"]],
+            PreprocessOptions(**data["options"]),
+        )

@@ -1,0 +1,115 @@
+"""Synthetic two-task data with a controllable task correlation.
+
+Implements the generator of Ma, Zhao, Yi, Chen, Hong and Chi, "Modeling Task Relationships in
+Multi-task Learning with Multi-gate Mixture-of-Experts", KDD 2018, Section 3.2:
+
+1. draw two orthogonal unit vectors ``u1, u2`` in R^d;
+2. with scale ``c`` and correlation score ``p`` set ``w1 = c u1`` and
+   ``w2 = c (p u1 + sqrt(1 - p^2) u2)``, so that ``cos(w1, w2) = p``;
+3. draw ``x ~ N(0, I_d)``;
+4. ``y_i = w_i^T x + sum_{j=1..m} sin(alpha_j w_i^T x + beta_j) + eps_i`` with ``alpha_j``,
+   ``beta_j`` shared by both tasks and ``eps_i ~ N(0, noise^2)`` (the paper uses ``d = 100``,
+   ``m = 10`` and noise variance 0.01, i.e. ``noise = 0.1``).
+
+The sine terms make the tasks non-linear, so the Pearson correlation of the labels is not ``p``
+itself; the paper's point is only that it decreases as ``p`` decreases.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+
+def make_mmoe_synthetic(
+    n_samples: int,
+    correlation: float,
+    *,
+    n_features: int = 100,
+    n_sines: int = 10,
+    noise: float = 0.1,
+    scale: float = 1.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Generate the MMoE synthetic two-task data set.
+
+    Random draws are made in a fixed order that does not depend on ``correlation``: for a given
+    seed, frames with different correlations share ``x``, ``u1, u2``, the sine parameters and
+    the noise, so they differ only through ``w2``, which makes correlation sweeps controlled.
+
+    Args:
+        n_samples: Number of rows, at least 1.
+        correlation: The correlation score ``p`` in [-1, 1] (the cosine between ``w1``, ``w2``).
+        n_features: Input dimension ``d``, at least 2 (two orthogonal directions are needed).
+        n_sines: Number ``m`` of sine terms, at least 0.
+        noise: Standard deviation of the label noise, at least 0.
+        scale: The scale constant ``c``.
+        seed: Seed of :func:`numpy.random.default_rng`, the only source of randomness.
+
+    Returns:
+        Columns ``x0`` .. ``x{d-1}`` (float32), ``y_regression`` (task 1, float64), ``y_binary``
+        (task 2 thresholded at its median, int64 0/1) and ``y2_raw`` (task 2 before
+        thresholding, float64).
+
+    Raises:
+        ValueError: if an argument is outside its range.
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    # Written as a negated range test so that NaN is rejected too.
+    if not -1.0 <= correlation <= 1.0:
+        raise ValueError(f"correlation must be between -1 and 1, got {correlation}")
+    if n_features < 2:
+        raise ValueError(f"n_features must be at least 2, got {n_features}")
+    if n_sines < 0:
+        raise ValueError(f"n_sines must be at least 0, got {n_sines}")
+    if not noise >= 0.0:
+        raise ValueError(f"noise must be at least 0, got {noise}")
+
+    rng = np.random.default_rng(seed)
+
+    # Orthonormal columns of a Gaussian matrix's QR factor are a uniformly random orthonormal
+    # pair, which is what "two orthogonal unit vectors" asks for.
+    basis, _ = np.linalg.qr(rng.standard_normal((n_features, 2)))
+    u1, u2 = basis[:, 0], basis[:, 1]
+    w1 = scale * u1
+    w2 = scale * (correlation * u1 + math.sqrt(max(0.0, 1.0 - correlation**2)) * u2)
+
+    alpha = rng.standard_normal(n_sines)
+    beta = rng.standard_normal(n_sines)
+
+    x = rng.standard_normal((n_samples, n_features)).astype(np.float32)
+    eps = rng.normal(0.0, noise, size=(2, n_samples))
+
+    # Labels are computed from the float32 features actually returned, so that they are an exact
+    # function of the stored inputs rather than of unseen float64 values.
+    x64 = x.astype(np.float64)
+    y1 = _label(x64 @ w1, alpha, beta) + eps[0]
+    y2 = _label(x64 @ w2, alpha, beta) + eps[1]
+
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(n_features)])
+    labels = pd.DataFrame(
+        {
+            "y_regression": y1,
+            # Median threshold keeps the binary task balanced whatever p, c and m are.
+            "y_binary": (y2 > np.median(y2)).astype(np.int64),
+            "y2_raw": y2,
+        },
+        index=frame.index,
+    )
+    result: pd.DataFrame = pd.concat([frame, labels], axis=1)
+    return result
+
+
+def _label(
+    projection: npt.NDArray[np.float64],
+    alpha: npt.NDArray[np.float64],
+    beta: npt.NDArray[np.float64],
+) -> npt.NDArray[np.float64]:
+    """``w^T x + sum_j sin(alpha_j w^T x + beta_j)`` for a vector of projections ``w^T x``."""
+    sines = np.sin(np.outer(projection, alpha) + beta).sum(axis=1)
+    result: npt.NDArray[np.float64] = projection + sines
+    return result

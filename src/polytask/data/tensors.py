@@ -1,0 +1,84 @@
+"""In-memory tensor datasets and batching by index.
+
+A whole split lives in a few tensors (inputs, per-task targets and masks). A batch is a set of
+``index_select`` calls on those tensors: no per-row Python and no DataLoader workers, which on a
+CPU is what keeps the training loop close to a hand-written one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    """Inputs and, per task, labels and validity masks."""
+
+    inputs: dict[str, Tensor]
+    targets: dict[str, Tensor]
+    masks: dict[str, Tensor]
+
+    def __len__(self) -> int:
+        return next(iter(self.inputs.values())).shape[0]
+
+
+@dataclass
+class TensorData:
+    """A split held as tensors; every tensor shares the first dimension."""
+
+    inputs: dict[str, Tensor]
+    targets: dict[str, Tensor]
+    masks: dict[str, Tensor]
+
+    def __post_init__(self) -> None:
+        sizes = {t.shape[0] for t in self._all()}
+        if len(sizes) != 1:
+            raise ValueError(f"tensors disagree on the number of rows: {sorted(sizes)}")
+
+    def _all(self) -> list[Tensor]:
+        return [*self.inputs.values(), *self.targets.values(), *self.masks.values()]
+
+    def __len__(self) -> int:
+        return self._all()[0].shape[0]
+
+    def take(self, index: Tensor) -> Batch:
+        """The rows at ``index`` as a :class:`Batch`."""
+        return Batch(
+            {k: v.index_select(0, index) for k, v in self.inputs.items()},
+            {k: v.index_select(0, index) for k, v in self.targets.items()},
+            {k: v.index_select(0, index) for k, v in self.masks.items()},
+        )
+
+    def subset_tasks(self, names: list[str]) -> TensorData:
+        """The same rows with only the tasks in ``names`` (for single-task baselines)."""
+        return TensorData(
+            self.inputs,
+            {k: self.targets[k] for k in names},
+            {k: self.masks[k] for k in names},
+        )
+
+    def batches(
+        self, batch_size: int, *, generator: torch.Generator | None = None
+    ) -> Iterator[Batch]:
+        """Batches in a random order when ``generator`` is given, in row order otherwise.
+
+        A final batch of a single row is dropped when shuffling: batch normalisation cannot
+        train on it, and the next epoch's permutation covers that row again.
+        """
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else None
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            if order is not None and stop - start == 1 and n > 1:
+                break
+            index = order[start:stop] if order is not None else torch.arange(start, stop)
+            yield self.take(index)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        n = len(self)
+        steps = -(-n // batch_size)
+        return steps - 1 if n > 1 and n % batch_size == 1 else steps

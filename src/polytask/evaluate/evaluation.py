@@ -1,0 +1,44 @@
+"""Running a model over a split: raw outputs, per-task losses and metrics."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from polytask.data.tensors import TensorData
+from polytask.evaluate.metrics import compute_metrics
+from polytask.losses import TaskLoss
+from polytask.tasks import Task
+
+
+@torch.no_grad()
+def predict_outputs(
+    model: nn.Module, inputs: dict[str, Tensor], batch_size: int
+) -> dict[str, Tensor]:
+    """Raw outputs of ``model`` in eval mode, computed in chunks of ``batch_size`` rows."""
+    was_training = model.training
+    model.eval()
+    try:
+        n = next(iter(inputs.values())).shape[0]
+        chunks: list[dict[str, Tensor]] = [
+            model({k: v[start : start + batch_size] for k, v in inputs.items()})
+            for start in range(0, n, batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]} if chunks else {}
+
+
+def evaluate_data(
+    model: nn.Module, tasks: list[Task], data: TensorData, batch_size: int
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Per-task mean loss over valid labels and per-task metrics on ``data``."""
+    outputs = predict_outputs(model, data.inputs, batch_size)
+    losses: dict[str, float] = {}
+    metrics: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        out, tgt, mask = outputs[task.name], data.targets[task.name], data.masks[task.name]
+        value = TaskLoss(task)(out, tgt, mask)
+        losses[task.name] = float(value) if value is not None else float("nan")
+        metrics[task.name] = compute_metrics(task, out, tgt, mask)
+    return losses, metrics

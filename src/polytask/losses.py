@@ -1,0 +1,75 @@
+"""Per-task losses with missing labels masked out.
+
+A label is missing when its mask entry is False. The task's loss is the mean over its valid
+labels only, following PyTorch's own conventions for weights (``pos_weight`` scales positive
+terms; multiclass ``class_weights`` make it the weighted mean, as ``nn.CrossEntropyLoss`` does).
+A batch in which the task has no valid label yields ``None``: no loss and no gradient, rather
+than a zero that would still enter a balancer's statistics.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from polytask.tasks import Task
+
+
+class TaskLoss:
+    """The loss of one task, holding its weight tensors so the hot loop allocates nothing."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.kind = task.kind
+        self.name = task.loss_name
+        pw = task.pos_weight
+        self.pos_weight: Tensor | None = None
+        if pw is not None:
+            values = pw if isinstance(pw, list) else [pw] * len(task.targets)
+            self.pos_weight = torch.tensor(values, dtype=torch.float32)
+            if task.kind == "binary":
+                self.pos_weight = self.pos_weight[0]
+        self.class_weights: Tensor | None = (
+            torch.tensor(task.class_weights, dtype=torch.float32)
+            if task.class_weights is not None
+            else None
+        )
+
+    def __call__(self, output: Tensor, target: Tensor, mask: Tensor) -> Tensor | None:
+        """Mean loss over the valid labels of a batch, or ``None`` if there are none."""
+        if self.kind == "multilabel":
+            # Per-entry mask: each label of each example may be missing on its own.
+            if not bool(mask.any()):
+                return None
+            pw = self.pos_weight
+            if pw is not None:
+                pw = pw.expand_as(output)[mask]
+            return F.binary_cross_entropy_with_logits(output[mask], target[mask], pos_weight=pw)
+        if not bool(mask.any()):
+            return None
+        out, tgt = output[mask], target[mask]
+        if self.kind == "binary":
+            return F.binary_cross_entropy_with_logits(out, tgt, pos_weight=self.pos_weight)
+        if self.kind == "multiclass":
+            return F.cross_entropy(out, tgt, weight=self.class_weights)
+        if self.name == "l1":
+            return F.l1_loss(out, tgt)
+        if self.name == "huber":
+            return F.huber_loss(out, tgt)
+        return F.mse_loss(out, tgt)
+
+
+def task_losses(
+    losses: dict[str, TaskLoss],
+    outputs: dict[str, Tensor],
+    targets: dict[str, Tensor],
+    masks: dict[str, Tensor],
+) -> dict[str, Tensor]:
+    """Losses of the tasks that have at least one valid label in this batch."""
+    result: dict[str, Tensor] = {}
+    for name, loss_fn in losses.items():
+        value = loss_fn(outputs[name], targets[name], masks[name])
+        if value is not None:
+            result[name] = value
+    return result

@@ -1,0 +1,129 @@
+"""Shared encoders: map a batch's inputs to one representation vector per example.
+
+Registered in :data:`ENCODERS`; each entry is built from an :class:`InputSpec` (what the data
+provides) and its own validated parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from polytask.registry import Registry
+
+
+@dataclass
+class InputSpec:
+    """Shape of the encoded inputs: a dense block and a list of embedded categorical columns."""
+
+    n_numeric: int
+    cardinalities: list[int] = field(default_factory=list)
+
+
+class Encoder(nn.Module):
+    """Base class: ``forward(inputs) -> Tensor[B, out_dim]``."""
+
+    out_dim: int
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+EncoderFactory = Callable[[InputSpec, BaseModel], Encoder]
+ENCODERS: Registry[EncoderFactory] = Registry("encoder")
+
+Activation = Literal["relu", "gelu", "silu", "tanh", "leaky_relu"]
+Norm = Literal["none", "batch", "layer"]
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    return _ACTIVATIONS[name]()
+
+
+def mlp_layers(
+    in_dim: int, widths: list[int], activation: str, dropout: float, norm: str
+) -> nn.Sequential:
+    """Linear -> norm -> activation -> dropout, once per width."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers.append(nn.Linear(in_dim, width))
+        if norm == "batch":
+            layers.append(nn.BatchNorm1d(width))
+        elif norm == "layer":
+            layers.append(nn.LayerNorm(width))
+        layers.append(make_activation(activation))
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        in_dim = width
+    return nn.Sequential(*layers)
+
+
+class MLPParams(BaseModel):
+    """Parameters of the tabular MLP encoder."""
+
+    model_config = ConfigDict(extra="forbid")
+    widths: list[int] = Field(default=[256, 128], min_length=1)
+    activation: Activation = "relu"
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    norm: Norm = "batch"
+    embedding_dim: int | None = Field(
+        default=None, ge=1, description="embedding width; default min(32, 1.6 * n^0.56)"
+    )
+
+
+def embedding_width(cardinality: int, cap: int | None) -> int:
+    """Embedding width for a vocabulary: the fast.ai rule of thumb 1.6 n^0.56, capped at 32."""
+    if cap is not None:
+        return cap
+    return max(2, min(32, round(1.6 * math.pow(cardinality, 0.56))))
+
+
+class MLPEncoder(Encoder):
+    """Multi-layer perceptron over standardised numbers, one-hot blocks and embeddings."""
+
+    def __init__(self, spec: InputSpec, params: MLPParams) -> None:
+        super().__init__()
+        embeddings = [
+            nn.Embedding(card, embedding_width(card, params.embedding_dim))
+            for card in spec.cardinalities
+        ]
+        self.embeddings = nn.ModuleList(embeddings)
+        in_dim = spec.n_numeric + sum(e.embedding_dim for e in embeddings)
+        if in_dim == 0:
+            raise ValueError("the MLP encoder needs at least one input feature")
+        self.body = mlp_layers(
+            in_dim, params.widths, params.activation, params.dropout, params.norm
+        )
+        self.out_dim = params.widths[-1]
+        # N(0, 1) embeddings dwarf the standardised numbers they are concatenated with.
+        for emb in embeddings:
+            nn.init.normal_(emb.weight, std=1.0 / math.sqrt(emb.embedding_dim))
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        parts = [inputs["numeric"]] if inputs["numeric"].shape[1] else []
+        cats = inputs.get("categorical")
+        if self.embeddings and cats is not None:
+            parts.extend(emb(cats[:, i]) for i, emb in enumerate(self.embeddings))
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        out: Tensor = self.body(x)
+        return out
+
+
+@ENCODERS.register("mlp", params=MLPParams, summary="tabular MLP with categorical embeddings")
+def build_mlp(spec: InputSpec, params: BaseModel) -> Encoder:
+    assert isinstance(params, MLPParams)
+    return MLPEncoder(spec, params)

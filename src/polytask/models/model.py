@@ -1,0 +1,66 @@
+"""The multi-task model: a sharing architecture whose outputs are shaped per task kind."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from polytask.config import ModelConfig
+from polytask.models.architectures import ARCHITECTURES, Architecture
+from polytask.models.encoders import ENCODERS, Encoder, InputSpec
+from polytask.models.heads import HeadParams
+from polytask.tasks import Task
+
+
+class MultiTaskModel(nn.Module):
+    """Maps inputs to one raw output per task: logits for classification kinds (``[B]`` for
+    binary, ``[B, C]`` multiclass, ``[B, L]`` multilabel) and standardised values ``[B]`` for
+    regression."""
+
+    def __init__(self, architecture: Architecture, tasks: list[Task]) -> None:
+        super().__init__()
+        self.architecture = architecture
+        self._squeeze = {t.name: t.kind in ("binary", "regression") for t in tasks}
+
+    def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        raw = self.architecture(inputs)
+        return {k: v.squeeze(-1) if self._squeeze[k] else v for k, v in raw.items()}
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return self.architecture.shared_parameters()
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        return self.architecture.task_parameters(task)
+
+
+def build_model(tasks: list[Task], spec: InputSpec, cfg: ModelConfig, seed: int) -> MultiTaskModel:
+    """Build the encoder(s), architecture and heads named in ``cfg``, initialised from ``seed``."""
+    enc_entry = ENCODERS.get(cfg.encoder.name)
+    enc_params = ENCODERS.validate_params(cfg.encoder.name, cfg.encoder.params(), "model.encoder")
+    arch_entry = ARCHITECTURES.get(cfg.architecture.name)
+    arch_params = ARCHITECTURES.validate_params(
+        cfg.architecture.name, cfg.architecture.params(), "model.architecture"
+    )
+
+    def make_encoder() -> Encoder:
+        return enc_entry.factory(spec, enc_params)
+
+    head = HeadParams.model_validate(cfg.head.model_dump())
+    out_dims = {t.name: t.n_outputs for t in tasks}
+    with _seeded(seed):
+        architecture = arch_entry.factory(make_encoder, out_dims, head, arch_params)
+    return MultiTaskModel(architecture, tasks)
+
+
+class _seeded:
+    """Initialise parameters from ``seed`` without disturbing the caller's global RNG."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        self._state = torch.get_rng_state()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_rng_state(self._state)

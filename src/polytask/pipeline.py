@@ -1,0 +1,174 @@
+"""A whole run from a configuration: data -> multi-task model -> single-task baselines ->
+comparison -> model directory. The CLI and the Python API both call :func:`run`."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+
+from polytask.artifacts import Predictor
+from polytask.balance.base import BALANCERS
+from polytask.config import RunConfig
+from polytask.data.prepare import PreparedData, prepare_data
+from polytask.errors import PolytaskError
+from polytask.evaluate.compare import Comparison, compare
+from polytask.evaluate.evaluation import evaluate_data
+from polytask.models.model import MultiTaskModel, build_model
+from polytask.state_io import atomic_write_text, write_json
+from polytask.tasks import Task
+from polytask.train.trainer import Callback, FitResult, Trainer
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the predictor, its fit history, metrics and the comparison."""
+
+    predictor: Predictor
+    fit: FitResult
+    metrics: dict[str, dict[str, float]]
+    baseline_metrics: dict[str, dict[str, float]]
+    comparison: Comparison
+    out_dir: Path | None
+
+
+def _prepare_out_dir(out: Path | None, resume: bool, overwrite: bool) -> None:
+    if out is None:
+        if resume:
+            raise PolytaskError("resume needs an output directory holding checkpoints")
+        return
+    if out.exists() and not out.is_dir():
+        raise PolytaskError(f"output path '{out}' exists and is not a directory")
+    busy = out.exists() and any(out.iterdir())
+    if resume:
+        if not (out / "checkpoints" / "last" / "state.json").is_file():
+            raise PolytaskError(f"cannot resume: no checkpoint in '{out / 'checkpoints' / 'last'}'")
+    elif busy and not overwrite:
+        raise PolytaskError(
+            f"output directory '{out}' is not empty; pass --overwrite to replace it "
+            "or --resume to continue its run"
+        )
+
+
+def train_model(
+    cfg: RunConfig,
+    data: PreparedData,
+    tasks: list[Task],
+    run_dir: Path | None,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    console: Console | None = None,
+    callbacks: Sequence[Callback] = (),
+    label: str = "multi-task",
+) -> tuple[MultiTaskModel, FitResult]:
+    """Build and train one model on ``tasks`` (all of them, or one for a baseline)."""
+    names = [t.name for t in tasks]
+    model = build_model(tasks, data.input_spec, cfg.model, seed=cfg.seed)
+    entry = BALANCERS.get(cfg.balancer.name)
+    params = BALANCERS.validate_params(cfg.balancer.name, cfg.balancer.params(), "balancer")
+    balancer = entry.factory(tasks, params)
+    trainer = Trainer(
+        model,
+        tasks,
+        balancer,
+        cfg.train,
+        seed=cfg.seed,
+        callbacks=callbacks,
+        console=console,
+        label=label,
+        quiet=quiet,
+    )
+    fit = trainer.fit(
+        data.train.subset_tasks(names), data.val.subset_tasks(names), run_dir, resume=resume
+    )
+    return model, fit
+
+
+def run(
+    cfg: RunConfig,
+    *,
+    frame: pd.DataFrame | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    console: Console | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> RunResult:
+    """Train the multi-task model (and single-task baselines) described by ``cfg``.
+
+    With an output directory, it receives ``model/`` (the model directory), ``checkpoints/``,
+    the metrics log, ``baselines/<task>/`` and ``results.json``. All input checks run before the
+    directory is touched, so bad input leaves nothing behind.
+    """
+    out_dir = Path(out) if out is not None else (cfg.resolve(cfg.out) if cfg.out else None)
+    _prepare_out_dir(out_dir, resume, overwrite)
+    data = prepare_data(cfg, frame)
+    tasks = data.tasks
+    if out_dir is not None:
+        if overwrite and out_dir.exists() and not resume:
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "config.json", cfg.model_dump(mode="json"))
+    model, fit = train_model(
+        cfg, data, tasks, out_dir, resume=resume, quiet=quiet, console=console, callbacks=callbacks
+    )
+    eval_split, split_name = (data.test, "test") if data.test is not None else (data.val, "val")
+    _, metrics = evaluate_data(model, tasks, eval_split, cfg.train.eval_batch_size)
+
+    baselines: dict[str, dict[str, float]] = {}
+    if cfg.baselines and len(tasks) > 1:
+        for task in tasks:
+            single = [dataclasses.replace(task, weight=1.0)]
+            sub_dir = out_dir / "baselines" / task.name if out_dir is not None else None
+            sub_resume = resume and sub_dir is not None and (sub_dir / "checkpoints").exists()
+            if sub_dir is not None:
+                sub_dir.mkdir(parents=True, exist_ok=True)
+            stl_model, _ = train_model(
+                cfg,
+                data,
+                single,
+                sub_dir,
+                resume=sub_resume,
+                quiet=quiet,
+                console=console,
+                label=f"single:{task.name}",
+            )
+            _, m = evaluate_data(
+                stl_model, single, eval_split.subset_tasks([task.name]), cfg.train.eval_batch_size
+            )
+            baselines[task.name] = m[task.name]
+    comparison = compare(tasks, metrics, baselines, split_name)
+    summary = {
+        "split": split_name,
+        "best_epoch": fit.best_epoch,
+        "multi_task": metrics,
+        "single_task": baselines,
+        "comparison": comparison.to_dict(),
+    }
+    predictor = Predictor(
+        model,
+        tasks,
+        data.preprocessor,
+        cfg.model,
+        data.input_spec,
+        id_column=cfg.data.id,
+        na_values=cfg.data.na_values,
+        metrics=summary,
+    )
+    if out_dir is not None:
+        predictor.save(out_dir / "model")
+        atomic_write_text(out_dir / "results.json", _json(summary))
+    return RunResult(predictor, fit, metrics, baselines, comparison, out_dir)
+
+
+def _json(data: object) -> str:
+    import json
+
+    return json.dumps(data, indent=2) + "\n"

@@ -1,0 +1,128 @@
+"""Saving nested state (model, optimiser, balancer, RNG) without pickle.
+
+Tensors go to a safetensors file; everything else (numbers, strings, lists, dicts, including
+dicts keyed by integers, as optimiser states are) goes to a JSON skeleton that points at the
+tensors by key. Loading therefore never executes code from the file.
+
+Directories are written atomically: into a hidden sibling first, then renamed into place, so a
+crash or a bad input never leaves a half-written model or checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+_TENSOR = "__tensor__"
+_ITEMS = "__items__"
+_TUPLE = "__tuple__"
+
+
+def _flatten(value: Any, path: str, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(value, Tensor):
+        key = path or "root"
+        # safetensors refuses shared or strided storage; a contiguous copy is what we store.
+        tensors[key] = value.detach().cpu().contiguous().clone()
+        return {_TENSOR: key}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value):
+            return {k: _flatten(v, f"{path}/{k}", tensors) for k, v in value.items()}
+        return {_ITEMS: [[k, _flatten(v, f"{path}/{k}", tensors)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {_TUPLE: [_flatten(v, f"{path}/{i}", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_flatten(v, f"{path}/{i}", tensors) for i, v in enumerate(value)]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} at {path!r} without pickle")
+
+
+def _unflatten(value: Any, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(value, dict):
+        if _TENSOR in value:
+            return tensors[value[_TENSOR]]
+        if _ITEMS in value:
+            return {k: _unflatten(v, tensors) for k, v in value[_ITEMS]}
+        if _TUPLE in value:
+            return tuple(_unflatten(v, tensors) for v in value[_TUPLE])
+        return {k: _unflatten(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unflatten(v, tensors) for v in value]
+    return value
+
+
+def save_state(directory: Path, state: dict[str, Any], name: str = "state") -> None:
+    """Write ``state`` as ``{name}.safetensors`` + ``{name}.json`` into ``directory``."""
+    tensors: dict[str, Tensor] = {}
+    skeleton = _flatten(state, "", tensors)
+    save_file(tensors, str(directory / f"{name}.safetensors"))
+    write_json(directory / f"{name}.json", skeleton)
+
+
+def load_state(directory: Path, name: str = "state") -> dict[str, Any]:
+    """Read what :func:`save_state` wrote."""
+    tensors = load_file(str(directory / f"{name}.safetensors"))
+    skeleton = json.loads((directory / f"{name}.json").read_text(encoding="utf-8"))
+    state = _unflatten(skeleton, tensors)
+    assert isinstance(state, dict)
+    return state
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a fresh staging directory that replaces ``target`` only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, old / "x")
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file via a temporary sibling and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Tensor]:
+    return {"torch": torch.get_rng_state(), "shuffle": generator.get_state()}
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["shuffle"])

@@ -42,3 +42,141 @@ def require_data(name: str) -> Path:
 def require_data_fixture() -> Callable[[str], Path]:
     """The :func:`require_data` helper as a fixture, usable from fixtures of any scope."""
     return require_data
+
+
+# -- CLI helpers: in-process runs of ``polytask`` and a small clinical table -------------------
+# (used by test_cli.py and test_bad_input.py)
+
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@dataclass
+class CliResult:
+    """Exit code and captured output of one in-process ``polytask`` command."""
+
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str | Path) -> CliResult:
+    """Run ``polytask ARGS`` through :func:`polytask.cli.main` in this process.
+
+    The CLI's consoles are swapped for plain 80-column ones, so rich wrapping (if a message were
+    printed without ``soft_wrap``) shows up the same way on every machine.
+    """
+    from rich.console import Console
+
+    from polytask import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["polytask", *map(str, args)])
+        mp.setattr(cli, "out_console", Console(file=out, width=80, color_system=None))
+        mp.setattr(cli, "err_console", Console(file=err, width=80, color_system=None))
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return CliResult(code, _ANSI.sub("", out.getvalue()), _ANSI.sub("", err.getvalue()))
+
+
+def clinical_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
+    """Patients with repeated stays: numeric and categorical features with gaps, a binary target
+    ``readmitted`` (0/1, some blank), a regression target ``days`` and a ``patient`` id."""
+    rng = np.random.default_rng(seed)
+    age = rng.normal(60, 10, n).round(1)
+    ward = rng.choice(["icu", "surgery", "medicine"], n)
+    logit = 0.08 * (age - 60) + 1.5 * (ward == "icu") - 0.5
+    readmitted = pd.Series((rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int), dtype="Int64")
+    days = 3 + 0.1 * (age - 60) + 2.0 * (ward == "icu") + rng.normal(0, 1, n)
+    frame = pd.DataFrame(
+        {
+            "patient": [f"p{i:03d}" for i in rng.integers(0, n // 4, n)],
+            "age": pd.Series(age).mask(rng.random(n) < 0.05),
+            "bmi": rng.normal(27, 4, n).round(1),
+            "ward": ward,
+            "sex": pd.Series(rng.choice(["F", "M"], n)).mask(rng.random(n) < 0.05),
+            "readmitted": readmitted.mask(rng.random(n) < 0.1),
+            "days": days.round(2),
+        }
+    )
+    return frame
+
+
+def clinical_config(data: str = "train.csv", **top: Any) -> dict[str, Any]:
+    """A raw run config (as read from TOML) for :func:`clinical_frame`: grouped by patient."""
+    cfg: dict[str, Any] = {
+        "seed": 0,
+        "baselines": False,
+        "data": {
+            "path": data,
+            "group": "patient",
+            "id": "patient",
+            "split": {"method": "group", "val": 0.2, "test": 0.2},
+        },
+        "tasks": [
+            {"name": "risk", "kind": "binary", "target": "readmitted"},
+            {"name": "stay", "kind": "regression", "target": "days"},
+        ],
+        "model": {"encoder": {"name": "mlp", "widths": [16]}},
+        "train": {"epochs": 2, "batch_size": 64, "progress": False},
+    }
+    cfg.update(top)
+    return cfg
+
+
+def toml_text(table: dict[str, Any], prefix: str = "") -> str:
+    """A TOML document for ``table`` (scalars, lists, sub-tables and arrays of tables)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+    def is_tables(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+    lines = [
+        f"{k} = {value(v)}" for k, v in table.items() if not (isinstance(v, dict) or is_tables(v))
+    ]
+    for k, v in table.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            lines += ["", f"[{name}]", toml_text(v, f"{name}.")]
+        elif is_tables(v):
+            for item in v:
+                lines += ["", f"[[{name}]]", toml_text(item, f"{name}.")]
+    return "\n".join(lines).strip() + "\n"
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread() -> Iterator[None]:
+    """Run a module's tiny models on one thread: on 2 shared cores, intra-op threads of a
+    16-unit MLP spend far longer waiting for each other than computing."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -170,6 +170,8 @@ def model_dir(path: str | Path) -> Path:
         return p
     if (p / "model" / "model.json").is_file():
         return p / "model"
+    if not p.exists():
+        raise PolytaskError(f"model directory '{p}' not found")
     raise PolytaskError(f"'{p}' is not a polytask model directory (no model.json)")
 
 

@@ -6,7 +6,6 @@ Each command parses its arguments and calls the Python API; it adds no logic of 
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -54,7 +53,9 @@ def train(
     target = out or (cfg.resolve(cfg.out) if cfg.out else Path("runs") / config.stem)
     result = run(cfg, out=target, resume=resume, overwrite=overwrite, quiet=quiet)
     out_console.print(result.comparison.table())
-    out_console.print(f"model saved to {target / 'model'}")
+    out_console.print(
+        f"model saved to {target / 'model'}", markup=False, highlight=False, soft_wrap=True
+    )
 
 
 @app.command()
@@ -66,11 +67,13 @@ def evaluate(
 ) -> None:
     """Score a trained model on a labelled table."""
     from polytask.artifacts import load
+    from polytask.state_io import to_json
 
     predictor = load(model_dir)
     metrics = predictor.evaluate(predictor.read(data), task, source=f"data file '{data}'")
     if as_json:
-        out_console.print_json(json.dumps(metrics))
+        # NaN (a metric without valid labels) is not JSON: to_json writes null instead.
+        out_console.print_json(to_json(metrics))
         return
     table = Table(title=f"{data}")
     for col in ("task", "metric", "value"):
@@ -101,7 +104,9 @@ def predict(
         tmp.replace(output)
     else:
         atomic_write_text(output, frame.to_csv(index=False))
-    err_console.print(f"wrote {len(frame)} rows to {output}")
+    err_console.print(
+        f"wrote {len(frame)} rows to {output}", markup=False, highlight=False, soft_wrap=True
+    )
 
 
 @app.command()
@@ -122,7 +127,10 @@ def demo(
     out_console.print(result.comparison.table())
     out_console.print(
         f"model saved to {out / 'model'}; try: polytask predict {out / 'model'} "
-        f"{out / 'data.csv'} -o predictions.csv"
+        f"{out / 'data.csv'} -o predictions.csv",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -154,7 +162,9 @@ def fetch(
     from polytask.data.datasets import fetch_dataset
 
     path = fetch_dataset(dataset, root)
-    err_console.print(f"{dataset}: files verified under {path}")
+    err_console.print(
+        f"{dataset}: files verified under {path}", markup=False, highlight=False, soft_wrap=True
+    )
 
 
 def main() -> None:
@@ -162,7 +172,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except PolytaskError as exc:
-        err_console.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Abort:
         sys.exit(130)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from polytask.config_errors import validation_message
 from polytask.errors import ConfigError
@@ -93,10 +93,23 @@ class DataConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
 
 
+def _with_default_name(value: Any, default: str) -> Any:
+    """A component section without ``name`` (e.g. from ``--set model.encoder.widths=[8]``)
+    configures the default component."""
+    if isinstance(value, dict) and "name" not in value:
+        return {"name": default, **value}
+    return value
+
+
 class ModelConfig(_Strict):
     encoder: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="mlp"))
     architecture: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="hard"))
     head: HeadParams = Field(default_factory=HeadParams)
+
+    @field_validator("encoder", "architecture", mode="before")
+    @classmethod
+    def _default_component(cls, value: Any, info: ValidationInfo) -> Any:
+        return _with_default_name(value, "mlp" if info.field_name == "encoder" else "hard")
 
 
 class TrainConfig(_Strict):
@@ -131,6 +144,11 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     #: Directory that relative paths are resolved against (the config file's folder).
     base_dir: str = "."
+
+    @field_validator("balancer", mode="before")
+    @classmethod
+    def _default_balancer(cls, value: Any) -> Any:
+        return _with_default_name(value, "static")
 
     def task_objects(self) -> list[Task]:
         return [t.to_task() for t in self.tasks]
@@ -174,14 +192,29 @@ def check_config(cfg: RunConfig) -> RunConfig:
     tasks = cfg.task_objects()
     check_unique_names(tasks)
     _check_criterion(cfg.train.criterion, tasks)
+    # Building the balancer checks what its schema cannot, e.g. weights naming unknown tasks.
+    from polytask.balance.base import BALANCERS
+
+    balancer = BALANCERS.get(cfg.balancer.name)
+    balancer.factory(tasks, balancer.params.model_validate(cfg.balancer.params()))
     data = cfg.data
-    if data.split.method == "group" and data.group is None:
+    if data.split.method == "group" and data.group is None and _dataset_group(data) is None:
         raise ConfigError("config error: data.group: split method 'group' needs a group column")
     if data.split.method == "files" and data.split.val_path is None:
         raise ConfigError("config error: data.split.val_path: split method 'files' needs it")
     if data.split.method != "files" and data.split.val <= 0:
         raise ConfigError("config error: data.split.val: must be > 0 (validation drives training)")
     return cfg
+
+
+def _dataset_group(data: DataConfig) -> str | None:
+    """The group column a registered dataset declares (used when data.group is not set)."""
+    if data.dataset is None:
+        return None
+    from polytask.data.datasets import DATASETS
+
+    info = DATASETS.get(data.dataset)
+    return info.group if info is not None else None
 
 
 def _check_criterion(criterion: str, tasks: list[Task]) -> None:

@@ -10,6 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+#: Keys polytask sets itself; a config file may not set them, so they are never suggested.
+_INTERNAL_KEYS = frozenset({"base_dir"})
+
 
 def _valid_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
     """The keys a (possibly nested) pydantic model accepts at ``loc`` (minus the bad key)."""
@@ -22,7 +25,7 @@ def _valid_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str
             return []
         current = _inner_model(field.annotation)
     if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
+        return [k for k in current.model_fields if k not in _INTERNAL_KEYS]
     return []
 
 

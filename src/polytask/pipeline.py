@@ -20,7 +20,7 @@ from polytask.errors import PolytaskError
 from polytask.evaluate.compare import Comparison, compare
 from polytask.evaluate.evaluation import evaluate_data
 from polytask.models.model import MultiTaskModel, build_model
-from polytask.state_io import atomic_write_text, write_json
+from polytask.state_io import atomic_write_text, to_json, write_json
 from polytask.tasks import Task
 from polytask.train.trainer import Callback, FitResult, Trainer
 
@@ -164,11 +164,5 @@ def run(
     )
     if out_dir is not None:
         predictor.save(out_dir / "model")
-        atomic_write_text(out_dir / "results.json", _json(summary))
+        atomic_write_text(out_dir / "results.json", to_json(summary) + "\n")
     return RunResult(predictor, fit, metrics, baselines, comparison, out_dir)
-
-
-def _json(data: object) -> str:
-    import json
-
-    return json.dumps(data, indent=2) + "\n"

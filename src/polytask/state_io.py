@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -31,6 +32,8 @@ _TUPLE = "__tuple__"
 def _flatten(value: Any, path: str, tensors: dict[str, Tensor]) -> Any:
     if isinstance(value, Tensor):
         key = path or "root"
+        if key in tensors:  # paths can collide, e.g. keys 1 and "1", or "a/b" and "a" -> "b"
+            key = f"{key}#{len(tensors)}"
         # safetensors refuses shared or strided storage; a contiguous copy is what we store.
         tensors[key] = value.detach().cpu().contiguous().clone()
         return {_TENSOR: key}
@@ -66,7 +69,8 @@ def save_state(directory: Path, state: dict[str, Any], name: str = "state") -> N
     tensors: dict[str, Tensor] = {}
     skeleton = _flatten(state, "", tensors)
     save_file(tensors, str(directory / f"{name}.safetensors"))
-    write_json(directory / f"{name}.json", skeleton)
+    # Internal state keeps inf/NaN exactly (Python's JSON extension): a resume must see them.
+    (directory / f"{name}.json").write_text(json.dumps(skeleton) + "\n", encoding="utf-8")
 
 
 def load_state(directory: Path, name: str = "state") -> dict[str, Any]:
@@ -78,8 +82,24 @@ def load_state(directory: Path, name: str = "state") -> dict[str, Any]:
     return state
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as ``None``, so strict JSON readers (jq, JS) accept it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def to_json(data: Any, indent: int | None = 2) -> str:
+    """Standard JSON text for user-facing files (undefined metrics become ``null``)."""
+    return json.dumps(json_safe(data), indent=indent, allow_nan=False)
+
+
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    path.write_text(to_json(data) + "\n", encoding="utf-8")
 
 
 def read_json(path: Path) -> Any:
@@ -92,6 +112,8 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        # mkdtemp makes the folder private (0700); a model dir should get the usual mode.
+        staging.chmod(0o777 & ~_umask())
         yield staging
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
@@ -112,11 +134,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from others
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Tensor]:

@@ -46,7 +46,7 @@ class Comparison:
 
     def table(self) -> Table:
         table = Table(title=f"Per-task {self.split} metrics: multi-task vs single-task")
-        for col in ("task", "metric", "multi-task", "single-task", "change"):
+        for col in ("task", "metric", "multi-task", "single-task", "rel. change"):
             table.add_column(col, justify="left" if col in ("task", "metric") else "right")
         for r in self.rows:
             arrow = "↑" if r.higher_is_better else "↓"
@@ -55,8 +55,8 @@ class Comparison:
             table.add_row(r.task, f"{r.metric} {arrow}", f"{r.multi_task:.4f}", stl, change)
         if not math.isnan(self.delta_m_pct):
             table.caption = (
-                f"Δm = {self.delta_m_pct:+.2f}% (mean relative change of the primary metric, "
-                "sign so that negative = multi-task better)"
+                f"Δm = {self.delta_m_pct:+.2f}%  (relative changes are signed so that "
+                "negative = multi-task better)"
             )
         return table
 

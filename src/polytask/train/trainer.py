@@ -134,6 +134,8 @@ class Trainer:
             if run_dir is None:
                 raise ValueError("resume needs the run directory holding the checkpoints")
             self.load_checkpoint(run_dir)
+        else:
+            torch.manual_seed(self.seed)  # dropout draws from the global RNG
         total_steps = cfg.epochs * train.steps_per_epoch(cfg.batch_size)
         stopped_early = self._patience_exhausted()
         while self.epoch < cfg.epochs and not stopped_early and not self.stop_requested:
@@ -297,6 +299,7 @@ class Trainer:
             f"[{self.label}] epoch {r.epoch}/{self.config.epochs}  loss {losses}  "
             f"val {metrics}  criterion {r.criterion:+.4f}{mark}  ({r.seconds:.1f}s)",
             highlight=False,
+            markup=False,
         )
 
     def _progress(self, total: int) -> _EpochProgress:

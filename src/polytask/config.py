@@ -193,10 +193,9 @@ def check_config(cfg: RunConfig) -> RunConfig:
     check_unique_names(tasks)
     _check_criterion(cfg.train.criterion, tasks)
     # Building the balancer checks what its schema cannot, e.g. weights naming unknown tasks.
-    from polytask.balance.base import BALANCERS
+    from polytask.balance.base import build_balancer
 
-    balancer = BALANCERS.get(cfg.balancer.name)
-    balancer.factory(tasks, balancer.params.model_validate(cfg.balancer.params()))
+    build_balancer(cfg.balancer.name, cfg.balancer.params(), tasks)
     data = cfg.data
     if data.split.method == "group" and data.group is None and _dataset_group(data) is None:
         raise ConfigError("config error: data.group: split method 'group' needs a group column")

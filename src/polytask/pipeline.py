@@ -13,7 +13,7 @@ import pandas as pd
 from rich.console import Console
 
 from polytask.artifacts import Predictor
-from polytask.balance.base import BALANCERS
+from polytask.balance.base import build_balancer
 from polytask.config import RunConfig
 from polytask.data.prepare import PreparedData, prepare_data
 from polytask.errors import PolytaskError
@@ -70,9 +70,7 @@ def train_model(
     """Build and train one model on ``tasks`` (all of them, or one for a baseline)."""
     names = [t.name for t in tasks]
     model = build_model(tasks, data.input_spec, cfg.model, seed=cfg.seed)
-    entry = BALANCERS.get(cfg.balancer.name)
-    params = BALANCERS.validate_params(cfg.balancer.name, cfg.balancer.params(), "balancer")
-    balancer = entry.factory(tasks, params)
+    balancer = build_balancer(cfg.balancer.name, cfg.balancer.params(), tasks)
     trainer = Trainer(
         model,
         tasks,

@@ -12,7 +12,7 @@ State that must survive a resume lives in buffers or parameters, so ``state_dict
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +49,12 @@ class Balancer(nn.Module):
 
 BalancerFactory = Callable[[list[Task], BaseModel], Balancer]
 BALANCERS: Registry[BalancerFactory] = Registry("balancer")
+
+
+def build_balancer(name: str, params: dict[str, Any], tasks: list[Task]) -> Balancer:
+    """The balancer ``name`` for ``tasks``; bad parameters fail naming ``balancer.<key>``."""
+    validated = BALANCERS.validate_params(name, params, "balancer")
+    return BALANCERS.get(name).factory(tasks, validated)
 
 
 class StaticParams(BaseModel):

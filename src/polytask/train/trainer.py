@@ -10,7 +10,6 @@ callbacks extend it without subclassing.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from polytask.state_io import (
     rng_state,
     save_state,
     set_rng_state,
+    to_json,
 )
 from polytask.tasks import Task
 from polytask.train.criterion import Criterion
@@ -275,7 +275,7 @@ class Trainer:
     def _write_log(self, run_dir: Path) -> None:
         rows = [asdict(r) for r in self.history]
         if self.config.log_format == "jsonl":
-            text = "".join(json.dumps(r) + "\n" for r in rows)
+            text = "".join(to_json(r, indent=None) + "\n" for r in rows)
             atomic_write_text(run_dir / "metrics.jsonl", text)
         else:
             flat = [_flatten_row(r) for r in rows]

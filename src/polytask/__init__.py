@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 from polytask.artifacts import Predictor, load
 from polytask.config import RunConfig, config_from_dict, load_config
 from polytask.errors import ConfigError, DataError, PolytaskError
-from polytask.pipeline import RunResult, run
+from polytask.pipeline import RunResult, fit, run
 from polytask.tasks import Task
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "Task",
     "__version__",
     "config_from_dict",
+    "fit",
     "load",
     "load_config",
     "run",

@@ -8,13 +8,14 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
 
 from polytask.artifacts import Predictor
 from polytask.balance.base import build_balancer
-from polytask.config import RunConfig
+from polytask.config import RunConfig, config_from_dict
 from polytask.data.prepare import PreparedData, prepare_data
 from polytask.errors import PolytaskError
 from polytask.evaluate.compare import Comparison, compare
@@ -35,6 +36,49 @@ class RunResult:
     baseline_metrics: dict[str, dict[str, float]]
     comparison: Comparison
     out_dir: Path | None
+
+
+def fit(
+    data: pd.DataFrame | str | Path,
+    tasks: Sequence[Task],
+    *,
+    out: str | Path | None = None,
+    seed: int = 0,
+    baselines: bool = True,
+    data_options: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
+    balancer: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> RunResult:
+    """Keras-style entry point: a table (DataFrame or CSV/Parquet path) and a list of tasks.
+
+    The keyword sections are the config file's sections as dicts (``train={"epochs": 5}``);
+    they are validated exactly as a TOML file would be, then :func:`run` trains.
+    """
+    raw: dict[str, Any] = {
+        "seed": seed,
+        "baselines": baselines,
+        "data": dict(data_options or {}),
+        "tasks": [_declared(t) for t in tasks],
+    }
+    for key, section in (("model", model), ("balancer", balancer), ("train", train)):
+        if section is not None:
+            raw[key] = section
+    frame = None
+    if isinstance(data, pd.DataFrame):
+        frame = data
+    else:
+        raw["data"]["path"] = str(Path(data).resolve())
+    cfg = config_from_dict(raw)
+    return run(cfg, frame=frame, out=out, overwrite=overwrite, quiet=quiet)
+
+
+def _declared(task: Task) -> dict[str, Any]:
+    """What the user declared of a task (fitted fields and unset options left out)."""
+    fitted = {"target_mean", "target_std"}
+    return {k: v for k, v in task.to_dict().items() if v is not None and k not in fitted}
 
 
 def _prepare_out_dir(out: Path | None, resume: bool, overwrite: bool) -> None:

@@ -1,0 +1,96 @@
+"""The Keras-style Python entry point ``polytask.fit`` builds the same run as a config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import r2_score, roc_auc_score
+
+import polytask
+from polytask.data.synthetic import make_mmoe_synthetic
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def _tasks() -> list[polytask.Task]:
+    return [
+        polytask.Task("value", "regression", target="y_regression"),
+        polytask.Task("label", "binary", target="y_binary"),
+    ]
+
+
+def test_fit_dataframe_learns_and_predicts(tmp_path: Path) -> None:
+    frame = make_mmoe_synthetic(3000, 0.9, n_features=16, seed=1)
+    result = polytask.fit(
+        frame,
+        _tasks(),
+        out=tmp_path / "run",
+        baselines=False,
+        data_options={"ignore": ["y2_raw"]},
+        model={"encoder": {"widths": [64, 32], "dropout": 0.0}},
+        train={"epochs": 10, "batch_size": 64, "lr": 3e-3, "progress": False},
+        quiet=True,
+    )
+    # Measured: test R² 0.84, AUROC 0.96 (chance: 0 and 0.5).
+    assert result.metrics["value"]["r2"] > 0.75
+    assert result.metrics["label"]["auroc"] > 0.9
+    loaded = polytask.load(tmp_path / "run")
+    pred = loaded.predict(frame)
+    assert r2_score(frame["y_regression"], pred["value"]) > 0.75
+    assert roc_auc_score(frame["y_binary"], pred["label_proba"]) > 0.9
+    assert set(pred["label"].unique()) <= {"0", "1"}
+
+
+def test_fit_path_equals_config_run(tmp_path: Path) -> None:
+    """A CSV path through fit() and the same settings through a TOML config: same weights."""
+    frame = make_mmoe_synthetic(800, 0.5, n_features=8, seed=2)
+    csv = tmp_path / "data.csv"
+    frame.to_csv(csv, index=False)
+    train = {"epochs": 2, "batch_size": 64, "progress": False}
+    via_fit = polytask.fit(
+        csv,
+        _tasks(),
+        baselines=False,
+        data_options={"ignore": ["y2_raw"]},
+        train=train,
+        quiet=True,
+    )
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        """
+baselines = false
+[data]
+path = "data.csv"
+ignore = ["y2_raw"]
+[[tasks]]
+name = "value"
+kind = "regression"
+target = "y_regression"
+[[tasks]]
+name = "label"
+kind = "binary"
+target = "y_binary"
+[train]
+epochs = 2
+batch_size = 64
+progress = false
+""",
+        encoding="utf-8",
+    )
+    via_toml = polytask.run(polytask.load_config(toml), quiet=True)
+    a = via_fit.predictor.model.state_dict()
+    b = via_toml.predictor.model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert np.isclose(via_fit.metrics["value"]["mae"], via_toml.metrics["value"]["mae"])
+
+
+def test_fit_rejects_bad_section_key() -> None:
+    frame = make_mmoe_synthetic(200, 0.5, n_features=4, seed=0)
+    with pytest.raises(
+        polytask.ConfigError, match=r"train\.epoch: unknown key; valid keys: epochs"
+    ):
+        polytask.fit(frame, _tasks(), train={"epoch": 3})

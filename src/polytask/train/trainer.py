@@ -68,7 +68,10 @@ class FitResult:
 
 
 class Callback(Protocol):
-    """Hook called after each epoch (after checkpoints are written)."""
+    """Hook called after each epoch (after checkpoints are written).
+
+    A callback may set ``trainer.stop_requested = True`` to end training after this epoch.
+    """
 
     def __call__(self, trainer: Trainer, record: EpochRecord) -> None: ...
 
@@ -210,11 +213,7 @@ class Trainer:
                         loss_sum[name] += value.detach()
                         weight_sum[name] += weights[name]
                         steps_with[name] += 1
-                        seen[name] += (
-                            int(batch.masks[name].any(dim=-1).sum())
-                            if batch.masks[name].dim() > 1
-                            else int(batch.masks[name].sum())
-                        )
+                        seen[name] += _labelled_rows(batch.masks[name])
                 self.step += 1
                 progress.advance(i, loss_sum, steps_with)
         mean_loss = {
@@ -344,6 +343,11 @@ class _EpochProgress:
             self.progress.update(self.task_id, completed=i + 1, description=f"{self.label} {text}")
         else:
             self.progress.update(self.task_id, completed=i + 1)
+
+
+def _labelled_rows(mask: Tensor) -> int:
+    """Examples with at least one valid label (a multilabel mask has one column per label)."""
+    return int((mask.any(dim=-1) if mask.dim() > 1 else mask).sum())
 
 
 def _flatten_row(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:

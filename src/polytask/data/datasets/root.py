@@ -67,7 +67,7 @@ def resolve_data_root(root: str | Path | None = None) -> Path:
         if candidate.is_dir():
             return candidate.resolve()
 
-    looked = ", ".join(str(c.resolve()) for c in candidates)
+    looked = ", ".join(dict.fromkeys(str(c.resolve()) for c in candidates))
     raise DataError(
         f"no data root found (looked in {looked}); set {ENV_VAR} to the folder holding the datasets"
     )

@@ -39,12 +39,20 @@ class Balancer(nn.Module):
         """Weight of each present task's loss (loss-level methods)."""
         raise NotImplementedError
 
+    def combine(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The scalar to back-propagate and the weight given to each present task."""
+        weights = self.weights(losses)
+        return torch.stack([weights[k] * losses[k] for k in losses]).sum(), weights
+
     def backward(self, losses: dict[str, Tensor], model: nn.Module) -> dict[str, float]:
         """Back-propagate the combined loss; return the weight applied to each task."""
-        weights = self.weights(losses)
-        total = torch.stack([weights[k] * losses[k] for k in losses]).sum()
+        total, weights = self.combine(losses)
         total.backward()  # type: ignore[no-untyped-call]
         return {k: float(w) for k, w in weights.items()}
+
+    def end_epoch(self, mean_losses: dict[str, float]) -> None:
+        """Called by the trainer after each epoch with the tasks' mean training losses
+        (NaN for a task that had no label in the epoch). Epoch-level methods update here."""
 
 
 BalancerFactory = Callable[[list[Task], BaseModel], Balancer]

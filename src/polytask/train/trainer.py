@@ -103,8 +103,14 @@ class Trainer:
         self.quiet = quiet
         self.losses = {t.name: TaskLoss(t) for t in tasks}
         self.criterion = Criterion(config.criterion, tasks)
-        params = [p for p in [*model.parameters(), *balancer.parameters()] if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        groups: list[dict[str, Any]] = [
+            {"params": [p for p in model.parameters() if p.requires_grad]}
+        ]
+        learned = [p for p in balancer.parameters() if p.requires_grad]
+        if learned:
+            # A balancer's own parameters (e.g. log-variances) are not weights to shrink.
+            groups.append({"params": learned, "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
         self.epoch = 0
@@ -144,6 +150,7 @@ class Trainer:
         while self.epoch < cfg.epochs and not stopped_early and not self.stop_requested:
             started = time.perf_counter()
             train_loss, weights, seen = self._train_epoch(train, total_steps)
+            self.balancer.end_epoch(train_loss)
             val_loss, val_metrics = evaluate_data(self.model, self.tasks, val, cfg.eval_batch_size)
             self.epoch += 1
             if self.reference is None:

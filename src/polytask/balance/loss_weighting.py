@@ -1,0 +1,137 @@
+"""Loss-level weighting methods: one backward pass on a weighted (or transformed) sum.
+
+Every method here copes with partial steps: ``losses`` holds only the tasks with a valid label
+in the batch, and weights, regularisers and state updates touch those tasks only. State lives
+in buffers and parameters, so checkpoints (``state_dict``) resume exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from polytask.balance.base import BALANCERS, Balancer
+from polytask.tasks import Task
+
+
+class UncertaintyWeighting(Balancer):
+    """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
+
+    Each task k learns ``s_k = log σ_k²``; the objective is
+    ``Σ_k ½ exp(−s_k) L_k + ½ s_k``, so noisier tasks get smaller weights while the ``½ s_k``
+    term stops every σ from growing without bound. The ``s_k`` are trained by the same optimiser
+    as the network (the trainer optimises the balancer's parameters too).
+    """
+
+    stateful = True
+
+    def __init__(self, tasks: list[Task]) -> None:
+        super().__init__(tasks)
+        self.log_vars = nn.ParameterDict(
+            {name: nn.Parameter(torch.zeros(())) for name in self.task_names}
+        )
+
+    def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: 0.5 * torch.exp(-self.log_vars[k]) for k in losses}
+
+    def combine(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        weights = self.weights(losses)
+        terms = [weights[k] * losses[k] + 0.5 * self.log_vars[k] for k in losses]
+        return torch.stack(terms).sum(), {k: w.detach() for k, w in weights.items()}
+
+
+class RandomWeighting(Balancer):
+    """Random loss weighting, RLW (Lin et al., "Reasonable Effectiveness of Random Weighting",
+    TMLR 2022): each step, weights are the softmax of standard normal draws over the present
+    tasks, scaled to sum to the number of present tasks. Draws use torch's global generator,
+    which the trainer seeds and checkpoints, so runs are reproducible and resumable."""
+
+    def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        names = list(losses)
+        w = torch.softmax(torch.randn(len(names)), dim=0) * len(names)
+        return dict(zip(names, w, strict=True))
+
+
+class GeometricLoss(Balancer):
+    """Geometric loss strategy, GLS (Chennupati et al., CVPR Workshops 2019): minimise the
+    geometric mean ``(Π_k L_k)^(1/K)`` of the present tasks' losses, which is invariant to each
+    loss's scale. Its gradient equals a weighted sum with weights ``GM / (K · L_k)``, which are
+    what is logged."""
+
+    def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        gm = self._geometric_mean(losses).detach()
+        return {k: gm / (len(losses) * v.detach()) for k, v in losses.items()}
+
+    @staticmethod
+    def _geometric_mean(losses: dict[str, Tensor]) -> Tensor:
+        # A loss of exactly 0 would give log(0); clamp to keep the step finite.
+        logs = torch.stack([torch.log(v.clamp_min(1e-12)) for v in losses.values()])
+        return torch.exp(logs.mean())
+
+    def combine(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        return self._geometric_mean(losses), self.weights(losses)
+
+
+class DWAParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(default=2.0, gt=0.0)
+
+
+class DynamicWeightAverage(Balancer):
+    """Dynamic weight average, DWA (Liu, Johns & Davison, "End-to-End Multi-Task Learning with
+    Attention", CVPR 2019): ``w_k = K exp(r_k / T) / Σ_j exp(r_j / T)`` with
+    ``r_k = L_k(t−1) / L_k(t−2)`` from the mean training losses of the two previous epochs;
+    equal weights for the first two epochs. A task whose loss falls slowly gets more weight.
+    """
+
+    stateful = True
+    history: Tensor
+    current: Tensor
+
+    def __init__(self, tasks: list[Task], temperature: float) -> None:
+        super().__init__(tasks)
+        self.temperature = temperature
+        k = len(self.task_names)
+        # Epoch-mean losses of the last two epochs (row 0 = older); NaN = not seen yet.
+        self.register_buffer("history", torch.full((2, k), math.nan, dtype=torch.float64))
+        self.register_buffer("current", torch.ones(k, dtype=torch.float64))
+
+    def end_epoch(self, mean_losses: dict[str, float]) -> None:
+        new = torch.tensor(
+            [mean_losses.get(n, math.nan) for n in self.task_names], dtype=torch.float64
+        )
+        # A task absent from an epoch keeps its previous value, so its ratio stays defined.
+        new = torch.where(torch.isnan(new), self.history[1], new)
+        self.history.copy_(torch.stack([self.history[1], new]))
+        ratio = self.history[1] / self.history[0]
+        if bool(torch.isfinite(ratio).all()):
+            k = len(self.task_names)
+            self.current.copy_(k * torch.softmax(ratio / self.temperature, dim=0))
+
+    def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        index = {n: i for i, n in enumerate(self.task_names)}
+        return {k: self.current[index[k]].float() for k in losses}
+
+
+@BALANCERS.register("uncertainty", summary="learned homoscedastic uncertainty (Kendall 2018)")
+def build_uncertainty(tasks: list[Task], params: BaseModel) -> Balancer:
+    return UncertaintyWeighting(tasks)
+
+
+@BALANCERS.register("rlw", summary="random loss weighting (Lin et al. 2022)")
+def build_rlw(tasks: list[Task], params: BaseModel) -> Balancer:
+    return RandomWeighting(tasks)
+
+
+@BALANCERS.register("gls", summary="geometric mean of the losses (Chennupati et al. 2019)")
+def build_gls(tasks: list[Task], params: BaseModel) -> Balancer:
+    return GeometricLoss(tasks)
+
+
+@BALANCERS.register("dwa", params=DWAParams, summary="dynamic weight average (Liu et al. 2019)")
+def build_dwa(tasks: list[Task], params: BaseModel) -> Balancer:
+    assert isinstance(params, DWAParams)
+    return DynamicWeightAverage(tasks, params.temperature)

@@ -106,7 +106,8 @@ def test_unknown_task_key_names_the_task_entry() -> None:
         ),
         (
             "balancer.name=magic",
-            "config error: balancer.name: unknown balancer 'magic'; valid choices: dwa, equal, gls, rlw, static, uncertainty",
+            "config error: balancer.name: unknown balancer 'magic'; "
+            "valid choices: dwa, equal, gls, imtl_l, rlw, static, uncertainty",
         ),
         (
             "train.criterion=risk.mae",

@@ -40,6 +40,20 @@ def test_uncertainty_objective_and_gradients() -> None:
     assert set(weights) == {"a", "b"}
 
 
+def test_imtl_l_objective_and_optimum() -> None:
+    bal = build_balancer("imtl_l", {}, TASKS)
+    with torch.no_grad():
+        bal.scales["a"].fill_(math.log(0.25))
+    losses = _losses(a=4.0, c=2.0)
+    total, weights = bal.combine(losses)
+    assert total.item() == pytest.approx(0.25 * 4.0 - math.log(0.25) + 2.0, rel=1e-6)
+    total.backward()
+    # d/ds (e^s L - s) = e^s L - 1: zero for a, where the scaled loss is already 1.
+    assert float(bal.scales["a"].grad) == pytest.approx(0.0, abs=1e-6)
+    assert float(bal.scales["c"].grad) == pytest.approx(1.0, rel=1e-6)
+    assert float(weights["a"]) == pytest.approx(0.25)
+
+
 def test_gls_is_geometric_mean_and_weights_match_its_gradient() -> None:
     bal = build_balancer("gls", {}, TASKS)
     losses = _losses(a=1.0, b=4.0, c=16.0)
@@ -84,7 +98,7 @@ def test_dwa_rejects_bad_temperature() -> None:
 
 
 @pytest.mark.usefixtures("torch_single_thread")
-@pytest.mark.parametrize("name", ["uncertainty", "rlw", "gls", "dwa"])
+@pytest.mark.parametrize("name", ["uncertainty", "imtl_l", "rlw", "gls", "dwa"])
 def test_each_method_trains_the_synthetic_benchmark(name: str) -> None:
     assert name in BALANCERS
     frame = make_mmoe_synthetic(2000, 0.9, n_features=16, seed=0)
@@ -116,7 +130,7 @@ def _stop_after_2(trainer: object, record: object) -> None:
 
 
 @pytest.mark.usefixtures("torch_single_thread")
-@pytest.mark.parametrize("name", ["uncertainty", "rlw", "dwa"])
+@pytest.mark.parametrize("name", ["uncertainty", "imtl_l", "rlw", "dwa"])
 def test_stateful_and_random_methods_resume_exactly(name: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     frame = make_mmoe_synthetic(600, 0.5, n_features=8, seed=4)
     raw = {

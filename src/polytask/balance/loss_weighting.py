@@ -43,6 +43,29 @@ class UncertaintyWeighting(Balancer):
         return torch.stack(terms).sum(), {k: w.detach() for k, w in weights.items()}
 
 
+class ImpartialLossScaling(Balancer):
+    """IMTL-L, the loss-balance half of impartial multi-task learning (Liu et al., "Towards
+    Impartial Multi-task Learning", ICLR 2021): each task learns a scale ``s_k`` and the
+    objective is ``Σ_k exp(s_k) L_k − s_k``, whose optimum in ``s_k`` makes every scaled loss
+    ``exp(s_k) L_k`` equal to 1, so no task dominates by the size of its loss."""
+
+    stateful = True
+
+    def __init__(self, tasks: list[Task]) -> None:
+        super().__init__(tasks)
+        self.scales = nn.ParameterDict(
+            {name: nn.Parameter(torch.zeros(())) for name in self.task_names}
+        )
+
+    def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: torch.exp(self.scales[k]) for k in losses}
+
+    def combine(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        weights = self.weights(losses)
+        terms = [weights[k] * losses[k] - self.scales[k] for k in losses]
+        return torch.stack(terms).sum(), {k: w.detach() for k, w in weights.items()}
+
+
 class RandomWeighting(Balancer):
     """Random loss weighting, RLW (Lin et al., "Reasonable Effectiveness of Random Weighting",
     TMLR 2022): each step, weights are the softmax of standard normal draws over the present
@@ -119,6 +142,11 @@ class DynamicWeightAverage(Balancer):
 @BALANCERS.register("uncertainty", summary="learned homoscedastic uncertainty (Kendall 2018)")
 def build_uncertainty(tasks: list[Task], params: BaseModel) -> Balancer:
     return UncertaintyWeighting(tasks)
+
+
+@BALANCERS.register("imtl_l", summary="impartial loss scaling, IMTL-L (Liu et al. 2021)")
+def build_imtl_l(tasks: list[Task], params: BaseModel) -> Balancer:
+    return ImpartialLossScaling(tasks)
 
 
 @BALANCERS.register("rlw", summary="random loss weighting (Lin et al. 2022)")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
-from collections.abc import Callable
+import re
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from polytask.data.datasets import DATASETS, data_available, resolve_data_root
@@ -47,17 +55,6 @@ def require_data_fixture() -> Callable[[str], Path]:
 # -- CLI helpers: in-process runs of ``polytask`` and a small clinical table -------------------
 # (used by test_cli.py and test_bad_input.py)
 
-import contextlib  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -180,3 +177,33 @@ def torch_single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def synthetic_raw(
+    names: tuple[str, str] = ("value", "label"),
+    *,
+    balancer: str | None = None,
+    widths: tuple[int, ...] = (64, 32),
+    dropout: float = 0.0,
+    head: tuple[int, ...] | None = None,
+    seed: int = 0,
+    **train: Any,
+) -> dict[str, Any]:
+    """Raw config of the two-task MMoE synthetic set (one regression, one binary task)."""
+    model: dict[str, Any] = {"encoder": {"widths": list(widths), "dropout": dropout}}
+    if head is not None:
+        model["head"] = {"widths": list(head)}
+    raw: dict[str, Any] = {
+        "seed": seed,
+        "baselines": False,
+        "data": {"ignore": ["y2_raw"], "split": {"method": "random", "val": 0.15, "test": 0.15}},
+        "tasks": [
+            {"name": names[0], "kind": "regression", "target": "y_regression"},
+            {"name": names[1], "kind": "binary", "target": "y_binary"},
+        ],
+        "model": model,
+        "train": {"progress": False, **train},
+    }
+    if balancer is not None:
+        raw["balancer"] = {"name": balancer}
+    return raw

@@ -4,10 +4,12 @@ and each method training the synthetic benchmark through the pipeline."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import synthetic_raw
 from polytask import config_from_dict, run
 from polytask.balance import BALANCERS, build_balancer
 from polytask.data.synthetic import make_mmoe_synthetic
@@ -27,16 +29,16 @@ def _losses(**values: float) -> dict[str, torch.Tensor]:
 def test_uncertainty_objective_and_gradients() -> None:
     bal = build_balancer("uncertainty", {}, TASKS)
     with torch.no_grad():
-        bal.log_vars["a"].fill_(0.5)
-        bal.log_vars["b"].fill_(-1.0)
+        bal.scales["a"].fill_(0.5)
+        bal.scales["b"].fill_(-1.0)
     losses = _losses(a=2.0, b=3.0)  # task c absent from this batch
     total, weights = bal.combine(losses)
     expected = 0.5 * math.exp(-0.5) * 2.0 + 0.25 + 0.5 * math.exp(1.0) * 3.0 - 0.5
     assert total.item() == pytest.approx(expected, rel=1e-6)
     total.backward()
     # d/ds (½ e^{-s} L + ½ s) = ½ − ½ e^{-s} L
-    assert float(bal.log_vars["a"].grad) == pytest.approx(0.5 - 0.5 * math.exp(-0.5) * 2.0)
-    assert bal.log_vars["c"].grad is None  # absent task: untouched
+    assert float(bal.scales["a"].grad) == pytest.approx(0.5 - 0.5 * math.exp(-0.5) * 2.0)
+    assert bal.scales["c"].grad is None  # absent task: untouched
     assert set(weights) == {"a", "b"}
 
 
@@ -102,17 +104,7 @@ def test_dwa_rejects_bad_temperature() -> None:
 def test_each_method_trains_the_synthetic_benchmark(name: str) -> None:
     assert name in BALANCERS
     frame = make_mmoe_synthetic(2000, 0.9, n_features=16, seed=0)
-    raw = {
-        "baselines": False,
-        "data": {"ignore": ["y2_raw"]},
-        "tasks": [
-            {"name": "value", "kind": "regression", "target": "y_regression"},
-            {"name": "label", "kind": "binary", "target": "y_binary"},
-        ],
-        "balancer": {"name": name},
-        "model": {"encoder": {"widths": [64, 32], "dropout": 0.0}},
-        "train": {"epochs": 6, "batch_size": 64, "lr": 3e-3, "progress": False},
-    }
+    raw = synthetic_raw(balancer=name, epochs=6, batch_size=64, lr=3e-3)
     result = run(config_from_dict(raw), frame=frame, quiet=True)
     assert result.metrics["value"]["r2"] > 0.6, result.metrics
     assert result.metrics["label"]["auroc"] > 0.85, result.metrics
@@ -131,19 +123,11 @@ def _stop_after_2(trainer: object, record: object) -> None:
 
 @pytest.mark.usefixtures("torch_single_thread")
 @pytest.mark.parametrize("name", ["uncertainty", "imtl_l", "rlw", "dwa"])
-def test_stateful_and_random_methods_resume_exactly(name: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_stateful_and_random_methods_resume_exactly(name: str, tmp_path: Path) -> None:
     frame = make_mmoe_synthetic(600, 0.5, n_features=8, seed=4)
-    raw = {
-        "baselines": False,
-        "data": {"ignore": ["y2_raw"]},
-        "tasks": [
-            {"name": "value", "kind": "regression", "target": "y_regression"},
-            {"name": "label", "kind": "binary", "target": "y_binary"},
-        ],
-        "balancer": {"name": name},
-        "model": {"encoder": {"widths": [16], "dropout": 0.2}},
-        "train": {"epochs": 4, "batch_size": 32, "patience": None, "progress": False},
-    }
+    raw = synthetic_raw(
+        balancer=name, widths=(16,), dropout=0.2, epochs=4, batch_size=32, patience=None
+    )
     full = run(config_from_dict(raw), frame=frame, out=tmp_path / "full", quiet=True)
     with pytest.raises(_Stop):
         run(

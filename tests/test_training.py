@@ -15,6 +15,7 @@ import pytest
 import torch
 from sklearn.metrics import r2_score, roc_auc_score
 
+from conftest import synthetic_raw
 from polytask.artifacts import load
 from polytask.config import RunConfig, config_from_dict
 from polytask.data.split import random_split
@@ -47,28 +48,8 @@ def frame() -> pd.DataFrame:
 
 
 def _config(seed: int = SEED, **train: Any) -> RunConfig:
-    raw = {
-        "seed": seed,
-        "baselines": False,
-        "data": {"ignore": ["y2_raw"], "split": {"method": "random", "val": 0.15, "test": 0.15}},
-        "tasks": [
-            {"name": "reg", "kind": "regression", "target": "y_regression"},
-            {"name": "cls", "kind": "binary", "target": "y_binary"},
-        ],
-        "model": {
-            "encoder": {"name": "mlp", "widths": [64, 32], "dropout": 0.1},
-            "head": {"widths": [16]},
-        },
-        "train": {
-            "epochs": EPOCHS,
-            "batch_size": 64,
-            "lr": 3e-3,
-            "patience": None,
-            "progress": False,
-            "threads": 1,
-            **train,
-        },
-    }
+    settings = {"epochs": EPOCHS, "batch_size": 64, "lr": 3e-3, "patience": None, "threads": 1}
+    raw = synthetic_raw(("reg", "cls"), dropout=0.1, head=(16,), seed=seed, **{**settings, **train})
     return config_from_dict(raw)
 
 

@@ -18,9 +18,7 @@ from polytask.data.synthetic import make_mmoe_synthetic
 from polytask.pipeline import RunResult, run
 
 
-def demo_config(
-    n_features: int = 100, epochs: int = 12, seed: int = 0, **train: Any
-) -> dict[str, Any]:
+def demo_config(epochs: int = 12, seed: int = 0, **train: Any) -> dict[str, Any]:
     """The raw config the demo trains (a plain dict, as read from TOML)."""
     return {
         "seed": seed,

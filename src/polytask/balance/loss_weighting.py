@@ -13,41 +13,16 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from polytask.balance.base import BALANCERS, Balancer
+from polytask.balance.base import BALANCERS, Balancer, BalancerFactory
 from polytask.tasks import Task
 
 
-class UncertaintyWeighting(Balancer):
-    """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
-
-    Each task k learns ``s_k = log σ_k²``; the objective is
-    ``Σ_k ½ exp(−s_k) L_k + ½ s_k``, so noisier tasks get smaller weights while the ``½ s_k``
-    term stops every σ from growing without bound. The ``s_k`` are trained by the same optimiser
-    as the network (the trainer optimises the balancer's parameters too).
+class LearnedLossScales(Balancer):
+    """Shared mechanics of methods that learn one scalar ``s_k`` per task and minimise
+    ``Σ_k w(s_k) L_k + r(s_k)``: a weight that scales the loss and a regulariser that keeps the
+    scale from collapsing. The ``s_k`` are trained by the same optimiser as the network (the
+    trainer adds the balancer's parameters, without weight decay); absent tasks are untouched.
     """
-
-    stateful = True
-
-    def __init__(self, tasks: list[Task]) -> None:
-        super().__init__(tasks)
-        self.log_vars = nn.ParameterDict(
-            {name: nn.Parameter(torch.zeros(())) for name in self.task_names}
-        )
-
-    def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {k: 0.5 * torch.exp(-self.log_vars[k]) for k in losses}
-
-    def combine(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        weights = self.weights(losses)
-        terms = [weights[k] * losses[k] + 0.5 * self.log_vars[k] for k in losses]
-        return torch.stack(terms).sum(), {k: w.detach() for k, w in weights.items()}
-
-
-class ImpartialLossScaling(Balancer):
-    """IMTL-L, the loss-balance half of impartial multi-task learning (Liu et al., "Towards
-    Impartial Multi-task Learning", ICLR 2021): each task learns a scale ``s_k`` and the
-    objective is ``Σ_k exp(s_k) L_k − s_k``, whose optimum in ``s_k`` makes every scaled loss
-    ``exp(s_k) L_k`` equal to 1, so no task dominates by the size of its loss."""
 
     stateful = True
 
@@ -57,13 +32,47 @@ class ImpartialLossScaling(Balancer):
             {name: nn.Parameter(torch.zeros(())) for name in self.task_names}
         )
 
+    def _weight(self, s: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _regulariser(self, s: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
     def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {k: torch.exp(self.scales[k]) for k in losses}
+        return {k: self._weight(self.scales[k]) for k in losses}
 
     def combine(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         weights = self.weights(losses)
-        terms = [weights[k] * losses[k] - self.scales[k] for k in losses]
+        terms = [weights[k] * losses[k] + self._regulariser(self.scales[k]) for k in losses]
         return torch.stack(terms).sum(), {k: w.detach() for k, w in weights.items()}
+
+
+class UncertaintyWeighting(LearnedLossScales):
+    """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
+
+    Each task k learns ``s_k = log σ_k²``; the objective is
+    ``Σ_k ½ exp(−s_k) L_k + ½ s_k``, so noisier tasks get smaller weights while the ``½ s_k``
+    term stops every σ from growing without bound.
+    """
+
+    def _weight(self, s: Tensor) -> Tensor:
+        return 0.5 * torch.exp(-s)
+
+    def _regulariser(self, s: Tensor) -> Tensor:
+        return 0.5 * s
+
+
+class ImpartialLossScaling(LearnedLossScales):
+    """IMTL-L, the loss-balance half of impartial multi-task learning (Liu et al., "Towards
+    Impartial Multi-task Learning", ICLR 2021): each task learns a scale ``s_k`` and the
+    objective is ``Σ_k exp(s_k) L_k − s_k``, whose optimum in ``s_k`` makes every scaled loss
+    ``exp(s_k) L_k`` equal to 1, so no task dominates by the size of its loss."""
+
+    def _weight(self, s: Tensor) -> Tensor:
+        return torch.exp(s)
+
+    def _regulariser(self, s: Tensor) -> Tensor:
+        return -s
 
 
 class RandomWeighting(Balancer):
@@ -139,24 +148,22 @@ class DynamicWeightAverage(Balancer):
         return {k: self.current[index[k]].float() for k in losses}
 
 
-@BALANCERS.register("uncertainty", summary="learned homoscedastic uncertainty (Kendall 2018)")
-def build_uncertainty(tasks: list[Task], params: BaseModel) -> Balancer:
-    return UncertaintyWeighting(tasks)
+def _without_params(cls: type[Balancer]) -> BalancerFactory:
+    """Factory of a method whose only input is the task list."""
+
+    def build(tasks: list[Task], params: BaseModel) -> Balancer:
+        return cls(tasks)
+
+    return build
 
 
-@BALANCERS.register("imtl_l", summary="impartial loss scaling, IMTL-L (Liu et al. 2021)")
-def build_imtl_l(tasks: list[Task], params: BaseModel) -> Balancer:
-    return ImpartialLossScaling(tasks)
-
-
-@BALANCERS.register("rlw", summary="random loss weighting (Lin et al. 2022)")
-def build_rlw(tasks: list[Task], params: BaseModel) -> Balancer:
-    return RandomWeighting(tasks)
-
-
-@BALANCERS.register("gls", summary="geometric mean of the losses (Chennupati et al. 2019)")
-def build_gls(tasks: list[Task], params: BaseModel) -> Balancer:
-    return GeometricLoss(tasks)
+for _name, _cls, _summary in (
+    ("uncertainty", UncertaintyWeighting, "learned homoscedastic uncertainty (Kendall 2018)"),
+    ("imtl_l", ImpartialLossScaling, "impartial loss scaling, IMTL-L (Liu et al. 2021)"),
+    ("rlw", RandomWeighting, "random loss weighting (Lin et al. 2022)"),
+    ("gls", GeometricLoss, "geometric mean of the losses (Chennupati et al. 2019)"),
+):
+    BALANCERS.register(_name, summary=_summary)(_without_params(_cls))
 
 
 @BALANCERS.register("dwa", params=DWAParams, summary="dynamic weight average (Liu et al. 2019)")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from polytask.balance import BALANCERS
 from polytask.config import config_from_dict, load_config
 from polytask.errors import ConfigError
 
@@ -107,7 +108,7 @@ def test_unknown_task_key_names_the_task_entry() -> None:
         (
             "balancer.name=magic",
             "config error: balancer.name: unknown balancer 'magic'; "
-            "valid choices: dwa, equal, gls, imtl_l, rlw, static, uncertainty",
+            f"valid choices: {', '.join(sorted(BALANCERS.names()))}",
         ),
         (
             "train.criterion=risk.mae",

@@ -12,7 +12,7 @@ State that must survive a resume lives in buffers or parameters, so ``state_dict
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +21,9 @@ from torch import Tensor, nn
 from polytask.errors import ConfigError
 from polytask.registry import Registry
 from polytask.tasks import Task
+
+if TYPE_CHECKING:
+    from polytask.models.model import MultiTaskModel
 
 
 class Balancer(nn.Module):
@@ -34,6 +37,18 @@ class Balancer(nn.Module):
     def __init__(self, tasks: list[Task]) -> None:
         super().__init__()
         self.task_names = [t.name for t in tasks]
+        #: Per-task gradient norms measured by the last step that measured them (gradient-level
+        #: methods measure at every weight update; the trainer reads them for its log).
+        self.step_grad_norms: dict[str, float] = {}
+
+    def forward(self, model: MultiTaskModel, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Run ``model`` on a training batch. Gradient-level methods override this to set up
+        per-task gradients (hooks, or a split at the shared representation)."""
+        outputs: dict[str, Tensor] = model(inputs)
+        return outputs
+
+    def check_model(self, model: MultiTaskModel) -> None:
+        """Raise :class:`ConfigError` if this balancer cannot train ``model``."""
 
     def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:  # pragma: no cover
         """Weight of each present task's loss (loss-level methods)."""
@@ -44,7 +59,7 @@ class Balancer(nn.Module):
         weights = self.weights(losses)
         return torch.stack([weights[k] * losses[k] for k in losses]).sum(), weights
 
-    def backward(self, losses: dict[str, Tensor], model: nn.Module) -> dict[str, float]:
+    def backward(self, losses: dict[str, Tensor], model: MultiTaskModel) -> dict[str, float]:
         """Back-propagate the combined loss; return the weight applied to each task."""
         total, weights = self.combine(losses)
         total.backward()  # type: ignore[no-untyped-call]

@@ -34,6 +34,22 @@ class Architecture(nn.Module):
     def task_parameters(self, task: str) -> list[nn.Parameter]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def shared_modules(self) -> list[nn.Module]:  # pragma: no cover - abstract
+        """Modules holding every shared parameter, none a child of another (for Gramians)."""
+        raise NotImplementedError
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:  # pragma: no cover - abstract
+        """Parameters of the last shared layer, where GradNorm compares gradient norms."""
+        raise NotImplementedError
+
+    def represent(self, inputs: dict[str, Tensor]) -> Tensor:
+        """The single shared representation; only when ``single_representation``."""
+        raise NotImplementedError(f"{type(self).__name__} has no single shared representation")
+
+    def task_forward(self, task: str, z: Tensor) -> Tensor:
+        """Task ``task``'s raw output from the shared representation ``z``."""
+        raise NotImplementedError(f"{type(self).__name__} has no single shared representation")
+
 
 ArchitectureFactory = Callable[
     [Callable[[], Encoder], dict[str, int], HeadParams, BaseModel], Architecture
@@ -61,6 +77,10 @@ class HardSharing(Architecture):
     def heads_forward(self, z: Tensor) -> dict[str, Tensor]:
         return {name: head(z) for name, head in self.heads.items()}
 
+    def task_forward(self, task: str, z: Tensor) -> Tensor:
+        out: Tensor = self.heads[task](z)
+        return out
+
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         return self.heads_forward(self.represent(inputs))
 
@@ -69,6 +89,12 @@ class HardSharing(Architecture):
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         return list(self.heads[task].parameters())
+
+    def shared_modules(self) -> list[nn.Module]:
+        return [self.encoder]
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        return self.encoder.last_layer_parameters()
 
 
 @ARCHITECTURES.register("hard", params=NoParams, summary="hard sharing: shared encoder + heads")

@@ -34,6 +34,13 @@ class Encoder(nn.Module):
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the last layer with weights (what GradNorm measures gradients at)."""
+        layers = [m for m in self.modules() if any(True for _ in m.parameters(recurse=False))]
+        if not layers:
+            raise ValueError(f"{type(self).__name__} has no trainable layer")
+        return list(layers[-1].parameters(recurse=False))
+
 
 EncoderFactory = Callable[[InputSpec, BaseModel], Encoder]
 ENCODERS: Registry[EncoderFactory] = Registry("encoder")

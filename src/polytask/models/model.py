@@ -32,6 +32,25 @@ class MultiTaskModel(nn.Module):
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         return self.architecture.task_parameters(task)
 
+    def shared_modules(self) -> list[nn.Module]:
+        return self.architecture.shared_modules()
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        return self.architecture.last_shared_parameters()
+
+    @property
+    def single_representation(self) -> bool:
+        return self.architecture.single_representation
+
+    def represent(self, inputs: dict[str, Tensor]) -> Tensor:
+        """The shared representation (architectures with ``single_representation`` only)."""
+        return self.architecture.represent(inputs)
+
+    def task_output(self, task: str, z: Tensor) -> Tensor:
+        """Task ``task``'s output from the representation ``z``, shaped like ``forward``'s."""
+        raw = self.architecture.task_forward(task, z)
+        return raw.squeeze(-1) if self._squeeze[task] else raw
+
 
 def build_model(tasks: list[Task], spec: InputSpec, cfg: ModelConfig, seed: int) -> MultiTaskModel:
     """Build the encoder(s), architecture and heads named in ``cfg``, initialised from ``seed``."""

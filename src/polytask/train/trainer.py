@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from rich.console import Console
@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 
 from polytask.balance.base import Balancer
+from polytask.balance.diagnostics import task_gradient_norms
 from polytask.config import TrainConfig
 from polytask.data.tensors import TensorData
 from polytask.evaluate.evaluation import evaluate_data
@@ -40,6 +41,9 @@ from polytask.tasks import Task
 from polytask.train.criterion import Criterion
 from polytask.train.schedule import lr_factor
 
+if TYPE_CHECKING:
+    from polytask.models.model import MultiTaskModel
+
 
 @dataclass
 class EpochRecord:
@@ -55,6 +59,9 @@ class EpochRecord:
     examples: dict[str, int]
     seconds: float
     best: bool = False
+    #: Mean norm of each task's gradient of the shared parameters (or of the shared
+    #: representation in that engine mode) over the steps that measured it.
+    grad_norms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,7 +88,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: MultiTaskModel,
         tasks: list[Task],
         balancer: Balancer,
         config: TrainConfig,
@@ -95,6 +102,7 @@ class Trainer:
         self.model = model
         self.tasks = tasks
         self.balancer = balancer
+        balancer.check_model(model)
         self.config = config
         self.seed = seed
         self.callbacks = list(callbacks)
@@ -149,7 +157,7 @@ class Trainer:
         stopped_early = self._patience_exhausted()
         while self.epoch < cfg.epochs and not stopped_early and not self.stop_requested:
             started = time.perf_counter()
-            train_loss, weights, seen = self._train_epoch(train, total_steps)
+            train_loss, weights, seen, grad_norms = self._train_epoch(train, total_steps)
             self.balancer.end_epoch(train_loss)
             val_loss, val_metrics = evaluate_data(self.model, self.tasks, val, cfg.eval_batch_size)
             self.epoch += 1
@@ -175,6 +183,7 @@ class Trainer:
                 examples=seen,
                 seconds=round(time.perf_counter() - started, 3),
                 best=improved,
+                grad_norms=grad_norms,
             )
             self.history.append(record)
             if run_dir is not None:
@@ -194,13 +203,15 @@ class Trainer:
 
     def _train_epoch(
         self, data: TensorData, total_steps: int
-    ) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
+    ) -> tuple[dict[str, float], dict[str, float], dict[str, int], dict[str, float]]:
         cfg = self.config
         self.model.train()
         loss_sum = {t.name: torch.zeros(()) for t in self.tasks}
         weight_sum = {t.name: 0.0 for t in self.tasks}
         steps_with = {t.name: 0 for t in self.tasks}
         seen = {t.name: 0 for t in self.tasks}
+        norm_sum = {t.name: 0.0 for t in self.tasks}
+        norm_count = {t.name: 0 for t in self.tasks}
         params = [g["params"] for g in self.optimizer.param_groups]
         flat_params = [p for group in params for p in group]
         with self._progress(data.steps_per_epoch(cfg.batch_size)) as progress:
@@ -208,11 +219,21 @@ class Trainer:
                 factor = lr_factor(self.step, total_steps, cfg.scheduler, cfg.warmup)
                 for group in self.optimizer.param_groups:
                     group["lr"] = cfg.lr * factor
-                outputs = self.model(batch.inputs)
+                outputs = self.balancer.forward(self.model, batch.inputs)
                 losses = task_losses(self.losses, outputs, batch.targets, batch.masks)
                 self.optimizer.zero_grad(set_to_none=True)
                 if losses:
+                    self.balancer.step_grad_norms = {}
+                    if i == 0 and not self.balancer.needs_gradients:
+                        # Loss-level methods never see gradients; measure them once per epoch
+                        # (K extra backward passes on one batch) so every run logs them.
+                        self.balancer.step_grad_norms = task_gradient_norms(
+                            losses, self.model.shared_parameters()
+                        )
                     weights = self.balancer.backward(losses, self.model)
+                    for name, norm in self.balancer.step_grad_norms.items():
+                        norm_sum[name] += norm
+                        norm_count[name] += 1
                     if cfg.grad_clip is not None:
                         nn.utils.clip_grad_norm_(flat_params, cfg.grad_clip)
                     self.optimizer.step()
@@ -229,7 +250,8 @@ class Trainer:
         mean_weight = {
             k: weight_sum[k] / steps_with[k] if steps_with[k] else math.nan for k in weight_sum
         }
-        return mean_loss, mean_weight, seen
+        grad_norms = {k: norm_sum[k] / norm_count[k] for k in norm_sum if norm_count[k]}
+        return mean_loss, mean_weight, seen, grad_norms
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, run_dir: Path, *, best: bool) -> None:

@@ -1,0 +1,255 @@
+"""The per-task gradient engine behind every gradient-level balancing method.
+
+Gradient-level methods (MGDA, PCGrad, CAGrad, UPGrad, Nash-MTL, ...) look at the tasks' gradients
+of the shared parameters, not only at their losses. Almost all of them need only the K × K Gramian
+``G = J Jᵀ`` of the task Jacobian ``J`` (one row per task): they turn ``G`` into task weights
+``w`` and the update of the shared parameters is ``Jᵀ w``, which one ordinary backward pass of
+``Σ_k w_k L_k`` produces. The engine therefore never builds the K × P Jacobian for them:
+
+``exact``
+    ``G`` over the shared parameters, accumulated layer by layer by torchjd's autogram engine
+    (Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024, Section 6): no
+    K × P matrix, one weighted backward for the update.
+``representation``
+    ``G`` of the gradients with respect to the shared representation ``z`` (the MGDA-UB upper
+    bound of Sener & Koltun, NeurIPS 2018): each head reads its own detached copy of ``z``, so a
+    single backward through the heads yields every task's ``∂L_k/∂z``; the trunk then receives
+    one backward of the aggregated gradient. Needs an architecture with a single shared
+    representation; :meth:`GradientBalancer.check_model` rejects the others at build time.
+
+Options common to every method: ``update_every`` recomputes the weights every T steps and reuses
+them in between (one plain weighted backward on those steps), and ``task_subset`` draws S of the
+present tasks per step (the others sit the step out), which bounds the cost for many tasks.
+
+Task-specific parameters always receive the plain gradient of their own task's loss, as in the
+methods' papers and in torchjd's ``mtl_backward``; only the shared parameters get ``Jᵀ w``.
+A task without a valid label in the batch is simply not in ``losses`` and takes no part.
+
+Data parallelism: weights depend on ``G`` only, and ``G`` is K × K. :attr:`GradientBalancer.
+reduce_gramian` is the seam where a distributed run all-reduces (averages) that small matrix so
+every rank derives the same weights; each rank then back-propagates ``Σ w_k L_k`` locally and the
+ordinary gradient all-reduce does the rest. Nothing larger than K × K ever needs to travel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+from torchjd.autogram import Engine
+
+from polytask.balance.base import Balancer
+from polytask.errors import ConfigError, PolytaskError
+from polytask.tasks import Task
+
+if TYPE_CHECKING:
+    from polytask.models.model import MultiTaskModel
+
+GradientMode = Literal["exact", "representation"]
+GRADIENT_MODES: tuple[GradientMode, ...] = ("exact", "representation")
+
+
+class EngineParams(BaseModel):
+    """How per-task gradients are obtained; every gradient-level method accepts these keys."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: GradientMode = Field(
+        default="exact",
+        description="exact: Gramian over shared parameters; representation: over the shared "
+        "representation (MGDA-UB style, cheaper)",
+    )
+    update_every: int = Field(
+        default=1, ge=1, description="recompute the weights every T steps, reuse in between"
+    )
+    task_subset: int | None = Field(
+        default=None, ge=1, description="draw this many present tasks per step (default: all)"
+    )
+
+
+class GramianWeighting(nn.Module):
+    """Turns the Gramian of the present tasks' gradients into their weights.
+
+    ``forward(gramian, losses, tasks)``: ``gramian`` is ``[k, k]``, ``losses`` the present tasks'
+    detached losses ``[k]`` and ``tasks`` their indices in the full task list (for methods that
+    keep per-task state). Returns ``[k]`` weights.
+    """
+
+    def forward(self, gramian: Tensor, losses: Tensor, tasks: list[int]) -> Tensor:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+class MatrixAggregator(nn.Module):
+    """A method that needs the gradient matrix itself (``[k, n]``), not only its Gramian, and
+    returns the aggregated ``[n]`` vector (GradDrop). Only practical in ``representation``
+    mode, where ``n`` is the size of the representation, not of the network."""
+
+    def forward(self, matrix: Tensor) -> Tensor:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+class GradientBalancer(Balancer):
+    """A gradient-level balancing method run by the engine described in the module docstring."""
+
+    needs_gradients = True
+    steps: Tensor
+    cached: Tensor
+
+    def __init__(
+        self,
+        tasks: list[Task],
+        method: GramianWeighting | MatrixAggregator,
+        engine: EngineParams,
+        name: str,
+    ) -> None:
+        super().__init__(tasks)
+        if isinstance(method, MatrixAggregator) and engine.mode != "representation":
+            raise ConfigError(
+                f"balancer {name!r} needs the gradient matrix, which only mode 'representation' "
+                f"provides; set balancer.mode = 'representation' (got {engine.mode!r})"
+            )
+        self.method = method
+        self.engine = engine
+        self.name = name
+        self._index = {n: i for i, n in enumerate(self.task_names)}
+        #: Hook for data parallelism: receives the local K × K Gramian, returns the global one.
+        self.reduce_gramian: Callable[[Tensor], Tensor] = _identity
+        #: Number of backward calls so far (drives ``update_every``); saved with the state.
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        #: Last computed weight per task (NaN = never computed), reused between updates.
+        self.register_buffer("cached", torch.full((len(tasks),), math.nan, dtype=torch.float64))
+        self._autogram: Engine | None = None
+        self._representation: Tensor | None = None
+        self._task_inputs: dict[str, Tensor] = {}
+
+    # -- build-time checks -------------------------------------------------------------------
+    def check_model(self, model: MultiTaskModel) -> None:
+        """Reject a mode the model cannot serve, naming the valid choices."""
+        if self.engine.mode == "representation" and not getattr(
+            model, "single_representation", False
+        ):
+            arch = type(getattr(model, "architecture", model)).__name__
+            raise ConfigError(
+                f"balancer.mode 'representation' needs an architecture with a single shared "
+                f"representation, and {arch} has none; use balancer.mode 'exact'"
+            )
+
+    # -- the step ----------------------------------------------------------------------------
+    def _computes_now(self) -> bool:
+        return int(self.steps) % self.engine.update_every == 0
+
+    def forward(self, model: MultiTaskModel, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Run the model so that this step's per-task gradients can be taken."""
+        self._autogram, self._representation, self._task_inputs = None, None, {}
+        if not (torch.is_grad_enabled() and self._computes_now()):
+            return super().forward(model, inputs)
+        if self.engine.mode == "exact":
+            # The engine hooks the shared modules' forward passes; it lives for one step only,
+            # so forward passes of other steps (reuse steps, evaluation) are not tracked.
+            self._autogram = Engine(*model.shared_modules(), batch_dim=None)
+            return super().forward(model, inputs)
+        z = model.represent(inputs)
+        self._representation = z
+        outputs = {}
+        for name in self.task_names:
+            # A separate leaf per task: one backward through the heads gives every ∂L_k/∂z.
+            leaf = z.detach().requires_grad_()
+            self._task_inputs[name] = leaf
+            outputs[name] = model.task_output(name, leaf)
+        return outputs
+
+    def backward(self, losses: dict[str, Tensor], model: MultiTaskModel) -> dict[str, float]:
+        names = self._draw_subset(list(losses))
+        stacked = torch.stack([losses[n] for n in names])
+        idx = [self._index[n] for n in names]
+        computing = self._autogram is not None or self._representation is not None
+        self.steps += 1
+        if not computing:
+            return self._weighted_backward(stacked, names, self._reused_weights(idx), model)
+        if self._representation is not None:
+            return self._representation_backward(stacked, names, idx, model)
+        assert self._autogram is not None
+        try:
+            gramian = self._autogram.compute_gramian(stacked)
+        finally:
+            self._autogram = None  # drops the hooks
+        weights = self._weigh(gramian, stacked, idx)
+        return self._weighted_backward(stacked, names, weights, model)
+
+    def _draw_subset(self, present: list[str]) -> list[str]:
+        s = self.engine.task_subset
+        if s is None or len(present) <= s:
+            return present
+        # Global RNG: seeded and checkpointed by the trainer, so runs replay exactly.
+        chosen = torch.randperm(len(present))[:s].sort().values.tolist()
+        return [present[i] for i in chosen]
+
+    def _weigh(self, gramian: Tensor, stacked: Tensor, idx: list[int]) -> Tensor:
+        assert isinstance(self.method, GramianWeighting)
+        gramian = self.reduce_gramian(gramian.detach())
+        diag = gramian.diagonal().clamp_min(0).sqrt()
+        self.step_grad_norms = {
+            self.task_names[i]: float(v) for i, v in zip(idx, diag, strict=True)
+        }
+        try:
+            weights = self.method(gramian, stacked.detach(), idx)
+        except PolytaskError:
+            raise
+        except Exception as exc:  # solver failures surface here, never as equal weights
+            raise PolytaskError(
+                f"balancer {self.name!r} failed at step {int(self.steps)}: {exc}"
+            ) from exc
+        weights = torch.as_tensor(weights).detach().to(stacked.dtype)
+        if not bool(torch.isfinite(weights).all()):
+            raise PolytaskError(
+                f"balancer {self.name!r} produced non-finite weights at step {int(self.steps)} "
+                f"(gradient norms {[round(float(v), 6) for v in diag]})"
+            )
+        self.cached[idx] = weights.to(self.cached.dtype)
+        return weights
+
+    def _reused_weights(self, idx: list[int]) -> Tensor:
+        cached = self.cached[idx]
+        known = self.cached[~torch.isnan(self.cached)]
+        # A task never weighted yet (absent at the last update) gets the mean known weight.
+        fill = known.mean() if known.numel() else torch.tensor(1.0, dtype=torch.float64)
+        return torch.where(torch.isnan(cached), fill, cached).float()
+
+    def _weighted_backward(
+        self, stacked: Tensor, names: list[str], weights: Tensor, model: MultiTaskModel
+    ) -> dict[str, float]:
+        shared = [p for p in model.shared_parameters() if p.requires_grad]
+        own = [p for n in names for p in model.task_parameters(n) if p.requires_grad]
+        torch.autograd.backward(stacked, grad_tensors=weights, inputs=shared, retain_graph=True)
+        if own:
+            torch.autograd.backward(stacked.sum(), inputs=own)
+        return {n: float(w) for n, w in zip(names, weights, strict=True)}
+
+    def _representation_backward(
+        self, stacked: Tensor, names: list[str], idx: list[int], model: MultiTaskModel
+    ) -> dict[str, float]:
+        z, leaves = self._representation, [self._task_inputs[n] for n in names]
+        assert z is not None
+        self._representation, self._task_inputs = None, {}
+        own = [p for n in names for p in model.task_parameters(n) if p.requires_grad]
+        # One backward through the heads: each leaf collects its own task's ∂L_k/∂z and the
+        # heads accumulate their own task's gradient.
+        torch.autograd.backward(stacked.sum(), inputs=[*leaves, *own])
+        matrix = torch.stack([leaf.grad.reshape(-1) for leaf in leaves])  # type: ignore[union-attr]
+        if isinstance(self.method, MatrixAggregator):
+            norms = matrix.norm(dim=1)
+            self.step_grad_norms = {n: float(v) for n, v in zip(names, norms, strict=True)}
+            direction = self.method(matrix)
+            weights = torch.ones(len(names))
+        else:
+            weights = self._weigh(matrix @ matrix.T, stacked, idx)
+            direction = weights.to(matrix.dtype) @ matrix
+        z.backward(direction.reshape(z.shape))  # type: ignore[no-untyped-call]
+        return {n: float(w) for n, w in zip(names, weights, strict=True)}
+
+
+def _identity(gramian: Tensor) -> Tensor:
+    return gramian

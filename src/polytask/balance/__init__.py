@@ -1,6 +1,11 @@
 """Loss balancers. Importing the package registers every method in ``BALANCERS``."""
 
-from polytask.balance import loss_weighting  # noqa: F401  (registers the methods)
+from polytask.balance import (  # noqa: F401  (importing registers the methods)
+    adaptive_weighting,
+    gradient_methods,
+    loss_weighting,
+)
 from polytask.balance.base import BALANCERS, Balancer, build_balancer
+from polytask.balance.gradient_engine import EngineParams, GradientBalancer
 
-__all__ = ["BALANCERS", "Balancer", "build_balancer"]
+__all__ = ["BALANCERS", "Balancer", "EngineParams", "GradientBalancer", "build_balancer"]

@@ -35,10 +35,15 @@ class Encoder(nn.Module):
         raise NotImplementedError
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the last layer with weights (what GradNorm measures gradients at)."""
-        layers = [m for m in self.modules() if any(True for _ in m.parameters(recurse=False))]
+        """Parameters of the last layer with a weight matrix (what GradNorm measures gradients
+        at); normalisation layers after it hold only per-feature scales and are skipped."""
+        layers = [
+            m
+            for m in self.modules()
+            if isinstance(w := getattr(m, "weight", None), nn.Parameter) and w.dim() >= 2
+        ]
         if not layers:
-            raise ValueError(f"{type(self).__name__} has no trainable layer")
+            raise ValueError(f"{type(self).__name__} has no layer with a weight matrix")
         return list(layers[-1].parameters(recurse=False))
 
 

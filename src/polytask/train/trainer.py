@@ -212,8 +212,9 @@ class Trainer:
         seen = {t.name: 0 for t in self.tasks}
         norm_sum = {t.name: 0.0 for t in self.tasks}
         norm_count = {t.name: 0 for t in self.tasks}
-        params = [g["params"] for g in self.optimizer.param_groups]
-        flat_params = [p for group in params for p in group]
+        # Clipping bounds the network's step; a balancer's own parameters (log-variances,
+        # GradNorm weights) follow their own objective and are not clipped with it.
+        model_params = [p for p in self.model.parameters() if p.requires_grad]
         with self._progress(data.steps_per_epoch(cfg.batch_size)) as progress:
             for i, batch in enumerate(data.batches(cfg.batch_size, generator=self.generator)):
                 factor = lr_factor(self.step, total_steps, cfg.scheduler, cfg.warmup)
@@ -235,7 +236,7 @@ class Trainer:
                         norm_sum[name] += norm
                         norm_count[name] += 1
                     if cfg.grad_clip is not None:
-                        nn.utils.clip_grad_norm_(flat_params, cfg.grad_clip)
+                        nn.utils.clip_grad_norm_(model_params, cfg.grad_clip)
                     self.optimizer.step()
                     for name, value in losses.items():
                         loss_sum[name] += value.detach()

@@ -7,9 +7,9 @@ of the shared parameters, not only at their losses. Almost all of them need only
 ``Σ_k w_k L_k`` produces. The engine therefore never builds the K × P Jacobian for them:
 
 ``exact``
-    ``G`` over the shared parameters, accumulated layer by layer by torchjd's autogram engine
-    (Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024, Section 6): no
-    K × P matrix, one weighted backward for the update.
+    ``G`` over the shared parameters, accumulated layer by layer from the tasks' gradients at
+    each shared layer's output (:mod:`polytask.balance.gramian`, the identity behind torchjd's
+    autogram engine): no K × P matrix, one weighted backward for the update.
 ``representation``
     ``G`` of the gradients with respect to the shared representation ``z`` (the MGDA-UB upper
     bound of Sener & Koltun, NeurIPS 2018): each head reads its own detached copy of ``z``, so a
@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
-from torchjd.autogram import Engine
 
 from polytask.balance.base import Balancer
+from polytask.balance.gramian import GramianRecorder
 from polytask.errors import ConfigError, PolytaskError
 from polytask.tasks import Task
 
@@ -121,7 +121,7 @@ class GradientBalancer(Balancer):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         #: Last computed weight per task (NaN = never computed), reused between updates.
         self.register_buffer("cached", torch.full((len(tasks),), math.nan, dtype=torch.float64))
-        self._autogram: Engine | None = None
+        self._recorder: GramianRecorder | None = None
         self._representation: Tensor | None = None
         self._task_inputs: dict[str, Tensor] = {}
 
@@ -143,13 +143,16 @@ class GradientBalancer(Balancer):
 
     def forward(self, model: MultiTaskModel, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Run the model so that this step's per-task gradients can be taken."""
-        self._autogram, self._representation, self._task_inputs = None, None, {}
+        if self._recorder is not None:  # a step without any label never reached backward
+            self._recorder.close()
+        self._recorder, self._representation, self._task_inputs = None, None, {}
         if not (torch.is_grad_enabled() and self._computes_now()):
             return super().forward(model, inputs)
         if self.engine.mode == "exact":
-            # The engine hooks the shared modules' forward passes; it lives for one step only,
-            # so forward passes of other steps (reuse steps, evaluation) are not tracked.
-            self._autogram = Engine(*model.shared_modules(), batch_dim=None)
+            # Hooks on the shared layers for this forward pass only: reuse steps and
+            # evaluation run untracked.
+            self._recorder = GramianRecorder(model.shared_modules())
+        if not model.single_representation:
             return super().forward(model, inputs)
         z = model.represent(inputs)
         self._representation = z
@@ -165,18 +168,16 @@ class GradientBalancer(Balancer):
         names = self._draw_subset(list(losses))
         stacked = torch.stack([losses[n] for n in names])
         idx = [self._index[n] for n in names]
-        computing = self._autogram is not None or self._representation is not None
+        recorder, self._recorder = self._recorder, None
+        computing = recorder is not None or self._representation is not None
         self.steps += 1
         if not computing:
             return self._weighted_backward(stacked, names, self._reused_weights(idx), model)
         if self._representation is not None:
-            return self._representation_backward(stacked, names, idx, model)
-        assert self._autogram is not None
-        try:
-            gramian = self._autogram.compute_gramian(stacked)
-        finally:
-            self._autogram = None  # drops the hooks
-        weights = self._weigh(gramian, stacked, idx)
+            return self._split_backward(stacked, names, idx, model, recorder)
+        assert recorder is not None  # exact mode on an architecture without one representation
+        eye = torch.eye(len(names), dtype=stacked.dtype)
+        weights = self._weigh(recorder.gramian(stacked, eye), stacked, idx)
         return self._weighted_backward(stacked, names, weights, model)
 
     def _draw_subset(self, present: list[str]) -> list[str]:
@@ -228,8 +229,13 @@ class GradientBalancer(Balancer):
             torch.autograd.backward(stacked.sum(), inputs=own)
         return {n: float(w) for n, w in zip(names, weights, strict=True)}
 
-    def _representation_backward(
-        self, stacked: Tensor, names: list[str], idx: list[int], model: MultiTaskModel
+    def _split_backward(
+        self,
+        stacked: Tensor,
+        names: list[str],
+        idx: list[int],
+        model: MultiTaskModel,
+        recorder: GramianRecorder | None,
     ) -> dict[str, float]:
         z, leaves = self._representation, [self._task_inputs[n] for n in names]
         assert z is not None
@@ -238,16 +244,20 @@ class GradientBalancer(Balancer):
         # One backward through the heads: each leaf collects its own task's ∂L_k/∂z and the
         # heads accumulate their own task's gradient.
         torch.autograd.backward(stacked.sum(), inputs=[*leaves, *own])
-        matrix = torch.stack([leaf.grad.reshape(-1) for leaf in leaves])  # type: ignore[union-attr]
+        dz = torch.stack([leaf.grad for leaf in leaves])  # type: ignore[misc]
+        matrix = dz.reshape(len(names), -1)
         if isinstance(self.method, MatrixAggregator):
             norms = matrix.norm(dim=1)
             self.step_grad_norms = {n: float(v) for n, v in zip(names, norms, strict=True)}
-            direction = self.method(matrix)
+            direction = self.method(matrix).reshape(z.shape)
             weights = torch.ones(len(names))
         else:
-            weights = self._weigh(matrix @ matrix.T, stacked, idx)
-            direction = weights.to(matrix.dtype) @ matrix
-        z.backward(direction.reshape(z.shape))  # type: ignore[no-untyped-call]
+            # exact: the Gramian over the shared parameters, from the K directions at z;
+            # representation: the Gramian of the directions themselves (MGDA-UB).
+            gramian = recorder.gramian(z, dz) if recorder is not None else matrix @ matrix.T
+            weights = self._weigh(gramian, stacked, idx)
+            direction = torch.einsum("k,k...->...", weights.to(dz.dtype), dz)
+        z.backward(direction)  # type: ignore[no-untyped-call]
         return {n: float(w) for n, w in zip(names, weights, strict=True)}
 
 

@@ -41,15 +41,54 @@ from polytask.errors import ConfigError, PolytaskError
 from polytask.tasks import Task
 
 
+def unit_trace(gramian: Tensor) -> Tensor:
+    """``G / tr G`` (``G`` itself when every gradient is zero).
+
+    The weights of MGDA, PCGrad, GradVac, CAGrad, IMTL-G, Aligned-MTL, UPGrad and DualProj do not
+    change when every gradient is scaled by the same factor, but torchjd's implementations hold
+    absolute thresholds (CAGrad and the UPGrad/DualProj projector zero a Gramian whose trace is
+    below 1e-4, GradVac adds 1e-8 to products of norms), so small gradients (norms below ~1e-2,
+    common late in training) silently gave zero or mean weights. On a unit-trace Gramian those
+    thresholds are relative, as intended, and the weights are the same at every scale.
+    """
+    trace = gramian.diagonal().sum()
+    return gramian / trace if bool(trace > 0) else gramian
+
+
 class TorchJDWeighting(GramianWeighting):
-    """A stateless torchjd Gramian weighting (the losses and task indices are not needed)."""
+    """A stateless, scale-invariant torchjd Gramian weighting, applied to the unit-trace Gramian
+    (see :func:`unit_trace`; the losses and task indices are not needed)."""
 
     def __init__(self, weighting: nn.Module) -> None:
         super().__init__()
         self.weighting = weighting
 
     def forward(self, gramian: Tensor, losses: Tensor, tasks: list[int]) -> Tensor:
-        weights: Tensor = self.weighting(gramian)
+        weights: Tensor = self.weighting(unit_trace(gramian))
+        return weights
+
+
+class FairGradScaled(GramianWeighting):
+    """FairGrad (Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024) via
+    torchjd's ``FairGradWeighting``: the ``w > 0`` with ``G w = w^(-1/α)``.
+
+    torchjd solves that system by least squares from ``w = 1/K``, which for gradient norms far
+    from 1 stops far from the solution (at norms ~1e-4 the update was a third of its true
+    length). The solution scales exactly: if ``Ĝ ŵ = ŵ^(-1/α)`` with ``Ĝ = G / t`` then
+    ``w = t^(-α/(1+α)) ŵ`` solves the original system, so the solver always sees a unit-trace
+    Gramian and the weights are rescaled.
+    """
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.weighting = FairGradWeighting(alpha=alpha)
+
+    def forward(self, gramian: Tensor, losses: Tensor, tasks: list[int]) -> Tensor:
+        trace = gramian.diagonal().sum()
+        weights: Tensor = self.weighting(unit_trace(gramian))
+        if bool(trace > 0):
+            weights = weights * trace ** (-self.alpha / (1 + self.alpha))
         return weights
 
 
@@ -57,7 +96,8 @@ class GradVacPerTaskSet(GramianWeighting):
     """GradVac (Wang, Tsvetkov, Firat & Cao, "Gradient Vaccine", ICLR 2021) via torchjd's
     ``GradVacWeighting``, whose EMA targets φ̂ are indexed by Gramian row. With missing labels the
     rows change meaning from step to step, so one instance is kept per set of present tasks; the
-    targets are saved through ``get_extra_state`` so a resume continues them exactly."""
+    targets are saved through ``get_extra_state`` so a resume continues them exactly. It sees the
+    unit-trace Gramian (:func:`unit_trace`), so its ``eps`` stays negligible for small gradients."""
 
     def __init__(self, beta: float) -> None:
         super().__init__()
@@ -68,8 +108,9 @@ class GradVacPerTaskSet(GramianWeighting):
         key = ",".join(map(str, tasks))
         if key not in self._by_set:
             self._by_set[key] = GradVacWeighting(beta=self.beta)
-        weights: Tensor = self._by_set[key](gramian)
-        return weights
+        # float32 always, so the state's dtype key matches what a resume restores.
+        weights: Tensor = self._by_set[key](unit_trace(gramian).float())
+        return weights.to(gramian.dtype)
 
     def get_extra_state(self) -> dict[str, Any]:
         # torchjd keeps φ̂ in ``_phi_t`` and its shape/dtype key in ``_state_key``; a change there
@@ -254,7 +295,7 @@ _METHODS: list[tuple[str, type[EngineParams], str, Maker]] = [
     ("dualproj", EngineParams, "projection onto the dual cone, DualProj (Quinton & Rey 2024)",
      _stateless(lambda p: DualProjWeighting())),
     ("fairgrad", FairGradParams, "α-fair resource allocation, FairGrad (Ban & Ji 2024)",
-     _stateless(lambda p: FairGradWeighting(alpha=p.alpha))),
+     lambda tasks, p: FairGradScaled(p.alpha)),
     ("graddrop", EngineParams, "gradient sign dropout, GradDrop (Chen et al. 2020)",
      lambda tasks, p: GradDropAggregator()),
     ("db_mtl", DBMTLParams,

@@ -169,7 +169,11 @@ class FAMO(_IndexedBalancer):
         return total, self.weights(losses)
 
 
-@BALANCERS.register("famo", params=FAMOParams, summary="fast adaptive multitask optimisation")
+@BALANCERS.register(
+    "famo",
+    params=FAMOParams,
+    summary="fast adaptive multitask optimisation, FAMO (Liu et al. 2023)",
+)
 def build_famo(tasks: list[Task], params: BaseModel) -> Balancer:
     assert isinstance(params, FAMOParams)
     mins = _per_task(params.min_losses, tasks, 0.0, "balancer.min_losses")

@@ -2,12 +2,21 @@
 
 Run it with::
 
-    .venv/bin/python benchmarks/run_balancing_cost.py            # full run, ~15-20 min
-    .venv/bin/python benchmarks/run_balancing_cost.py --quick    # smoke run, prints only
+    .venv/bin/python benchmarks/run_balancing_cost.py                  # both sections, ~20-25 min
+    .venv/bin/python benchmarks/run_balancing_cost.py --section main   # main section, ~15-20 min
+    .venv/bin/python benchmarks/run_balancing_cost.py --section wide   # wide input only, ~2-4 min
+    .venv/bin/python benchmarks/run_balancing_cost.py --quick          # smoke run, prints only
 
-Problem: polytask's own hard-sharing model (``build_model``: MLP trunk 64 → 512 → 512 → 512,
-ReLU, no normalisation, no dropout, a linear head per task) on K synthetic regression tasks with
-every label present, batch 256, AdamW. One step is exactly what the Trainer does::
+Two sections, each with its own date and machine state in the results. A run of one section
+reads ``balancing_cost.json``, replaces that section's part and rewrites both result files
+(each atomically), so the other section's numbers stay. The JSON keeps the main section at the
+top level (``info``, ``settings``, ``targets``, ``skipped``, ``results``) and the wide-input
+section under ``wide``.
+
+Main section. Problem: polytask's own hard-sharing model (``build_model``: MLP trunk
+64 → 512 → 512 → 512, ReLU, no normalisation, no dropout, a linear head per task) on K
+synthetic regression tasks with every label present, batch 256, AdamW. One step is exactly what
+the Trainer does::
 
     outputs = balancer.forward(model, inputs); losses = task_losses(...)
     optimizer.zero_grad(); balancer.backward(losses, model); optimizer.step()
@@ -26,6 +35,15 @@ Rows, for each K:
   trunk for the whole run (``batch_dim=None``: the losses are per-task means), the same
   weighting, ``losses.backward(weights)``. The heads get ``w_k ∇L_k`` here (the polytask engine
   gives them ``∇L_k``), which costs the same.
+
+Wide-input section: the shape of a molecular-fingerprint problem like Tox21 (a 2048-bit
+fingerprint, 12 assays), where the exact mode's layer-wise Gramian takes its kernel form for
+the dense layers (``N²·in + K·N²·out`` instead of ``K·N·in·out`` operations). The same model
+builder with input 2048, trunk 512 → 256 (ReLU, no norm, no dropout), linear heads, K = 12
+synthetic regression tasks, batch 128. Rows: ``equal``; ``static`` (the noise reference, as
+below); mgda and upgrad in exact and representation modes; the same two weightings the LibMTL
+way and through torchjd's autojac ``mtl_backward`` (the step builders above, with the shape as
+a parameter). Its summary reports K backward passes / exact per weighting; it sets no target.
 
 Timing, for a shared and noisy 2-core machine: ``torch.set_num_threads(1)``; every cell gets its
 own freshly initialised model (same seed) and optimiser; warm-up steps; then rounds in which
@@ -57,6 +75,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +98,6 @@ from polytask.models.model import MultiTaskModel, build_model
 from polytask.state_io import atomic_write_text
 from polytask.tasks import Task
 
-N_FEATURES = 64
-TRUNK = [512, 512, 512]
-BATCH = 256
 POOL = 8  # distinct batches each cell cycles through
 LR = 1e-3
 WEIGHT_DECAY = 1e-4
@@ -95,14 +111,39 @@ TARGET_K = 8
 EQUAL = "equal"
 #: Computes exactly what ``equal`` does: its distance from 1 is the measurement noise.
 NOISE_REFERENCE = "static"
+#: Wide-input section: the gradient engine modes run for each of ``REFERENCE_METHODS``.
+WIDE_MODES = ("exact", "representation")
+WIDE_K = 12  # Tox21's 12 assays
+SECTIONS = ("all", "main", "wide")
+#: Top-level keys of the results JSON that belong to the main section.
+MAIN_KEYS = ("info", "settings", "targets", "skipped", "results")
 
 Step = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Size of the benchmark problem: input features, trunk widths and batch."""
+
+    features: int
+    trunk: tuple[int, ...]
+    batch: int
+
+    def describe(self) -> str:
+        """``in → w1 → w2 …``, the trunk as the results print it."""
+        return " → ".join(map(str, (self.features, *self.trunk)))
+
+
+MAIN_SHAPE = Shape(features=64, trunk=(512, 512, 512), batch=256)
+#: A molecular-fingerprint problem like Tox21: a 2048-bit fingerprint into a 512 → 256 trunk.
+WIDE_SHAPE = Shape(features=2048, trunk=(512, 256), batch=128)
 
 
 @dataclass
 class Problem:
     """K regression tasks, their losses and a pool of batches shared (read-only) by all cells."""
 
+    shape: Shape
     tasks: list[Task]
     losses: dict[str, TaskLoss]
     batches: list[tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]]
@@ -110,27 +151,35 @@ class Problem:
     def model(self) -> MultiTaskModel:
         cfg = ModelConfig.model_validate(
             {
-                "encoder": {"name": "mlp", "widths": TRUNK, "norm": "none", "dropout": 0.0},
+                "encoder": {
+                    "name": "mlp",
+                    "widths": list(self.shape.trunk),
+                    "norm": "none",
+                    "dropout": 0.0,
+                },
                 "head": {"widths": []},
             }
         )
-        return build_model(self.tasks, InputSpec(n_numeric=N_FEATURES), cfg, seed=0)
+        return build_model(self.tasks, InputSpec(n_numeric=self.shape.features), cfg, seed=0)
 
 
-def make_problem(k: int, seed: int = 0) -> Problem:
-    """Related regression tasks: y_k = tanh(x A) b_k + noise, one shared A, every label present."""
+def make_problem(k: int, shape: Shape, seed: int = 0) -> Problem:
+    """Related regression tasks: y_k = tanh(x A) b_k + noise, one shared A, every label present.
+
+    The inputs are Gaussian whatever the shape: every layer is dense, so the cost of a step does
+    not depend on the values (a binary fingerprint would cost the same)."""
     g = torch.Generator().manual_seed(seed)
     tasks = [Task(name=f"t{i}", kind="regression", target=f"y{i}") for i in range(k)]
-    mix = torch.randn(N_FEATURES, 16, generator=g) / math.sqrt(N_FEATURES)
+    mix = torch.randn(shape.features, 16, generator=g) / math.sqrt(shape.features)
     coef = torch.randn(16, k, generator=g) / 4.0
     batches = []
     for _ in range(POOL):
-        x = torch.randn(BATCH, N_FEATURES, generator=g)
-        y = torch.tanh(x @ mix) @ coef + 0.1 * torch.randn(BATCH, k, generator=g)
+        x = torch.randn(shape.batch, shape.features, generator=g)
+        y = torch.tanh(x @ mix) @ coef + 0.1 * torch.randn(shape.batch, k, generator=g)
         targets = {t.name: y[:, i].contiguous() for i, t in enumerate(tasks)}
-        masks = {t.name: torch.ones(BATCH, dtype=torch.bool) for t in tasks}
+        masks = {t.name: torch.ones(shape.batch, dtype=torch.bool) for t in tasks}
         batches.append(({"numeric": x}, targets, masks))
-    return Problem(tasks, {t.name: TaskLoss(t) for t in tasks}, batches)
+    return Problem(shape, tasks, {t.name: TaskLoss(t) for t in tasks}, batches)
 
 
 class Batches:
@@ -264,11 +313,14 @@ def autogram_step(problem: Problem, method: str) -> Step:
 
 
 KBACK = "K backward passes (LibMTL way)"
+AUTOJAC = "torchjd autojac mtl_backward"
 REFERENCES: dict[str, Callable[[Problem, str], Step]] = {
     KBACK: k_backward_step,
-    "torchjd autojac mtl_backward": autojac_step,
+    AUTOJAC: autojac_step,
     "torchjd autogram (direct)": autogram_step,
 }
+#: The reference implementations the wide-input section runs.
+WIDE_REFERENCES = (KBACK, AUTOJAC)
 
 
 # -- cells ----------------------------------------------------------------------------------------
@@ -316,12 +368,42 @@ def make_cells(problem: Problem, skipped: list[dict[str, str]]) -> list[Cell]:
                 continue
             make = partial(balancer_step, problem, name, {"mode": mode})
             cells.append(Cell(name, mode, "gradient-level", make))
+    return cells + reference_cells(problem, tuple(REFERENCES))
+
+
+def reference_cells(problem: Problem, references: tuple[str, ...]) -> list[Cell]:
+    """Each of ``REFERENCE_METHODS`` through each of the named reference implementations."""
+    cells = []
     for name in REFERENCE_METHODS:
         if name not in BALANCERS:
             continue
-        for mode, builder in REFERENCES.items():
-            cells.append(Cell(name, mode, "reference", partial(builder, problem, name)))
+        for mode in references:
+            make = partial(REFERENCES[mode], problem, name)
+            cells.append(Cell(name, mode, "reference", make))
     return cells
+
+
+def make_wide_cells(problem: Problem, skipped: list[dict[str, str]]) -> list[Cell]:
+    """The wide-input section's rows: equal, static (the noise reference), mgda and upgrad in
+    ``WIDE_MODES``, then the same two through ``WIDE_REFERENCES``."""
+    cells = [
+        Cell(EQUAL, "-", "loss-level", partial(balancer_step, problem, EQUAL, {})),
+        Cell(
+            NOISE_REFERENCE, "-", "loss-level", partial(balancer_step, problem, NOISE_REFERENCE, {})
+        ),
+    ]
+    for name in REFERENCE_METHODS:
+        if name not in BALANCERS:
+            continue
+        for mode in WIDE_MODES:
+            try:
+                build_balancer(name, {"mode": mode}, problem.tasks)
+            except ConfigError as exc:
+                skipped.append({"method": name, "mode": mode, "reason": str(exc)})
+                continue
+            make = partial(balancer_step, problem, name, {"mode": mode})
+            cells.append(Cell(name, mode, "gradient-level", make))
+    return cells + reference_cells(problem, WIDE_REFERENCES)
 
 
 def _run_steps(step: Step, n: int) -> float:
@@ -529,21 +611,21 @@ def evaluate_targets(
     }
 
 
-def exact_speedups(cells: list[Cell]) -> dict[str, float]:
-    """Per reference method: median over rounds of (K backward passes time / exact mode time)."""
+def exact_speedups(cells: list[Cell], reference: str = KBACK) -> dict[str, float]:
+    """Per reference method: median over rounds of (``reference``'s time / exact mode's time)."""
     by_key = {(c.method, c.mode): c for c in cells if c.step is not None}
     out = {}
     for method in REFERENCE_METHODS:
         exact = by_key.get((method, "exact"))
-        kback = by_key.get((method, KBACK))
-        if exact is not None and kback is not None:
-            out[method] = round(median(ratios(kback, exact)), 4)
+        other = by_key.get((method, reference))
+        if exact is not None and other is not None:
+            out[method] = round(median(ratios(other, exact)), 4)
     return out
 
 
 def summary_lines(targets: dict[str, Any], ks: list[int]) -> list[str]:
     loss, rep, exact = targets["loss_level"], targets["representation"], targets["exact"]
-    lines = ["## Targets", ""]
+    lines = ["### Targets", ""]
     lines.append(f"1. Loss-level methods {loss['target']}: **{loss['verdict']}**")
     if loss["ratios"]:
         lines.append("")
@@ -615,10 +697,327 @@ def cpu_model() -> str:
     return "unknown"
 
 
+def gramian_costs(shape: Shape, k: int) -> list[dict[str, Any]]:
+    """Per shared dense layer, the multiply-adds of the two Gramian forms ``gramian.py`` chooses
+    between (K weight gradients ``K·N·in·out``, kernel form ``N²·in + K·N²·out``), with the
+    same rule, so the results say which form the exact mode took for this shape."""
+    n, out = shape.batch, []
+    for d_in, d_out in pairwise((shape.features, *shape.trunk)):
+        weights, kernel = k * n * d_in * d_out, n * n * (d_in + k * d_out)
+        out.append(
+            {
+                "layer": f"{d_in}→{d_out}",
+                "weight_gradients": weights,
+                "kernel": kernel,
+                "form": "kernel" if kernel < weights else "weight gradients",
+            }
+        )
+    return out
+
+
+# -- sections -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Timing:
+    rounds: int
+    warmup: int
+    round_seconds: float
+    cell_budget: float
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "rounds": self.rounds,
+            "warmup": self.warmup,
+            "round_seconds": self.round_seconds,
+            "cell_budget": self.cell_budget,
+        }
+
+
+MakeCells = Callable[[Problem, list[dict[str, str]]], list[Cell]]
+
+
+def start_info() -> dict[str, Any]:
+    """Date, machine, software, commit and load when a section starts."""
+    info = machine_info()
+    info["cpu"] = cpu_model()
+    info["commit"] = git_state()
+    info["load_average_start"] = [round(v, 2) for v in os.getloadavg()]
+    return info
+
+
+def finish_info(info: dict[str, Any], started: float) -> None:
+    info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    info["wall_time"] = f"{time.perf_counter() - started:.0f} s"
+
+
+def run_ks(
+    ks: list[int],
+    shape: Shape,
+    make: MakeCells,
+    timing: Timing,
+    skipped: list[dict[str, str]],
+    references: tuple[str, ...],
+) -> tuple[dict[int, list[dict[str, Any]]], dict[int, dict[str, dict[str, float]]]]:
+    """Time and measure every cell at every K: the records, and per K and per reference
+    implementation its time over the exact mode's (``exact_speedups``)."""
+    results: dict[int, list[dict[str, Any]]] = {}
+    speedups: dict[int, dict[str, dict[str, float]]] = {}
+    for k in ks:
+        print(f"K = {k}, trunk {shape.describe()}, batch {shape.batch}", flush=True)
+        problem = make_problem(k, shape)
+        skipped.clear()  # the same methods refuse the same modes at every K
+        cells = make(problem, skipped)
+        time_cells(cells, timing.rounds, timing.warmup, timing.round_seconds, timing.cell_budget)
+        measure_memory(cells)
+        results[k] = [cell_record(c, cells[0]) for c in cells]
+        speedups[k] = {ref: exact_speedups(cells, ref) for ref in references}
+        for rec in results[k]:
+            print(
+                f"  {rec['method']:>12} {rec['mode']:<32} {_fmt(rec['ms_per_step'], 1):>8} ms "
+                f"{_fmt(rec['ratio_to_equal'], 2):>6}× {_fmt(rec['peak_mb'], 1):>7} MB",
+                flush=True,
+            )
+        del cells, problem
+    return results, speedups
+
+
+def run_main(ks: list[int], timing: Timing) -> dict[str, Any]:
+    """The main section: every balancer and reference at ``MAIN_SHAPE`` for each K."""
+    info, started = start_info(), time.perf_counter()
+    skipped: list[dict[str, str]] = []
+    results, speedups = run_ks(ks, MAIN_SHAPE, make_cells, timing, skipped, (KBACK,))
+    finish_info(info, started)
+    speedups_by_k = {k: by_ref[KBACK] for k, by_ref in speedups.items()}
+    return {
+        "info": info,
+        "settings": {
+            "features": MAIN_SHAPE.features,
+            "trunk": list(MAIN_SHAPE.trunk),
+            "batch": MAIN_SHAPE.batch,
+            "ks": ks,
+            **timing.settings(),
+            "memory": "torch.profiler profile_memory: peak tensor bytes above step start",
+        },
+        "targets": evaluate_targets(results, speedups_by_k),
+        "skipped": skipped,
+        "results": {str(k): v for k, v in results.items()},
+    }
+
+
+def run_wide(timing: Timing) -> dict[str, Any]:
+    """The wide-input section: ``make_wide_cells`` at ``WIDE_SHAPE``, K = ``WIDE_K``."""
+    info, started = start_info(), time.perf_counter()
+    skipped: list[dict[str, str]] = []
+    results, speedups = run_ks(
+        [WIDE_K], WIDE_SHAPE, make_wide_cells, timing, skipped, WIDE_REFERENCES
+    )
+    finish_info(info, started)
+    records = results[WIDE_K]
+    by_mode: dict[str, dict[str, float]] = {}
+    for rec in records:
+        if rec["kind"] != "loss-level" and not rec["error"]:
+            by_mode.setdefault(rec["mode"], {})[rec["method"]] = rec["ratio_to_equal"]
+    return {
+        "info": info,
+        "settings": {
+            "features": WIDE_SHAPE.features,
+            "trunk": list(WIDE_SHAPE.trunk),
+            "batch": WIDE_SHAPE.batch,
+            "k": WIDE_K,
+            **timing.settings(),
+            "memory": "torch.profiler profile_memory: peak tensor bytes above step start",
+        },
+        "summary": {
+            "kback_over_exact": speedups[WIDE_K][KBACK],
+            "autojac_over_exact": speedups[WIDE_K][AUTOJAC],
+            "ratio_to_equal": by_mode,
+            "gramian_costs": gramian_costs(WIDE_SHAPE, WIDE_K),
+        },
+        "skipped": skipped,
+        "results": records,
+    }
+
+
+# -- results files --------------------------------------------------------------------------------
+TITLE = "# Cost of loss balancing: step time relative to equal weighting"
+
+
+def run_lines(info: dict[str, Any]) -> list[str]:
+    """When, where and on what a section ran."""
+    return [
+        *machine_lines(info),
+        f"- cpu: {info['cpu']}",
+        f"- commit: {info['commit']}",
+        f"- load average (1, 5, 15 min) at start {info['load_average_start']}, "
+        f"at end {info['load_average_end']}",
+        f"- wall time: {info['wall_time']}",
+    ]
+
+
+def timing_line(settings: dict[str, Any]) -> str:
+    return (
+        f"Timing settings: {settings['warmup']} warm-up step(s) per cell, {settings['rounds']} "
+        f"rounds, each cell running about {settings['round_seconds']} s (at least 1 step) per "
+        f"round; cells whose rounds would exceed {settings['cell_budget']:.0f} s in total run "
+        "fewer rounds (at least 3)."
+    )
+
+
+def protocol_lines() -> list[str]:
+    """How both sections time and measure (their settings are given with each)."""
+    return [
+        "Two sections, run together or alone (`--section main|wide`); each shows its own date, "
+        "commit and machine load. A step is the Trainer's: `balancer.forward`, `task_losses`, "
+        "`zero_grad`, `balancer.backward`, `optimizer.step` (no clipping). Reference rows "
+        "implement the same update outside polytask (see the script's docstring).",
+        "",
+        "Timing: 1 torch thread, warm-up steps per cell, then rotating round-robin rounds, "
+        "each cell running a few steps per round. ms/step is the median over rounds; × equal is "
+        "the median over rounds of the cell's time divided by equal weighting's time in the same "
+        "round, and its range the smallest and largest of those per-round ratios; steps is the "
+        "number of timed steps. `static` computes exactly what `equal` does, so its distance "
+        "from 1.00 shows the measurement noise.",
+        "",
+        "Peak MB: the second of two extra steps per cell under `torch.profiler` "
+        "(`profile_memory=True`; the first makes every free one the profiler saw), the peak of "
+        "tensor memory allocated during the step above what was allocated when it began "
+        "(activations, autograd graph, Jacobians, gradients, optimiser temporaries; not Python "
+        "objects or solver buffers). Parameters and AdamW state (the same for every row) are "
+        "not included.",
+    ]
+
+
+def skipped_lines(skipped: list[dict[str, str]]) -> list[str]:
+    if not skipped:
+        return []
+    lines = ["", "Not run (the method refuses the mode):", ""]
+    return lines + [f"- {s['method']} / {s['mode']}: {s['reason']}" for s in skipped]
+
+
+def main_section_lines(payload: dict[str, Any]) -> list[str]:
+    """The main section, from its part of the results JSON."""
+    settings = payload["settings"]
+    ks = [int(k) for k in settings["ks"]]
+    shape = Shape(settings["features"], tuple(settings["trunk"]), settings["batch"])
+    lines = [
+        f"## Main section: MLP {shape.describe()}, K = {', '.join(map(str, ks))}",
+        "",
+        *run_lines(payload["info"]),
+        "",
+        f"Model: polytask hard sharing, MLP trunk {shape.describe()} (ReLU, no norm, no dropout), "
+        f"one linear head per task; K synthetic regression tasks, batch {shape.batch}, every "
+        "label present, AdamW. Rows: every registered balancer (gradient-level ones in each "
+        "mode they accept), and mgda and upgrad through the three reference implementations.",
+        "",
+        timing_line(settings),
+        "",
+        *summary_lines(payload["targets"], ks),
+        *skipped_lines(payload["skipped"]),
+    ]
+    for k, records in payload["results"].items():
+        lines += ["", f"### K = {k}", "", *k_table(records)]
+    return lines
+
+
+def wide_section_lines(wide: dict[str, Any]) -> list[str]:
+    """The wide-input section, from the ``wide`` part of the results JSON."""
+    settings, summary = wide["settings"], wide["summary"]
+    shape = Shape(settings["features"], tuple(settings["trunk"]), settings["batch"])
+    k = settings["k"]
+    costs = "; ".join(
+        f"{c['layer']}: {c['weight_gradients'] / 1e6:.0f} M (K weight gradients) vs "
+        f"{c['kernel'] / 1e6:.0f} M (kernel), {c['form']} form"
+        for c in summary["gramian_costs"]
+    )
+    lines = [
+        f"## Wide input: MLP {shape.describe()}, K = {k}, batch {shape.batch}",
+        "",
+        *run_lines(wide["info"]),
+        "",
+        "The shape of a molecular-fingerprint problem like Tox21 (a 2048-bit fingerprint, 12 "
+        f"assays): polytask hard sharing, MLP trunk {shape.describe()} (ReLU, no norm, no "
+        f"dropout), one linear head per task; K = {k} synthetic regression tasks, batch "
+        f"{shape.batch}, every label present, AdamW. Rows: equal, static (noise reference), "
+        f"mgda and upgrad in {' and '.join(WIDE_MODES)} modes, and the same two weightings "
+        "computed the LibMTL way (K backward passes) and with torchjd's autojac `mtl_backward`.",
+        "",
+        f"Multiply-adds of the exact mode's Gramian per shared dense layer: {costs}.",
+        "",
+        timing_line(settings),
+        "",
+    ]
+    kback, autojac = summary["kback_over_exact"], summary["autojac_over_exact"]
+    if kback:
+        detail = ", ".join(f"{m} {v:.2f}×" for m, v in sorted(kback.items()))
+        lines.append(
+            "**K backward passes / exact** (same weighting, same rounds; > 1: exact mode is "
+            f"faster): {detail}."
+        )
+    else:
+        lines.append("K backward passes / exact: not measured (a cell failed).")
+    if autojac:
+        detail = ", ".join(f"{m} {v:.2f}×" for m, v in sorted(autojac.items()))
+        lines += ["", f"torchjd autojac mtl_backward / exact: {detail}."]
+    for mode in WIDE_MODES:
+        by_method = summary["ratio_to_equal"].get(mode, {})
+        if by_method:
+            detail = ", ".join(f"{m} {v:.2f}" for m, v in sorted(by_method.items()))
+            lines += ["", f"{mode.capitalize()} mode × equal: {detail}."]
+    lines += skipped_lines(wide["skipped"])
+    return [*lines, "", *k_table(wide["results"])]
+
+
+def render(payload: dict[str, Any]) -> str:
+    """The markdown results file: both sections, whichever of them have run."""
+    lines = [TITLE, "", *protocol_lines(), ""]
+    if all(key in payload for key in MAIN_KEYS):
+        lines += main_section_lines(payload)
+    else:
+        lines += ["## Main section", "", "Not run yet (`--section main`)."]
+    lines.append("")
+    if "wide" in payload:
+        lines += wide_section_lines(payload["wide"])
+    else:
+        lines += ["## Wide input", "", "Not run yet (`--section wide`)."]
+    return "\n".join(lines) + "\n"
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """The existing results JSON (empty if there is none); an unreadable one stops the run
+    rather than being overwritten with one section."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        message = f"{path}: cannot read the existing results ({exc}); not overwriting"
+        raise SystemExit(message) from exc
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: expected a JSON object; not overwriting")
+    return data
+
+
+def merge(
+    existing: dict[str, Any], main_part: dict[str, Any] | None, wide_part: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``existing`` with the sections that ran replaced; the others kept as they were."""
+    payload = dict(existing)
+    if main_part is not None:
+        for key in MAIN_KEYS:
+            payload.pop(key, None)
+        payload = {**main_part, **payload}  # main keys first, as before the wide section existed
+    if wide_part is not None:
+        payload["wide"] = wide_part
+    return payload
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ks", default=",".join(map(str, KS)), help="numbers of tasks")
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per K")
+    parser.add_argument(
+        "--section", choices=SECTIONS, default="all", help="which section(s) to run"
+    )
+    parser.add_argument("--ks", default=",".join(map(str, KS)), help="numbers of tasks (main)")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per K (main)")
+    parser.add_argument("--wide-rounds", type=int, default=30, help="timed rounds (wide)")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up steps per cell")
     parser.add_argument(
         "--round-seconds", type=float, default=0.3, help="time a cell spends per round (>= 1 step)"
@@ -630,103 +1029,28 @@ def main() -> None:
     parser.add_argument("--out", default=None, help=f"results folder (default {RESULTS_DIR})")
     args = parser.parse_args()
     ks = [2, TARGET_K] if args.quick else [int(k) for k in args.ks.split(",")]
-    rounds = 2 if args.quick else args.rounds
     warmup = 1 if args.quick else args.warmup
     round_seconds = 0.05 if args.quick else args.round_seconds
+    main_timing = Timing(2 if args.quick else args.rounds, warmup, round_seconds, args.cell_budget)
+    wide_timing = Timing(
+        2 if args.quick else args.wide_rounds, warmup, round_seconds, args.cell_budget
+    )
     out_dir = Path(args.out) if args.out else (None if args.quick else RESULTS_DIR)
+    json_path = out_dir / "balancing_cost.json" if out_dir is not None else None
+    if json_path is not None and args.section != "all":
+        load_results(json_path)  # fail now, not after the run, if it cannot be merged into
 
     torch.set_num_threads(1)
-    info = machine_info()
-    info["cpu"] = cpu_model()
-    info["commit"] = git_state()
-    info["load_average_start"] = [round(v, 2) for v in os.getloadavg()]
-    started = time.perf_counter()
-    results: dict[int, list[dict[str, Any]]] = {}
-    speedups_by_k: dict[int, dict[str, float]] = {}
-    skipped: list[dict[str, str]] = []
-    for k in ks:
-        print(f"K = {k}", flush=True)
-        problem = make_problem(k)
-        skipped.clear()
-        cells = make_cells(problem, skipped)
-        time_cells(cells, rounds, warmup, round_seconds, args.cell_budget)
-        measure_memory(cells)
-        results[k] = [cell_record(c, cells[0]) for c in cells]
-        speedups_by_k[k] = exact_speedups(cells)
-        for rec in results[k]:
-            print(
-                f"  {rec['method']:>12} {rec['mode']:<32} {_fmt(rec['ms_per_step'], 1):>8} ms "
-                f"{_fmt(rec['ratio_to_equal'], 2):>6}× {_fmt(rec['peak_mb'], 1):>7} MB",
-                flush=True,
-            )
-        del cells, problem
-    info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    info["wall_time"] = f"{time.perf_counter() - started:.0f} s"
-    targets = evaluate_targets(results, speedups_by_k)
-
-    markdown = [
-        "# Cost of loss balancing: step time relative to equal weighting",
-        "",
-        *machine_lines(info),
-        f"- cpu: {info['cpu']}",
-        f"- commit: {info['commit']}",
-        f"- load average (1, 5, 15 min) at start {info['load_average_start']}, "
-        f"at end {info['load_average_end']}",
-        f"- wall time: {info['wall_time']}",
-        "",
-        f"Model: polytask hard sharing, MLP trunk {N_FEATURES} → "
-        f"{' → '.join(map(str, TRUNK))} (ReLU, no norm, no dropout), one linear head per task; "
-        f"K synthetic regression tasks, batch {BATCH}, every label present, AdamW. A step is the "
-        "Trainer's: `balancer.forward`, `task_losses`, `zero_grad`, `balancer.backward`, "
-        "`optimizer.step` (no clipping). Reference rows implement the same update outside "
-        "polytask (see the script's docstring).",
-        "",
-        f"Timing: 1 torch thread, {warmup} warm-up step(s) per cell, then {rounds} rotating "
-        f"round-robin rounds, each cell running about {round_seconds} s (at least 1 step) per "
-        f"round; cells whose rounds would exceed {args.cell_budget:.0f} s in total run fewer "
-        "rounds (at least 3). ms/step is the median over rounds; × equal is the median over "
-        "rounds of the cell's time divided by equal weighting's time in the same round, and its "
-        "range the smallest and largest of those per-round ratios; steps is the number of timed "
-        "steps. `static` computes exactly what `equal` does, so its distance from 1.00 shows the "
-        "measurement noise.",
-        "",
-        "Peak MB: the second of two extra steps per cell under `torch.profiler` "
-        "(`profile_memory=True`; the first makes every free one the profiler saw), the peak of "
-        "tensor memory allocated during the step above what was allocated when it began "
-        "(activations, autograd graph, Jacobians, gradients, optimiser temporaries; not Python "
-        "objects or solver buffers). Parameters and AdamW state (the same for every row) are "
-        "not included.",
-        "",
-        *summary_lines(targets, ks),
-    ]
-    if skipped:
-        markdown += ["", "Not run (the method refuses the mode):", ""]
-        markdown += [f"- {s['method']} / {s['mode']}: {s['reason']}" for s in skipped]
-    for k, records in results.items():
-        markdown += ["", f"## K = {k}", "", *k_table(records)]
-    payload: dict[str, Any] = {
-        "info": info,
-        "settings": {
-            "features": N_FEATURES,
-            "trunk": TRUNK,
-            "batch": BATCH,
-            "ks": ks,
-            "rounds": rounds,
-            "warmup": warmup,
-            "round_seconds": round_seconds,
-            "cell_budget": args.cell_budget,
-            "memory": "torch.profiler profile_memory: peak tensor bytes above step start",
-        },
-        "targets": targets,
-        "skipped": skipped,
-        "results": {str(k): v for k, v in results.items()},
-    }
-    text = "\n".join(markdown) + "\n"
-    if out_dir is not None:
+    main_part = run_main(ks, main_timing) if args.section in ("all", "main") else None
+    wide_part = run_wide(wide_timing) if args.section in ("all", "wide") else None
+    # Read again just before writing: another run may have rewritten the file meanwhile.
+    existing = {} if json_path is None or args.section == "all" else load_results(json_path)
+    payload = merge(existing, main_part, wide_part)
+    text = render(payload)
+    if out_dir is not None and json_path is not None:
+        # Each file is replaced atomically; the JSON first, since the markdown derives from it.
+        atomic_write_text(json_path, json.dumps(payload, indent=2, allow_nan=True) + "\n")
         atomic_write_text(out_dir / "balancing_cost.md", text)
-        atomic_write_text(
-            out_dir / "balancing_cost.json", json.dumps(payload, indent=2, allow_nan=True) + "\n"
-        )
     print(text)
 
 

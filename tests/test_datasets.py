@@ -113,7 +113,7 @@ def test_data_available(tmp_path: Path) -> None:
 
 
 def test_registry_entries_are_consistent() -> None:
-    assert set(DATASETS) == {"census", "diabetes"}
+    assert set(DATASETS) == {"census", "diabetes", "tox21", "qm8"}
     for name, info in DATASETS.items():
         assert info.name == name
         assert info.files and all(len(f.sha256) == 64 for f in info.files)

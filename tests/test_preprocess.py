@@ -43,6 +43,18 @@ def test_numeric_standardised_with_train_statistics() -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("scale_binary", [True, False])
+def test_binary_columns_kept_as_bits_only_when_asked(scale_binary: bool) -> None:
+    bits = np.array([0, 0, 0, 1, 0, 0, 0, 0, 1, 0], dtype=float)  # a rare bit
+    train = pd.DataFrame({"bit": bits, "x": np.arange(10.0)})
+    pre = _fit(train, ["bit", "x"], scale_binary=scale_binary)
+    out = pre.transform(train, "train")["numeric"].double().numpy()
+    expected_bit = bits if not scale_binary else (bits - bits.mean()) / bits.std()
+    np.testing.assert_allclose(out[:, 0], expected_bit, rtol=1e-6)
+    # Non-binary columns are standardised either way.
+    np.testing.assert_allclose(out[:, 1], (np.arange(10.0) - 4.5) / np.arange(10.0).std(), 1e-6)
+
+
 def test_constant_column_does_not_divide_by_zero() -> None:
     pre = _fit(pd.DataFrame({"a": [2.0, 2.0, 2.0]}), ["a"])
     out = pre.transform(pd.DataFrame({"a": [2.0, 5.0]}), "new")["numeric"]

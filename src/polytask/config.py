@@ -90,6 +90,11 @@ class DataConfig(_Strict):
     unseen: Literal["unknown", "error"] = "unknown"
     missing_numeric: Literal["median", "mean", "zero"] = "median"
     missing_indicator: bool = True
+    scale_binary: bool = Field(
+        default=True,
+        description="standardise numeric columns whose training values are all 0 or 1; "
+        "false keeps them as 0/1 (fingerprint bits, flags)",
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
 
 

@@ -137,6 +137,7 @@ def prepare_data(cfg: RunConfig, frame: pd.DataFrame | None = None) -> PreparedD
         unseen=data.unseen,
         missing_numeric=data.missing_numeric,
         missing_indicator=data.missing_indicator,
+        scale_binary=data.scale_binary,
     )
     pre = TablePreprocessor.fit(df.iloc[train_idx], numeric, categorical, options, source)
     inputs = pre.transform(df, source)

@@ -60,6 +60,9 @@ class PreprocessOptions:
     unseen: UnseenPolicy = "unknown"
     missing_numeric: NumericFill = "median"
     missing_indicator: bool = True
+    #: False keeps 0/1 columns as they are: standardising a rare bit turns its 1 into a value
+    #: of tens of standard deviations that dominates the first layer.
+    scale_binary: bool = True
 
 
 def infer_types(
@@ -155,10 +158,12 @@ class TablePreprocessor:
             "zero": 0.0,
         }[opts.missing_numeric]
         filled = np.where(np.isfinite(x), x, fill)
-        std = float(filled.std())
+        mean, std = float(filled.mean()), float(filled.std())
+        if not opts.scale_binary and bool(np.isin(observed, (0.0, 1.0)).all()):
+            mean, std = 0.0, 1.0
         return NumericColumn(
             name=str(series.name),
-            mean=float(filled.mean()),
+            mean=mean,
             std=std if std > 0 else 1.0,
             fill=fill,
             indicator=opts.missing_indicator and observed.size < x.size,

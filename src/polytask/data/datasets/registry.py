@@ -16,10 +16,12 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pandas as pd
 
-from polytask.data.datasets import census, diabetes
+from polytask.data.datasets import census, diabetes, molecules
 from polytask.data.datasets.root import ENV_VAR, resolve_data_root
 from polytask.errors import DataError
 
@@ -79,27 +81,38 @@ class DatasetInfo:
         return [str(col) for col in frame.columns if col not in excluded]
 
 
+def _declared(
+    name: str, module: ModuleType, loader: Callable[[Path], pd.DataFrame], prefix: str = ""
+) -> DatasetInfo:
+    """The entry a dataset module declares with upper-case constants (``{prefix}SUMMARY``,
+    ``RELPATH``, ``URL``, ``SHA256``, ``TARGETS``, ``CITATION``; ``GROUP`` and ``IGNORE``
+    optionally prefixed)."""
+
+    def attr(key: str, default: object = ...) -> Any:
+        for candidate in (prefix + key, key):
+            if hasattr(module, candidate):
+                return getattr(module, candidate)
+        if default is ...:
+            raise AttributeError(f"{module.__name__} declares no {prefix + key}")
+        return default
+
+    return DatasetInfo(
+        name=name,
+        summary=attr("SUMMARY"),
+        files=(RemoteFile(attr("RELPATH"), attr("URL"), attr("SHA256")),),
+        loader=loader,
+        targets=dict(attr("TARGETS")),
+        group=attr("GROUP", None),
+        ignore=attr("IGNORE"),
+        citation=attr("CITATION"),
+    )
+
+
 DATASETS: dict[str, DatasetInfo] = {
-    "census": DatasetInfo(
-        name="census",
-        summary=census.SUMMARY,
-        files=(RemoteFile(census.RELPATH, census.URL, census.SHA256),),
-        loader=census.load_census,
-        targets=dict(census.TARGETS),
-        group=None,
-        ignore=census.IGNORE,
-        citation=census.CITATION,
-    ),
-    "diabetes": DatasetInfo(
-        name="diabetes",
-        summary=diabetes.SUMMARY,
-        files=(RemoteFile(diabetes.RELPATH, diabetes.URL, diabetes.SHA256),),
-        loader=diabetes.load_diabetes,
-        targets=dict(diabetes.TARGETS),
-        group=diabetes.GROUP,
-        ignore=diabetes.IGNORE,
-        citation=diabetes.CITATION,
-    ),
+    "census": _declared("census", census, census.load_census),
+    "diabetes": _declared("diabetes", diabetes, diabetes.load_diabetes),
+    "tox21": _declared("tox21", molecules, molecules.load_tox21, prefix="TOX21_"),
+    "qm8": _declared("qm8", molecules, molecules.load_qm8, prefix="QM8_"),
 }
 
 

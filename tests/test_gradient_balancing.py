@@ -668,6 +668,20 @@ def test_representation_mode_needs_a_single_representation() -> None:
     assert set(weights) == {"a", "b", "c"} and all(p.grad is not None for p in model.parameters())
 
 
+def test_invalid_mode_fails_before_the_run_directory_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from polytask.models.architectures import HardSharing
+
+    monkeypatch.setattr(HardSharing, "single_representation", False)
+    raw = synthetic_raw(balancer="mgda", epochs=1)
+    raw["balancer"]["mode"] = "representation"
+    frame = make_mmoe_synthetic(200, 0.9, n_features=4, seed=0)
+    with pytest.raises(ConfigError, match="balancer.mode 'representation'.*'exact'"):
+        run(config_from_dict(raw), frame=frame, out=tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
 def test_graddrop_needs_representation_mode() -> None:
     with pytest.raises(ConfigError, match="'representation'"):
         build_balancer("graddrop", {}, TASKS)

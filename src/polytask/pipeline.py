@@ -153,6 +153,10 @@ def run(
     _prepare_out_dir(out_dir, resume, overwrite)
     data = prepare_data(cfg, frame)
     tasks = data.tasks
+    # A combination no schema can see (an engine mode the architecture cannot serve) must fail
+    # here, before the output directory is touched.
+    probe = build_balancer(cfg.balancer.name, cfg.balancer.params(), tasks)
+    probe.check_model(build_model(tasks, data.input_spec, cfg.model, seed=cfg.seed))
     if out_dir is not None:
         if overwrite and out_dir.exists() and not resume:
             shutil.rmtree(out_dir)

@@ -677,7 +677,7 @@ def test_invalid_mode_fails_before_the_run_directory_exists(
     raw = synthetic_raw(balancer="mgda", epochs=1)
     raw["balancer"]["mode"] = "representation"
     frame = make_mmoe_synthetic(200, 0.9, n_features=4, seed=0)
-    with pytest.raises(ConfigError, match="balancer.mode 'representation'.*'exact'"):
+    with pytest.raises(ConfigError, match=r"balancer\.mode 'representation'.*'exact'"):
         run(config_from_dict(raw), frame=frame, out=tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
 

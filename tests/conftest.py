@@ -16,9 +16,12 @@ from typing import Any, NoReturn
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from polytask import config_from_dict, run
 from polytask.data.datasets import DATASETS, data_available, resolve_data_root
 from polytask.errors import DataError
+from polytask.pipeline import RunResult
 
 
 def _absent(message: str) -> NoReturn:
@@ -207,3 +210,32 @@ def synthetic_raw(
     if balancer is not None:
         raw["balancer"] = {"name": balancer}
     return raw
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _stop_after_epoch_2(trainer: object, record: object) -> None:
+    if getattr(record, "epoch", 0) == 2:
+        raise _Interrupted
+
+
+def run_interrupted_and_resumed(
+    raw: dict[str, Any], frame: pd.DataFrame, tmp_path: Path
+) -> tuple[RunResult, RunResult]:
+    """Run ``raw`` straight through, and again interrupted after epoch 2 then resumed; assert
+    the two final models are bit-identical and return both results."""
+    full = run(config_from_dict(raw), frame=frame, out=tmp_path / "full", quiet=True)
+    with pytest.raises(_Interrupted):
+        run(
+            config_from_dict(raw),
+            frame=frame,
+            out=tmp_path / "cut",
+            quiet=True,
+            callbacks=[_stop_after_epoch_2],
+        )
+    resumed = run(config_from_dict(raw), frame=frame, out=tmp_path / "cut", resume=True, quiet=True)
+    a, b = full.predictor.model.state_dict(), resumed.predictor.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    return full, resumed

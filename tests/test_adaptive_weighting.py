@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from conftest import synthetic_raw
+from conftest import run_interrupted_and_resumed, synthetic_raw
 from polytask import config_from_dict, run
 from polytask.balance import BALANCERS, build_balancer
 from polytask.balance.base import Balancer
@@ -412,15 +412,6 @@ def test_each_method_trains_the_synthetic_benchmark(name: str) -> None:
     assert set(logged) == {"value", "label"} and all(math.isfinite(w) for w in logged.values())
 
 
-class _Stop(Exception):
-    pass
-
-
-def _stop_after_2(trainer: object, record: object) -> None:
-    if getattr(record, "epoch", 0) == 2:
-        raise _Stop
-
-
 @pytest.mark.usefixtures("torch_single_thread")
 @pytest.mark.parametrize("name", METHODS)
 def test_each_method_resumes_exactly(name: str, tmp_path: Path) -> None:
@@ -428,16 +419,5 @@ def test_each_method_resumes_exactly(name: str, tmp_path: Path) -> None:
     raw = synthetic_raw(
         balancer=name, widths=(16,), dropout=0.2, epochs=4, batch_size=32, patience=None
     )
-    full = run(config_from_dict(raw), frame=frame, out=tmp_path / "full", quiet=True)
-    with pytest.raises(_Stop):
-        run(
-            config_from_dict(raw),
-            frame=frame,
-            out=tmp_path / "cut",
-            quiet=True,
-            callbacks=[_stop_after_2],
-        )
-    resumed = run(config_from_dict(raw), frame=frame, out=tmp_path / "cut", resume=True, quiet=True)
-    a, b = full.predictor.model.state_dict(), resumed.predictor.model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    full, resumed = run_interrupted_and_resumed(raw, frame, tmp_path)
     assert [r.weights for r in full.fit.history] == [r.weights for r in resumed.fit.history]

@@ -101,9 +101,9 @@ def test_unknown_task_key_names_the_task_entry() -> None:
             "config error: model.encoder.name: unknown encoder 'nope'; valid choices: mlp",
         ),
         (
-            "model.architecture.name=soft",
-            "config error: model.architecture.name: unknown architecture 'soft'; "
-            "valid choices: hard",
+            "model.architecture.name=mtan",
+            "config error: model.architecture.name: unknown architecture 'mtan'; "
+            "valid choices: cross_stitch, hard, mmoe, ple, soft",
         ),
         (
             "balancer.name=magic",

@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 from torch import Tensor, nn
 from torchjd.aggregation import MGDAWeighting
 
-from conftest import synthetic_raw
+from conftest import run_interrupted_and_resumed, synthetic_raw
 from polytask import config_from_dict, run
 from polytask.balance import BALANCERS, build_balancer
 from polytask.balance.gradient_engine import (
@@ -791,15 +791,6 @@ def test_each_method_trains_the_synthetic_benchmark(
 # -- 6. exact resume ---------------------------------------------------------------------------
 
 
-class _Stop(Exception):
-    pass
-
-
-def _stop_after_2(trainer: object, record: object) -> None:
-    if getattr(record, "epoch", 0) == 2:
-        raise _Stop
-
-
 RESUMED: list[tuple[str, dict[str, Any]]] = [
     ("gradvac", {}),
     ("db_mtl", {}),
@@ -819,17 +810,6 @@ def test_stateful_and_random_methods_resume_exactly(
     raw["data"]["ignore"] = []
     raw["tasks"].append({"name": "raw", "kind": "regression", "target": "y2_raw"})
     raw["balancer"] = {"name": name, **params}
-    full = run(config_from_dict(raw), frame=frame, out=tmp_path / "full", quiet=True)
-    with pytest.raises(_Stop):
-        run(
-            config_from_dict(raw),
-            frame=frame,
-            out=tmp_path / "cut",
-            quiet=True,
-            callbacks=[_stop_after_2],
-        )
-    resumed = run(config_from_dict(raw), frame=frame, out=tmp_path / "cut", resume=True, quiet=True)
-    a, b = full.predictor.model.state_dict(), resumed.predictor.model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    full, resumed = run_interrupted_and_resumed(raw, frame, tmp_path)
     assert [r.weights for r in full.fit.history] == [r.weights for r in resumed.fit.history]
     assert [r.grad_norms for r in full.fit.history] == [r.grad_norms for r in resumed.fit.history]

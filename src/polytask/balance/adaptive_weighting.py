@@ -349,6 +349,15 @@ class GradNorm(_IndexedBalancer):
         k = len(self.task_names)
         self.register_buffer("initial_losses", torch.full((k,), math.nan, dtype=torch.float64))
 
+    def check_model(self, model: nn.Module) -> None:
+        """GradNorm needs a last shared layer; say so when the run is built, not at step 1."""
+        try:
+            layer = model.last_shared_parameters()  # type: ignore[operator]
+        except (PolytaskError, AttributeError, NotImplementedError) as exc:
+            raise ConfigError(f"balancer 'gradnorm' needs a last shared layer: {exc}") from exc
+        if not layer:
+            raise ConfigError("balancer 'gradnorm' needs a last shared layer; the model has none")
+
     def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         """The present tasks' weights, floored and renormalised to sum to their number."""
         raw = torch.stack([self.loss_weights[k].detach() for k in losses])

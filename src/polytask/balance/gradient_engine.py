@@ -127,7 +127,13 @@ class GradientBalancer(Balancer):
 
     # -- build-time checks -------------------------------------------------------------------
     def check_model(self, model: MultiTaskModel) -> None:
-        """Reject a mode the model cannot serve, naming the valid choices."""
+        """Reject a model or mode this method cannot serve, naming the valid choices."""
+        if not model.shared_parameters():
+            arch = type(getattr(model, "architecture", model)).__name__
+            raise ConfigError(
+                f"balancer {self.name!r} balances the tasks' gradients of shared parameters, "
+                f"and {arch} shares none; use a loss-level balancer (e.g. 'static')"
+            )
         if self.engine.mode == "representation" and not getattr(
             model, "single_representation", False
         ):

@@ -38,6 +38,10 @@ class MultiTaskModel(nn.Module):
     def last_shared_parameters(self) -> list[nn.Parameter]:
         return self.architecture.last_shared_parameters()
 
+    def regularizer(self) -> Tensor | None:
+        """The architecture's penalty on its parameters (soft sharing's coupling), or None."""
+        return self.architecture.regularizer()
+
     @property
     def single_representation(self) -> bool:
         return self.architecture.single_representation

@@ -225,13 +225,21 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 if losses:
                     self.balancer.step_grad_norms = {}
-                    if i == 0 and not self.balancer.needs_gradients:
-                        # Loss-level methods never see gradients; measure them once per epoch
-                        # (K extra backward passes on one batch) so every run logs them.
-                        self.balancer.step_grad_norms = task_gradient_norms(
-                            losses, self.model.shared_parameters()
-                        )
+                    # Loss-level methods never see gradients; measure them once per epoch (K
+                    # extra backward passes on one batch) so every run logs them. An
+                    # architecture sharing no parameters (soft sharing) has none to log.
+                    if (
+                        i == 0
+                        and not self.balancer.needs_gradients
+                        and (shared := self.model.shared_parameters())
+                    ):
+                        self.balancer.step_grad_norms = task_gradient_norms(losses, shared)
                     weights = self.balancer.backward(losses, self.model)
+                    penalty = self.model.regularizer()
+                    if penalty is not None:
+                        # A penalty on the parameters (soft sharing's coupling) is no task's
+                        # loss: it joins the gradient unweighted, outside the balancer.
+                        penalty.backward()  # type: ignore[no-untyped-call]
                     for name, norm in self.balancer.step_grad_norms.items():
                         norm_sum[name] += norm
                         norm_count[name] += 1

@@ -72,7 +72,7 @@ import os
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import pairwise
@@ -359,16 +359,26 @@ def make_cells(problem: Problem, skipped: list[dict[str, str]]) -> list[Cell]:
     cells = [Cell(EQUAL, "-", "loss-level", partial(balancer_step, problem, EQUAL, {}))]
     for name in loss_level:
         cells.append(Cell(name, "-", "loss-level", partial(balancer_step, problem, name, {})))
-    for name in gradient:
-        for mode in GRADIENT_MODES:
-            try:  # a mode the method cannot run in is refused when the balancer is built
+    cells += gradient_cells(problem, gradient, GRADIENT_MODES, skipped)
+    return cells + reference_cells(problem, tuple(REFERENCES))
+
+
+def gradient_cells(
+    problem: Problem, names: list[str], modes: Sequence[str], skipped: list[dict[str, str]]
+) -> list[Cell]:
+    """One cell per gradient-level method and engine mode; a mode the method refuses when its
+    balancer is built is recorded in ``skipped`` instead."""
+    cells = []
+    for name in names:
+        for mode in modes:
+            try:
                 build_balancer(name, {"mode": mode}, problem.tasks)
             except ConfigError as exc:
                 skipped.append({"method": name, "mode": mode, "reason": str(exc)})
                 continue
             make = partial(balancer_step, problem, name, {"mode": mode})
             cells.append(Cell(name, mode, "gradient-level", make))
-    return cells + reference_cells(problem, tuple(REFERENCES))
+    return cells
 
 
 def reference_cells(problem: Problem, references: tuple[str, ...]) -> list[Cell]:
@@ -395,14 +405,7 @@ def make_wide_cells(problem: Problem, skipped: list[dict[str, str]]) -> list[Cel
     for name in REFERENCE_METHODS:
         if name not in BALANCERS:
             continue
-        for mode in WIDE_MODES:
-            try:
-                build_balancer(name, {"mode": mode}, problem.tasks)
-            except ConfigError as exc:
-                skipped.append({"method": name, "mode": mode, "reason": str(exc)})
-                continue
-            make = partial(balancer_step, problem, name, {"mode": mode})
-            cells.append(Cell(name, mode, "gradient-level", make))
+        cells += gradient_cells(problem, [name], WIDE_MODES, skipped)
     return cells + reference_cells(problem, WIDE_REFERENCES)
 
 

@@ -86,15 +86,7 @@ class GramianRecorder:
         recorded = [o for c in calls for o in c.outputs]
         if not recorded:
             raise RuntimeError("no shared layer took part in the forward pass")
-        deltas = torch.autograd.grad(
-            outputs,
-            recorded,
-            grad_outputs=directions,
-            is_grads_batched=True,
-            retain_graph=True,
-            allow_unused=True,
-            materialize_grads=True,
-        )
+        deltas = _batched_vjp(outputs, recorded, directions)
         total = torch.zeros(k, k, dtype=torch.float32, device=directions.device)
         start = 0
         for c in calls:
@@ -130,14 +122,24 @@ def _linear_gramian(module: nn.Linear, inputs: list[Tensor], deltas: list[Tensor
 
 def _generic_gramian(module: nn.Module, outputs: list[Tensor], deltas: list[Tensor]) -> Tensor:
     params = [p for p in module.parameters(recurse=False) if p.requires_grad]
-    grads = torch.autograd.grad(
+    grads = _batched_vjp(outputs, params, deltas)
+    jac = torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
+    return jac @ jac.T
+
+
+def _batched_vjp(
+    outputs: Tensor | list[Tensor],
+    inputs: list[Tensor] | list[nn.Parameter],
+    directions: Tensor | list[Tensor],
+) -> tuple[Tensor, ...]:
+    """``directions[k]ᵀ ∂outputs/∂inputs`` for every k in one vectorised backward, keeping the
+    graph (zeros for inputs the outputs do not reach)."""
+    return torch.autograd.grad(
         outputs,
-        params,
-        grad_outputs=deltas,
+        inputs,
+        grad_outputs=directions,
         is_grads_batched=True,
         retain_graph=True,
         allow_unused=True,
         materialize_grads=True,
     )
-    jac = torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
-    return jac @ jac.T

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor, nn
 
-from conftest import run_interrupted_and_resumed, synthetic_raw
+from conftest import synthetic_raw
 from polytask import config_from_dict, run
 from polytask.balance import BALANCERS, build_balancer
 from polytask.balance.base import Balancer
@@ -410,14 +409,3 @@ def test_each_method_trains_the_synthetic_benchmark(name: str) -> None:
         assert history[-1].train_loss[task] < 0.8 * history[0].train_loss[task], task
     logged = history[-1].weights
     assert set(logged) == {"value", "label"} and all(math.isfinite(w) for w in logged.values())
-
-
-@pytest.mark.usefixtures("torch_single_thread")
-@pytest.mark.parametrize("name", METHODS)
-def test_each_method_resumes_exactly(name: str, tmp_path: Path) -> None:
-    frame = make_mmoe_synthetic(600, 0.5, n_features=8, seed=4)
-    raw = synthetic_raw(
-        balancer=name, widths=(16,), dropout=0.2, epochs=4, batch_size=32, patience=None
-    )
-    full, resumed = run_interrupted_and_resumed(raw, frame, tmp_path)
-    assert [r.weights for r in full.fit.history] == [r.weights for r in resumed.fit.history]

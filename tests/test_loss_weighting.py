@@ -113,7 +113,9 @@ def test_each_method_trains_the_synthetic_benchmark(name: str) -> None:
 
 
 @pytest.mark.usefixtures("torch_single_thread")
-@pytest.mark.parametrize("name", ["uncertainty", "imtl_l", "rlw", "dwa"])
+@pytest.mark.parametrize(
+    "name", ["uncertainty", "imtl_l", "rlw", "dwa", "famo", "stch", "gradnorm"]
+)
 def test_stateful_and_random_methods_resume_exactly(name: str, tmp_path: Path) -> None:
     frame = make_mmoe_synthetic(600, 0.5, n_features=8, seed=4)
     raw = synthetic_raw(

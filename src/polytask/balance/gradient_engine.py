@@ -203,8 +203,6 @@ class GradientBalancer(Balancer):
         }
         try:
             weights = self.method(gramian, stacked.detach(), idx)
-        except PolytaskError:
-            raise
         except Exception as exc:  # solver failures surface here, never as equal weights
             raise PolytaskError(
                 f"balancer {self.name!r} failed at step {int(self.steps)}: {exc}"

@@ -136,8 +136,8 @@ TRAIN_CASES: dict[str, tuple[Edit, tuple[str, ...]]] = {
         ("config error: train.scheduler:", "'none', 'cosine' or 'linear'", "(got 'bogus')"),
     ),
     "unknown encoder": (
-        _set("model.encoder.name", "transformer"),
-        ("model.encoder.name: unknown encoder 'transformer'; valid choices: mlp",),
+        _set("model.encoder.name", "resnet50"),
+        ("model.encoder.name: unknown encoder 'resnet50'; valid choices: ", "mlp"),
     ),
 }
 

@@ -11,6 +11,8 @@ import pytest
 from polytask.balance import BALANCERS
 from polytask.config import config_from_dict, load_config
 from polytask.errors import ConfigError
+from polytask.models.architectures import ARCHITECTURES
+from polytask.models.encoders import ENCODERS
 
 
 def _raw() -> dict[str, Any]:
@@ -56,7 +58,7 @@ def test_valid_config_and_defaults() -> None:
         (
             "data.split.methd=random",
             "config error: data.split.methd: unknown key; valid keys: method, val, test, seed, "
-            "val_path, test_path",
+            "val_path, test_path, column",
         ),
         (
             "colour=1",
@@ -71,7 +73,7 @@ def test_valid_config_and_defaults() -> None:
         (
             "model.head.depth=2",
             "config error: model.head.depth: unknown key; valid keys: widths, activation, "
-            "dropout, norm",
+            "dropout, norm, decoder_channels",
         ),
         ("balancer.foo=1", "config error: balancer.foo: unknown key; valid keys: weights"),
     ],
@@ -98,12 +100,13 @@ def test_unknown_task_key_names_the_task_entry() -> None:
         ),
         (
             "model.encoder.name=nope",
-            "config error: model.encoder.name: unknown encoder 'nope'; valid choices: mlp",
+            "config error: model.encoder.name: unknown encoder 'nope'; valid choices: "
+            + ", ".join(ENCODERS.names()),
         ),
         (
-            "model.architecture.name=mtan",
-            "config error: model.architecture.name: unknown architecture 'mtan'; "
-            "valid choices: cross_stitch, hard, mmoe, ple, soft",
+            "model.architecture.name=nas",
+            "config error: model.architecture.name: unknown architecture 'nas'; "
+            "valid choices: " + ", ".join(ARCHITECTURES.names()),
         ),
         (
             "balancer.name=magic",
@@ -123,8 +126,8 @@ def test_unknown_task_key_names_the_task_entry() -> None:
         ),
         (
             "tasks.risk.kind=ranking",
-            "config error: tasks.0.kind: Input should be 'binary', 'multiclass', 'multilabel' "
-            "or 'regression' (got 'ranking')",
+            "config error: tasks.0.kind: Input should be 'binary', 'multiclass', 'multilabel', "
+            "'regression', 'segmentation' or 'dense_regression' (got 'ranking')",
         ),
         (
             "tasks.risk.loss=mse",

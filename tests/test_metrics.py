@@ -144,12 +144,19 @@ EXPECTED_DIRECTION = {
     ("regression", "mae"): False,
     ("regression", "rmse"): False,
     ("regression", "r2"): True,
+    ("segmentation", "miou"): True,
+    ("segmentation", "pixel_accuracy"): True,
+    ("dense_regression", "abs_rel"): False,
+    ("dense_regression", "mae"): False,
+    ("dense_regression", "rmse"): False,
 }
 
 
 def _task_of(kind: str) -> Task:
     if kind == "multiclass":
         return Task("t", kind, "y", classes=["a", "b", "c"])
+    if kind == "segmentation":
+        return Task("t", kind, "y", classes=["0", "1", "2"])
     if kind == "multilabel":
         return Task("t", kind, ["a", "b"])
     return Task("t", kind, "y")  # type: ignore[arg-type]
@@ -200,3 +207,36 @@ def test_compare_uses_primary_metric_and_direction() -> None:
     assert rows["stay"].relative_change_pct == pytest.approx(20.0)
     assert result.delta_m_pct == pytest.approx(7.5)
     assert math.isnan(compare(tasks, multi, {}, "test").delta_m_pct)
+
+
+def test_segmentation_metrics_match_a_confusion_matrix_reference(rng: np.random.Generator) -> None:
+    k, n, h, w = 3, 6, 5, 7
+    y = rng.integers(0, k, (n, h, w))
+    logits = rng.normal(0, 1, (n, k, h, w)).astype(np.float32)
+    logits[:, 1] += 0.8 * (y == 1)  # some skill on class 1
+    mask = _mask(rng, (n, h, w))
+    task = Task("seg", "segmentation", "m", classes=["0", "1", "2"])
+    got = compute_metrics(
+        task, torch.from_numpy(logits), torch.from_numpy(y), torch.from_numpy(mask)
+    )
+    pred = logits.argmax(axis=1)[mask]
+    true = y[mask]
+    conf = np.zeros((k, k))
+    np.add.at(conf, (true, pred), 1)
+    iou = np.diag(conf) / (conf.sum(0) + conf.sum(1) - np.diag(conf))
+    assert got["miou"] == pytest.approx(iou.mean(), abs=1e-6)
+    assert got["pixel_accuracy"] == pytest.approx((pred == true).mean(), abs=1e-6)
+
+
+def test_dense_regression_metrics_in_original_units(rng: np.random.Generator) -> None:
+    n, h, w = 4, 6, 6
+    depth = rng.uniform(1.0, 10.0, (n, h, w)).astype(np.float32)
+    pred = depth * rng.uniform(0.8, 1.2, depth.shape).astype(np.float32)
+    mask = _mask(rng, (n, h, w))
+    task = Task("depth", "dense_regression", "d", target_mean=5.0, target_std=2.0)
+    std = lambda a: torch.from_numpy((a - 5.0) / 2.0)  # noqa: E731 - the learned scale
+    got = compute_metrics(task, std(pred), std(depth), torch.from_numpy(mask))
+    p, t = pred[mask].astype(np.float64), depth[mask].astype(np.float64)
+    assert got["abs_rel"] == pytest.approx(np.mean(np.abs(p - t) / t), rel=1e-5)
+    assert got["mae"] == pytest.approx(np.mean(np.abs(p - t)), rel=1e-5)
+    assert got["rmse"] == pytest.approx(np.sqrt(np.mean((p - t) ** 2)), rel=1e-5)

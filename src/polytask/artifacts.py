@@ -19,6 +19,8 @@ from torch import Tensor
 
 from polytask import __version__
 from polytask.config import ModelConfig
+from polytask.data.inputs import InputProcessor, input_from_dict
+from polytask.data.inputs.base import FORMAT as INPUT_FORMAT
 from polytask.data.preprocess import TablePreprocessor
 from polytask.data.tables import read_table
 from polytask.data.targets import encode_targets
@@ -41,7 +43,7 @@ class Predictor:
         self,
         model: MultiTaskModel,
         tasks: list[Task],
-        preprocessor: TablePreprocessor,
+        preprocessor: TablePreprocessor | InputProcessor,
         model_config: ModelConfig,
         input_spec: InputSpec,
         *,
@@ -77,17 +79,25 @@ class Predictor:
         """Read a CSV/Parquet table with the missing-value markers used in training."""
         return read_table(path, na_values=self.na_values)
 
-    def outputs(self, df: pd.DataFrame, source: str = "data frame") -> dict[str, Tensor]:
-        """Raw outputs (logits / standardised values) for every task."""
-        inputs = self.preprocessor.transform(df, source)
+    def outputs(
+        self, df: pd.DataFrame, source: str = "data frame", base_dir: Path | None = None
+    ) -> dict[str, Tensor]:
+        """Raw outputs (logits / standardised values) for every task; file paths in ``df``
+        (images, recordings) are resolved against ``base_dir``."""
+        inputs = self.preprocessor.transform(df, source, base_dir)
         return predict_outputs(self.model, inputs, self.batch_size)
 
     def predict(
-        self, df: pd.DataFrame, tasks: list[str] | None = None, source: str = "data frame"
+        self,
+        df: pd.DataFrame,
+        tasks: list[str] | None = None,
+        source: str = "data frame",
+        base_dir: Path | None = None,
     ) -> pd.DataFrame:
-        """Predictions in the user's labels and units: one or more columns per task."""
+        """Predictions in the user's labels and units: one or more columns per task (a
+        column of arrays for per-pixel tasks)."""
         chosen = self._select(tasks)
-        outputs = self.outputs(df, source)
+        outputs = self.outputs(df, source, base_dir)
         columns: dict[str, Any] = {}
         if self.id_column is not None and self.id_column in df.columns:
             columns[self.id_column] = df[self.id_column].to_numpy()
@@ -97,16 +107,20 @@ class Predictor:
         return result
 
     def evaluate(
-        self, df: pd.DataFrame, tasks: list[str] | None = None, source: str = "data frame"
+        self,
+        df: pd.DataFrame,
+        tasks: list[str] | None = None,
+        source: str = "data frame",
+        base_dir: Path | None = None,
     ) -> dict[str, dict[str, float]]:
         """Metrics of each task whose target column(s) ``df`` holds (missing labels skipped)."""
         chosen = [t for t in self._select(tasks) if all(c in df.columns for c in t.targets)]
         if not chosen:
             wanted = sorted({c for t in self._select(tasks) for c in t.targets})
             raise DataError(f"{source}: none of the target columns {wanted} found; cannot score")
-        encoded = {t.name: encode_targets(t, df, source) for t in chosen}
+        encoded = {t.name: encode_targets(t, df, source, base_dir) for t in chosen}
         data = TensorData(
-            self.preprocessor.transform(df, source),
+            self.preprocessor.transform(df, source, base_dir),
             {k: v[0] for k, v in encoded.items()},
             {k: v[1] for k, v in encoded.items()},
         )
@@ -142,6 +156,16 @@ class Predictor:
 
 def _task_columns(task: Task, out: Tensor) -> dict[str, np.ndarray]:
     name = task.name
+    if task.dense:
+        # One array per row: class-index maps, or values in the target's own unit.
+        maps = (
+            out.argmax(dim=1)
+            if task.kind == "segmentation"
+            else to_original_units(task, out).double()
+        ).numpy()
+        column = np.empty(len(maps), dtype=object)
+        column[:] = list(maps)
+        return {name: column}
     if task.kind == "regression":
         return {name: to_original_units(task, out).double().numpy()}
     if task.kind == "multilabel":
@@ -182,7 +206,12 @@ def load(path: str | Path) -> Predictor:
     if meta.get("format") != MODEL_FORMAT:
         raise PolytaskError(f"'{directory}': unsupported model format {meta.get('format')!r}")
     tasks = [Task.from_dict(t) for t in read_json(directory / "tasks.json")]
-    pre = TablePreprocessor.from_dict(read_json(directory / "preprocessing.json"))
+    pre_data = read_json(directory / "preprocessing.json")
+    pre: TablePreprocessor | InputProcessor = (
+        input_from_dict(pre_data)
+        if pre_data.get("format") == INPUT_FORMAT
+        else TablePreprocessor.from_dict(pre_data)
+    )
     spec = InputSpec(**meta["input_spec"])
     model_cfg = ModelConfig.model_validate(meta["model"])
     model = build_model(tasks, spec, model_cfg, seed=0)

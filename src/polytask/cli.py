@@ -70,7 +70,9 @@ def evaluate(
     from polytask.state_io import to_json
 
     predictor = load(model_dir)
-    metrics = predictor.evaluate(predictor.read(data), task, source=f"data file '{data}'")
+    metrics = predictor.evaluate(
+        predictor.read(data), task, source=f"data file '{data}'", base_dir=Path(data).parent
+    )
     if as_json:
         # NaN (a metric without valid labels) is not JSON: to_json writes null instead.
         out_console.print_json(to_json(metrics))
@@ -97,7 +99,9 @@ def predict(
     from polytask.state_io import atomic_write_text
 
     predictor = load(model_dir)
-    frame = predictor.predict(predictor.read(data), task, source=f"data file '{data}'")
+    frame = predictor.predict(
+        predictor.read(data), task, source=f"data file '{data}'", base_dir=Path(data).parent
+    )
     if table_format(output) == "parquet":
         tmp = output.with_name(f".{output.name}.tmp")
         frame.to_parquet(tmp, index=False)

@@ -53,6 +53,7 @@ class TaskConfig(_Strict):
     weight: float = Field(default=1.0, ge=0.0)
     pos_weight: float | list[float] | None = None
     class_weights: list[float] | None = None
+    ignore_index: int | None = None
 
     def to_task(self) -> Task:
         return Task(**self.model_dump())
@@ -61,12 +62,15 @@ class TaskConfig(_Strict):
 class SplitConfig(_Strict):
     """How rows are split into train / validation / test."""
 
-    method: Literal["random", "group", "files"] = "random"
+    method: Literal["random", "group", "files", "column"] = "random"
     val: float = Field(default=0.15, ge=0.0, lt=1.0)
     test: float = Field(default=0.15, ge=0.0, lt=1.0)
     seed: int | None = None
     val_path: str | None = None
     test_path: str | None = None
+    column: str | None = Field(
+        default=None, description="method 'column': the column holding train / val / test"
+    )
 
 
 class DataConfig(_Strict):
@@ -75,7 +79,25 @@ class DataConfig(_Strict):
     path: str | None = None
     dataset: str | None = None
     root: str | None = None
-    format: Literal["auto", "csv", "parquet"] = "auto"
+    format: Literal["auto", "csv", "parquet", "folder", "lines"] = "auto"
+    pattern: str = Field(default="**/*", description="folder: glob of the files to read")
+    regex: str | None = Field(
+        default=None, description="folder: named groups read from each relative file path"
+    )
+    path_column: str = Field(default="path", description="folder: column of the file paths")
+    columns: list[str] = Field(default_factory=list, description="lines: fields of a line")
+    separator: str = Field(default="\t", min_length=1, description="lines: field separator")
+    encoding: str = Field(default="utf-8", description="lines: text encoding")
+    files_root: str | None = Field(
+        default=None,
+        description="folder that relative file paths in the table are resolved against; "
+        "default: the folder of data.path",
+    )
+    input: ComponentConfig | None = Field(
+        default=None,
+        description="a non-tabular input processor (image, audio, text, ...) and its "
+        "parameters; default: the table's columns are the features",
+    )
     na_values: list[str] = Field(default_factory=list)
     features: list[str] | None = None
     ignore: list[str] = Field(default_factory=list)
@@ -206,7 +228,18 @@ def check_config(cfg: RunConfig) -> RunConfig:
         raise ConfigError("config error: data.group: split method 'group' needs a group column")
     if data.split.method == "files" and data.split.val_path is None:
         raise ConfigError("config error: data.split.val_path: split method 'files' needs it")
-    if data.split.method != "files" and data.split.val <= 0:
+    if data.split.method == "column" and data.split.column is None:
+        raise ConfigError("config error: data.split.column: split method 'column' needs it")
+    if data.input is not None:
+        from polytask.data.inputs import INPUTS
+
+        if data.input.name not in INPUTS:
+            raise ConfigError(
+                f"config error: data.input.name: unknown input {data.input.name!r}; "
+                f"valid choices: {', '.join(INPUTS.names())}"
+            )
+        INPUTS.validate_params(data.input.name, data.input.params(), "data.input")
+    if data.split.method not in ("files", "column") and data.split.val <= 0:
         raise ConfigError("config error: data.split.val: must be > 0 (validation drives training)")
     return cfg
 

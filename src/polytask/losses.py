@@ -48,6 +48,11 @@ class TaskLoss:
             return F.binary_cross_entropy_with_logits(output[mask], target[mask], pos_weight=pw)
         if not bool(mask.any()):
             return None
+        if self.kind == "segmentation":
+            # Per-pixel cross-entropy, averaged over the labelled pixels (class-weighted like
+            # nn.CrossEntropyLoss when class weights are given).
+            pixels, labels = output.movedim(1, -1)[mask], target[mask]
+            return F.cross_entropy(pixels, labels, weight=self.class_weights)
         out, tgt = output[mask], target[mask]
         if self.kind == "binary":
             return F.binary_cross_entropy_with_logits(out, tgt, pos_weight=self.pos_weight)

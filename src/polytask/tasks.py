@@ -14,8 +14,12 @@ from typing import Any, Literal, get_args
 
 from polytask.errors import ConfigError
 
-TaskKind = Literal["binary", "multiclass", "multilabel", "regression"]
+TaskKind = Literal[
+    "binary", "multiclass", "multilabel", "regression", "segmentation", "dense_regression"
+]
 TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
+#: Kinds predicted per pixel of an image input (their targets are arrays, one per example).
+DENSE_KINDS: tuple[str, ...] = ("segmentation", "dense_regression")
 
 #: Losses each kind accepts; the first one is the default.
 LOSSES: dict[str, tuple[str, ...]] = {
@@ -23,6 +27,8 @@ LOSSES: dict[str, tuple[str, ...]] = {
     "multiclass": ("cross_entropy",),
     "multilabel": ("bce",),
     "regression": ("mse", "l1", "huber"),
+    "segmentation": ("cross_entropy",),
+    "dense_regression": ("l1", "mse", "huber"),
 }
 
 #: Metrics each kind offers; the first one is the default primary metric.
@@ -31,6 +37,8 @@ METRICS: dict[str, tuple[str, ...]] = {
     "multiclass": ("accuracy", "f1", "auroc"),
     "multilabel": ("auroc", "f1", "accuracy"),
     "regression": ("mae", "rmse", "r2"),
+    "segmentation": ("miou", "pixel_accuracy"),
+    "dense_regression": ("abs_rel", "mae", "rmse"),
 }
 
 
@@ -40,8 +48,11 @@ class Task:
 
     Args:
         name: unique task name (used in configs, logs and prediction columns).
-        kind: ``binary``, ``multiclass``, ``multilabel`` or ``regression``.
-        target: the label column; for ``multilabel`` a list of 0/1 columns, one per label.
+        kind: ``binary``, ``multiclass``, ``multilabel`` or ``regression``; for image inputs
+            also the per-pixel kinds ``segmentation`` (a class per pixel) and
+            ``dense_regression`` (a value per pixel, e.g. depth).
+        target: the label column; for ``multilabel`` a list of 0/1 columns, one per label; for
+            the per-pixel kinds a column of arrays (or of ``.npy`` / image file paths).
         classes: class labels. Binary: ``[negative, positive]``; multiclass: every class. Inferred
             from the training table when omitted; labels outside declared classes are an error.
         positive: for binary targets with non-obvious labels, the label meaning "positive".
@@ -54,6 +65,8 @@ class Task:
         class_weights: multiclass: one weight per class (as in ``torch.nn.CrossEntropyLoss``).
         target_mean, target_std: regression only; the training split's target scale. The model
             learns the standardised target and reports predictions in the original unit.
+        ignore_index: segmentation only: the pixel value marking unlabelled pixels (masked
+            out of loss and metrics, as ``ignore_index`` in ``nn.CrossEntropyLoss``).
     """
 
     name: str
@@ -69,6 +82,7 @@ class Task:
     class_weights: list[float] | None = None
     target_mean: float | None = None
     target_std: float | None = None
+    ignore_index: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -92,9 +106,14 @@ class Task:
         return self.primary_metric or self.metric_names[0]
 
     @property
+    def dense(self) -> bool:
+        """True for the per-pixel kinds."""
+        return self.kind in DENSE_KINDS
+
+    @property
     def n_outputs(self) -> int:
-        """Width of this task's head output (logits or values)."""
-        if self.kind == "multiclass":
+        """Width of this task's head output (logits or values), per pixel for dense kinds."""
+        if self.kind in ("multiclass", "segmentation"):
             if not self.classes:
                 raise ConfigError(f"task {self.name!r}: classes are not known yet")
             return len(self.classes)
@@ -142,8 +161,10 @@ class Task:
                 f"{len(self.targets)} label columns"
             )
         if self.class_weights is not None:
-            if self.kind != "multiclass":
-                raise ConfigError(f"{where}: class_weights apply to multiclass tasks only")
+            if self.kind not in ("multiclass", "segmentation"):
+                raise ConfigError(
+                    f"{where}: class_weights apply to multiclass and segmentation tasks only"
+                )
             if self.classes is not None and len(self.class_weights) != len(self.classes):
                 raise ConfigError(
                     f"{where}: class_weights has {len(self.class_weights)} values for "
@@ -154,8 +175,15 @@ class Task:
                 raise ConfigError(f"{where}: classes contain duplicates")
             if self.kind == "binary" and len(self.classes) != 2:
                 raise ConfigError(f"{where}: a binary task has exactly 2 classes")
-            if self.kind in ("regression", "multilabel"):
+            if self.kind in ("regression", "multilabel", "dense_regression"):
                 raise ConfigError(f"{where}: classes do not apply to {self.kind} tasks")
+            if self.kind == "segmentation" and not all(_is_int(c) for c in self.classes):
+                raise ConfigError(
+                    f"{where}: segmentation classes are the integer pixel values of the masks "
+                    f"(got {self.classes[:3]})"
+                )
+        if self.ignore_index is not None and self.kind != "segmentation":
+            raise ConfigError(f"{where}: ignore_index applies to segmentation tasks only")
         if self.positive is not None and self.kind != "binary":
             raise ConfigError(f"{where}: positive applies to binary tasks only")
 
@@ -173,6 +201,14 @@ class Task:
                 f"task: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}"
             )
         return cls(**data)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_unique_names(tasks: list[Task]) -> None:

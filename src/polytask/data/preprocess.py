@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from polytask.errors import DataError
+from polytask.models.encoders import InputSpec
 
 MISSING_TOKEN = "__missing__"
 Encoding = Literal["auto", "onehot", "embedding"]
@@ -202,8 +204,15 @@ class TablePreprocessor:
         """Vocabulary size (with the unknown slot) of each embedded column."""
         return [len(c.categories) + 1 for c in self.categorical if c.encoding == "embedding"]
 
-    def transform(self, df: pd.DataFrame, source: str) -> dict[str, Tensor]:
-        """Encode ``df`` into ``{"numeric": float32[N, D], "categorical": int64[N, C]}``."""
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(self.numeric_width, self.cardinalities)
+
+    def transform(
+        self, df: pd.DataFrame, source: str, base_dir: Path | None = None
+    ) -> dict[str, Tensor]:
+        """Encode ``df`` into ``{"numeric": float32[N, D], "categorical": int64[N, C]}``
+        (``base_dir`` is unused: tables hold their features, not files)."""
         missing = [c for c in self.columns if c not in df.columns]
         if missing:
             raise DataError(

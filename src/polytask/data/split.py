@@ -54,3 +54,21 @@ def group_split(
     assignment[order[test_end:val_end]] = 1
     split = assignment[codes]
     return tuple(np.flatnonzero(split == k) for k in (0, 1, 2))  # type: ignore[return-value]
+
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def column_split(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of the rows whose ``values`` are ``train``, ``val`` and ``test`` (an
+    official split shipped with the data)."""
+    text = values.astype("string").str.strip().str.lower()
+    bad = ~text.isin(SPLIT_NAMES).fillna(False).to_numpy(dtype=bool)
+    if bool(bad.any()):
+        row = values.index[int(np.argmax(bad))]
+        raise DataError(
+            f"split column '{values.name}', row {row}: {values.loc[row]!r} is not one of "
+            f"{', '.join(SPLIT_NAMES)}"
+        )
+    arr = text.to_numpy(dtype=str)
+    return tuple(np.flatnonzero(arr == name) for name in SPLIT_NAMES)  # type: ignore[return-value]

@@ -8,12 +8,14 @@ all mean the same class.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
+from polytask.data.arrays import stack_column
 from polytask.errors import DataError
 from polytask.tasks import Task
 
@@ -59,9 +61,17 @@ def _numeric(series: pd.Series, source: str) -> np.ndarray:
     return values.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def fit_task(task: Task, table: pd.DataFrame, train_rows: np.ndarray, source: str) -> Task:
+def fit_task(
+    task: Task,
+    table: pd.DataFrame,
+    train_rows: np.ndarray,
+    source: str,
+    base_dir: Path | None = None,
+) -> Task:
     """Complete ``task`` from data: class labels from the whole table, scale from train rows."""
     where = f"{source}: task '{task.name}'"
+    if task.dense:
+        return _fit_dense(task, table.iloc[train_rows], source, base_dir)
     if task.kind == "regression":
         y = _numeric(table[task.targets[0]], source)[train_rows]
         y = y[np.isfinite(y)]
@@ -139,8 +149,88 @@ def _binary_column(series: pd.Series, source: str) -> tuple[np.ndarray, np.ndarr
     return pos.astype(np.float32), valid
 
 
-def encode_targets(task: Task, table: pd.DataFrame, source: str) -> tuple[Tensor, Tensor]:
-    """Label tensor and validity mask of ``task`` for every row of ``table``."""
+def _fit_dense(task: Task, train: pd.DataFrame, source: str, base_dir: Path | None) -> Task:
+    """Segmentation: the pixel classes seen in the training maps (unless declared);
+    dense regression: mean and standard deviation over the valid training pixels."""
+    where = f"{source}: task '{task.name}'"
+    column = task.targets[0]
+    maps, present = stack_column(train[column], source, base_dir, allow_missing=True)
+    maps = maps[present]
+    if task.kind == "dense_regression":
+        values = maps.astype(np.float64)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            raise DataError(f"{where}: column '{column}' has no valid pixel in train")
+        std = float(values.std())
+        return dataclasses.replace(task, target_mean=float(values.mean()), target_std=std or 1.0)
+    _require_integers(maps, where, column)
+    seen = np.unique(maps)
+    if task.ignore_index is not None:
+        seen = seen[seen != task.ignore_index]
+    if task.classes is not None:
+        return task
+    if seen.size < 2:
+        raise DataError(
+            f"{where}: column '{column}' has {seen.size} pixel class(es) in the training "
+            "rows; a segmentation task needs at least 2"
+        )
+    # Class k is the pixel value k: declared values must cover 0 .. max so the head's
+    # channels line up with the values users see in their masks.
+    classes = [str(v) for v in range(int(seen.max()) + 1)]
+    return dataclasses.replace(task, classes=classes)
+
+
+def _require_integers(maps: np.ndarray, where: str, column: str) -> None:
+    integral = np.issubdtype(maps.dtype, np.integer) or (
+        bool(np.all(np.isfinite(maps))) and bool(np.all(maps == np.round(maps)))
+    )
+    if not integral:
+        raise DataError(f"{where}: column '{column}': segmentation masks hold integer codes")
+    if maps.size and maps.min() < 0:
+        raise DataError(
+            f"{where}: column '{column}': negative pixel value {int(maps.min())}; use "
+            "ignore_index for unlabelled pixels"
+        )
+
+
+def _encode_dense(
+    task: Task, table: pd.DataFrame, source: str, base_dir: Path | None
+) -> tuple[Tensor, Tensor]:
+    column = task.targets[0]
+    maps, present = stack_column(table[column], source, base_dir, allow_missing=True)
+    rows = present.reshape((-1,) + (1,) * (maps.ndim - 1))
+    if task.kind == "dense_regression":
+        values = maps.astype(np.float64)
+        valid = np.isfinite(values) & rows
+        mean = task.target_mean or 0.0
+        std = task.target_std or 1.0
+        scaled = np.where(valid, (values - mean) / std, 0.0).astype(np.float32)
+        return torch.from_numpy(scaled), torch.from_numpy(valid)
+    where = f"{source}: task '{task.name}'"
+    if task.classes is None:
+        raise ValueError(f"task {task.name!r} was not fitted: classes unknown")
+    _require_integers(maps, where, column)
+    codes = maps.astype(np.int64)
+    valid = np.broadcast_to(rows, codes.shape).copy()
+    if task.ignore_index is not None:
+        valid &= codes != task.ignore_index
+    n_classes = len(task.classes)
+    outside = valid & (codes >= n_classes)
+    if bool(outside.any()):
+        raise DataError(
+            f"{where}: column '{column}' has pixel value {int(codes[outside].max())} outside "
+            f"the classes 0..{n_classes - 1}"
+        )
+    return torch.from_numpy(np.where(valid, codes, 0)), torch.from_numpy(valid)
+
+
+def encode_targets(
+    task: Task, table: pd.DataFrame, source: str, base_dir: Path | None = None
+) -> tuple[Tensor, Tensor]:
+    """Label tensor and validity mask of ``task`` for every row of ``table``; array-valued
+    targets of dense tasks may name files relative to ``base_dir``."""
+    if task.dense:
+        return _encode_dense(task, table, source, base_dir)
     if task.kind == "multilabel":
         cols = [_binary_column(table[c], source) for c in task.targets]
         y = np.stack([c[0] for c in cols], axis=1)

@@ -21,11 +21,17 @@ from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
     MulticlassF1Score,
+    MulticlassJaccardIndex,
     MultilabelAccuracy,
     MultilabelAUROC,
     MultilabelF1Score,
 )
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
+from torchmetrics.regression import (
+    MeanAbsoluteError,
+    MeanAbsolutePercentageError,
+    MeanSquaredError,
+    R2Score,
+)
 
 from polytask.tasks import Task
 
@@ -62,6 +68,18 @@ _FACTORIES: dict[str, dict[str, MetricFactory]] = {
         "rmse": lambda t: MeanSquaredError(squared=False),
         "r2": lambda t: R2Score(),
     },
+    # Per-pixel kinds are scored over every valid pixel of the split pooled together, the
+    # convention of segmentation and depth benchmarks (mIoU from the pooled confusion matrix;
+    # abs_rel = mean |pred - true| / |true|, Eigen, Puhrsch & Fergus, NeurIPS 2014).
+    "segmentation": {
+        "miou": lambda t: MulticlassJaccardIndex(num_classes=t.n_outputs, average="macro"),
+        "pixel_accuracy": lambda t: MulticlassAccuracy(num_classes=t.n_outputs, average="micro"),
+    },
+    "dense_regression": {
+        "abs_rel": lambda t: MeanAbsolutePercentageError(),
+        "mae": lambda t: MeanAbsoluteError(),
+        "rmse": lambda t: MeanSquaredError(squared=False),
+    },
 }
 
 
@@ -80,7 +98,7 @@ def higher_is_better(task: Task, name: str) -> bool:
 
 def to_original_units(task: Task, values: Tensor) -> Tensor:
     """Undo the standardisation of a regression target (identity for other kinds)."""
-    if task.kind != "regression":
+    if task.kind not in ("regression", "dense_regression"):
         return values
     mean = task.target_mean if task.target_mean is not None else 0.0
     std = task.target_std if task.target_std is not None else 1.0
@@ -99,7 +117,13 @@ def _degenerate(task: Task, name: str, target: Tensor) -> bool:
 def compute_metrics(task: Task, output: Tensor, target: Tensor, mask: Tensor) -> dict[str, float]:
     """All of ``task``'s metrics over the valid labels (NaN where a metric is undefined)."""
     result: dict[str, float] = {}
-    if task.kind == "multilabel":
+    if task.kind == "segmentation":
+        # [N, C, H, W] logits -> one row of C logits per valid pixel.
+        pixels = output.movedim(1, -1)[mask]
+        preds, tgt = pixels.argmax(dim=-1), target[mask]
+    elif task.kind == "dense_regression":
+        preds, tgt = to_original_units(task, output[mask]), to_original_units(task, target[mask])
+    elif task.kind == "multilabel":
         preds = torch.sigmoid(output)
         tgt = torch.where(mask, target, torch.full_like(target, _IGNORE)).long()
         valid_rows = mask.any(dim=1)

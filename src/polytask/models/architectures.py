@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from polytask.errors import ConfigError, PolytaskError
 from polytask.models.encoders import Encoder, MLPEncoder, mlp_layers
-from polytask.models.heads import HeadParams, Tower
+from polytask.models.heads import HeadFactory
 from polytask.registry import NoParams, Registry
 
 
@@ -59,9 +59,7 @@ class Architecture(nn.Module):
         return None
 
 
-ArchitectureFactory = Callable[
-    [Callable[[], Encoder], dict[str, int], HeadParams, BaseModel], Architecture
-]
+ArchitectureFactory = Callable[[Callable[[], Encoder], HeadFactory, BaseModel], Architecture]
 ARCHITECTURES: Registry[ArchitectureFactory] = Registry("architecture")
 
 
@@ -70,11 +68,11 @@ class HardSharing(Architecture):
 
     single_representation = True
 
-    def __init__(self, encoder: Encoder, out_dims: dict[str, int], head: HeadParams) -> None:
+    def __init__(self, encoder: Encoder, heads: HeadFactory) -> None:
         super().__init__()
         self.encoder = encoder
         self.heads = nn.ModuleDict(
-            {name: Tower(encoder.out_dim, dim, head) for name, dim in out_dims.items()}
+            {name: heads.build(name, encoder.out_dim, encoder.spatial) for name in heads.tasks}
         )
 
     def represent(self, inputs: dict[str, Tensor]) -> Tensor:
@@ -108,11 +106,10 @@ class HardSharing(Architecture):
 @ARCHITECTURES.register("hard", params=NoParams, summary="hard sharing: shared encoder + heads")
 def build_hard(
     make_encoder: Callable[[], Encoder],
-    out_dims: dict[str, int],
-    head: HeadParams,
+    heads: HeadFactory,
     params: BaseModel,
 ) -> Architecture:
-    return HardSharing(make_encoder(), out_dims, head)
+    return HardSharing(make_encoder(), heads)
 
 
 # -- shared helpers ---------------------------------------------------------------------------
@@ -134,7 +131,21 @@ def _input_stem(make_encoder: Callable[[], Encoder]) -> tuple[nn.Module, int]:
         first = next(m for m in encoder.body if isinstance(m, nn.Linear))
         encoder.body = nn.Sequential()  # an empty Sequential returns its input
         return encoder, first.in_features
+    if encoder.spatial:
+        return _Pooled(encoder), encoder.out_dim
     return encoder, encoder.out_dim
+
+
+class _Pooled(nn.Module):
+    """An encoder's feature maps averaged over positions: what a gate reads from an image."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        out: Tensor = self.encoder(inputs).mean(dim=(2, 3))
+        return out
 
 
 def _mlp_columns(make_encoder: Callable[[], Encoder], arch: str) -> tuple[nn.Module, nn.ModuleList]:
@@ -168,7 +179,7 @@ class _Gate(nn.Module):
 
 def _mix(weights: Tensor, experts: list[Tensor]) -> Tensor:
     """``Σ_e weights[:, e] · experts[e]``: ``[B, E]`` x E of ``[B, D]`` -> ``[B, D]``."""
-    return torch.einsum("be,ebd->bd", weights, torch.stack(experts))
+    return torch.einsum("be,eb...->b...", weights, torch.stack(experts))
 
 
 # -- soft parameter sharing -------------------------------------------------------------------
@@ -179,9 +190,16 @@ class SoftParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     penalty_weight: float = Field(
-        default=1e-3, ge=0.0, description="λ of the coupling penalty λ Σ_pairs ‖θ_i − θ_j‖²"
+        default=1e-3,
+        ge=0.0,
+        description="λ of the coupling penalty: λ Σ_pairs ‖θ_i − θ_j‖² (l2) or λ Σ ‖[θ_1..θ_K]‖_* "
+        "(trace_norm)",
     )
-    penalty: Literal["l2"] = Field(default="l2", description="distance between the encoders")
+    penalty: Literal["l2", "trace_norm"] = Field(
+        default="l2",
+        description="l2: squared distances between the encoders' copies; trace_norm: nuclear "
+        "norm of the copies stacked per parameter (Yang & Hospedales 2017, last-axis flattening)",
+    )
 
 
 class SoftSharing(Architecture):
@@ -190,26 +208,41 @@ class SoftSharing(Architecture):
     "Trace Norm Regularised Deep Multi-Task Learning", ICLR workshop 2017).
 
     Every task has its own encoder and tower; nothing is shared, the encoders are instead pulled
-    together by ``λ Σ_{i<j} ‖θ_i − θ_j‖²`` over their corresponding parameters, computed as
-    ``K Σ_i ‖d_i‖² − ‖Σ_i d_i‖²`` with ``d_i = θ_i − θ_1`` (the same sum, linear in the number
-    of tasks). The penalty is returned by :meth:`regularizer` and added by the trainer outside
-    the balancer's weights. The encoders start from independent initialisations, as separate
+    together by a penalty over their corresponding parameters (each parameter of the encoder,
+    one copy per task):
+
+    * ``"l2"`` (Duong et al.): ``λ Σ_{i<j} ‖θ_i − θ_j‖²``, computed as
+      ``K Σ_i ‖d_i‖² − ‖Σ_i d_i‖²`` with ``d_i = θ_i − θ_1`` (the same sum, linear in the number
+      of tasks).
+    * ``"trace_norm"`` (Yang & Hospedales): ``λ Σ_groups ‖W‖_*`` where ``W`` is the ``[K, numel]``
+      matrix of the group's K flattened copies and ``‖·‖_*`` the nuclear norm (sum of singular
+      values), a convex surrogate of its rank: the copies are pushed towards a low-dimensional
+      subspace rather than towards one point, so tasks may keep scaled or partly different
+      weights. This is the paper's "Last Axis Flattening" (LAF) variant, the trace norm of the
+      task-mode unfolding of the stacked tensor ``[d_1, ..., d_n, K]`` (``W`` is its transpose,
+      same singular values). LAF is the variant that penalises sharing *across tasks* only,
+      needs no per-mode weights and costs one small SVD (rank ≤ K) per parameter; the paper's
+      Tucker (sum over every mode's unfolding) and Tensor-Train variants also penalise the rank
+      within a layer, and are not implemented.
+
+    The penalty is returned by :meth:`regularizer` and added by the trainer outside the
+    balancer's weights. The encoders start from independent initialisations, as separate
     networks would.
     """
 
     def __init__(
         self,
         make_encoder: Callable[[], Encoder],
-        out_dims: dict[str, int],
-        head: HeadParams,
+        heads: HeadFactory,
         params: SoftParams,
     ) -> None:
         super().__init__()
         self.penalty_weight = params.penalty_weight
-        encoders = {name: make_encoder() for name in out_dims}
+        self.penalty = params.penalty
+        encoders = {name: make_encoder() for name in heads.tasks}
         self.encoders = nn.ModuleDict(encoders)
         self.heads = nn.ModuleDict(
-            {name: Tower(encoders[name].out_dim, dim, head) for name, dim in out_dims.items()}
+            {name: heads.build(name, enc.out_dim, enc.spatial) for name, enc in encoders.items()}
         )
 
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -222,6 +255,9 @@ class SoftSharing(Architecture):
         k = len(columns)
         terms = []
         for group in zip(*columns, strict=True):  # one parameter, every task's copy
+            if self.penalty == "trace_norm":
+                terms.append(_nuclear_norm(torch.stack([p.reshape(-1) for p in group])))
+                continue
             # Offsets from the first copy: identical encoders give exactly 0, which the
             # mean-centred form K Σ‖θ_i − θ̄‖² misses by rounding.
             d = torch.stack(group[1:]) - group[0]
@@ -242,6 +278,24 @@ class SoftSharing(Architecture):
             "architecture 'soft' shares no parameters: it has no last shared layer "
             "(GradNorm needs one; use 'hard', 'cross_stitch', 'mmoe' or 'ple')"
         )
+
+
+def _nuclear_norm(w: Tensor) -> Tensor:
+    """``‖w‖_*`` (sum of singular values) with its minimum-norm subgradient.
+
+    Autograd through ``svdvals`` is finite even for rank-deficient ``w`` (its backward is
+    ``U diag(∂/∂σ) Vᴴ``, no division by gaps between singular values), but it returns
+    ``U Vᴴ`` over *all* singular vectors, including those of the (numerically) zero singular
+    values, whose directions are arbitrary. That is a valid subgradient of ``‖·‖_*``, yet a
+    step along it raises the rank: copies that start identical across tasks (BatchNorm gains
+    and shifts, or towers copied from one another) would be pushed apart by the very penalty
+    meant to tie them. Masking the singular values below the usual rank tolerance
+    (``σ_max · max(shape) · eps``, as ``numpy.linalg.matrix_rank``) keeps the value and gives
+    the minimum-norm subgradient ``U_r V_rᵀ`` over the nonzero ones only.
+    """
+    s: Tensor = torch.linalg.svdvals(w)
+    tol = s.detach().max() * max(w.shape) * torch.finfo(w.dtype).eps
+    return torch.where(s.detach() > tol, s, torch.zeros_like(s)).sum()
 
 
 # -- cross-stitch networks --------------------------------------------------------------------
@@ -271,7 +325,7 @@ class CrossStitchUnit(nn.Module):
         self.alpha = nn.Parameter(init)
 
     def forward(self, stacked: Tensor) -> Tensor:
-        return torch.einsum("ts,sbd->tbd", self.alpha, stacked)
+        return torch.einsum("ts,sb...->tb...", self.alpha, stacked)
 
 
 class CrossStitch(Architecture):
@@ -292,12 +346,11 @@ class CrossStitch(Architecture):
     def __init__(
         self,
         make_encoder: Callable[[], Encoder],
-        out_dims: dict[str, int],
-        head: HeadParams,
+        heads: HeadFactory,
         params: CrossStitchParams,
     ) -> None:
         super().__init__()
-        self.tasks = list(out_dims)
+        self.tasks = heads.tasks
         stems, columns = {}, {}
         for name in self.tasks:
             stems[name], columns[name] = _mlp_columns(make_encoder, "cross_stitch")
@@ -308,9 +361,7 @@ class CrossStitch(Architecture):
             CrossStitchUnit(len(self.tasks), params.alpha_same) for _ in range(n_blocks)
         )
         out_dim = _column_width(columns[self.tasks[0]])
-        self.heads = nn.ModuleDict(
-            {name: Tower(out_dim, dim, head) for name, dim in out_dims.items()}
-        )
+        self.heads = nn.ModuleDict({name: heads.build(name, out_dim) for name in self.tasks})
 
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         hs = [self.stems[name](inputs) for name in self.tasks]
@@ -377,17 +428,21 @@ class MMoE(Architecture):
     def __init__(
         self,
         make_encoder: Callable[[], Encoder],
-        out_dims: dict[str, int],
-        head: HeadParams,
+        heads: HeadFactory,
         params: MMoEParams,
     ) -> None:
         super().__init__()
         experts = [make_encoder() for _ in range(params.n_experts)]
         self.experts = nn.ModuleList(experts)
         self.gate_input, gate_dim = _input_stem(make_encoder)
-        self.gates = nn.ModuleDict({name: _Gate(gate_dim, params.n_experts) for name in out_dims})
+        self.gates = nn.ModuleDict(
+            {name: _Gate(gate_dim, params.n_experts) for name in heads.tasks}
+        )
         self.heads = nn.ModuleDict(
-            {name: Tower(experts[0].out_dim, dim, head) for name, dim in out_dims.items()}
+            {
+                name: heads.build(name, experts[0].out_dim, experts[0].spatial)
+                for name in heads.tasks
+            }
         )
 
     def gate_weights(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -471,15 +526,20 @@ class PLE(Architecture):
     def __init__(
         self,
         make_encoder: Callable[[], Encoder],
-        out_dims: dict[str, int],
-        head: HeadParams,
+        heads: HeadFactory,
         params: PLEParams,
     ) -> None:
         super().__init__()
-        self.tasks = list(out_dims)
+        self.tasks = heads.tasks
         self.gate_input, gate_dim = _input_stem(make_encoder)
         levels = [_Level(make_encoder, self.tasks, params, gate_dim, params.levels == 1)]
-        width = cast(Encoder, levels[0].shared[0]).out_dim
+        first = cast(Encoder, levels[0].shared[0])
+        width, spatial = first.out_dim, first.spatial
+        if spatial and params.levels > 1:
+            raise ConfigError(
+                "config error: model.architecture.levels: PLE levels above the first are MLPs "
+                "on vectors; with a feature-map encoder use levels = 1 (CGC)"
+            )
         upper = params.upper_widths or [width]
         for i in range(1, params.levels):
             in_dim = width if i == 1 else upper[-1]
@@ -492,7 +552,7 @@ class PLE(Architecture):
         self.levels = nn.ModuleList(levels)
         out_width = width if params.levels == 1 else upper[-1]
         self.heads = nn.ModuleDict(
-            {name: Tower(out_width, dim, head) for name, dim in out_dims.items()}
+            {name: heads.build(name, out_width, spatial) for name in self.tasks}
         )
 
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -554,22 +614,21 @@ class PLE(Architecture):
 
 
 def _from_encoder_factory(cls: type[Any]) -> ArchitectureFactory:
-    """Factory of an architecture built as ``cls(make_encoder, out_dims, head, params)``."""
+    """Factory of an architecture built as ``cls(make_encoder, heads, params)``."""
 
     def build(
         make_encoder: Callable[[], Encoder],
-        out_dims: dict[str, int],
-        head: HeadParams,
+        heads: HeadFactory,
         params: BaseModel,
     ) -> Architecture:
-        built: Architecture = cls(make_encoder, out_dims, head, params)
+        built: Architecture = cls(make_encoder, heads, params)
         return built
 
     return build
 
 
 for _name, _schema, _cls, _summary in (
-    ("soft", SoftParams, SoftSharing, "soft sharing: one encoder per task, L2-coupled"),
+    ("soft", SoftParams, SoftSharing, "soft sharing: one encoder per task, L2/trace-norm-coupled"),
     ("cross_stitch", CrossStitchParams, CrossStitch, "cross-stitch units between task columns"),
     ("mmoe", MMoEParams, MMoE, "MMoE: shared experts, gate per task"),
     ("ple", PLEParams, PLE, "CGC/PLE: shared + task experts per level"),

@@ -15,21 +15,48 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from polytask.errors import ConfigError
 from polytask.registry import Registry
+
+InputKind = Literal["table", "image", "audio", "text"]
 
 
 @dataclass
 class InputSpec:
-    """Shape of the encoded inputs: a dense block and a list of embedded categorical columns."""
+    """What the encoded inputs look like, as an encoder needs to know it.
 
-    n_numeric: int
+    Attributes:
+        n_numeric: tables: width of the dense block (standardised numbers, one-hot columns).
+        cardinalities: tables: vocabulary size of each embedded categorical column.
+        kind: the input modality; each encoder accepts some kinds only.
+        shape: per-example shape of the main input tensor: images ``(C, H, W)``, audio
+            ``(samples,)``, text ``(tokens,)``; empty for tables.
+        vocab_size: text: number of token ids (0 is padding).
+        sample_rate: audio: samples per second.
+    """
+
+    n_numeric: int = 0
     cardinalities: list[int] = field(default_factory=list)
+    kind: InputKind = "table"
+    shape: list[int] = field(default_factory=list)
+    vocab_size: int = 0
+    sample_rate: int = 0
+
+    def require(self, kind: str, encoder: str) -> None:
+        """Raise a :class:`ConfigError` unless the inputs are of ``kind``."""
+        if self.kind != kind:
+            raise ConfigError(
+                f"config error: model.encoder: encoder {encoder!r} reads {kind} inputs, but the "
+                f"data gives {self.kind} inputs (set data.input or choose another encoder)"
+            )
 
 
 class Encoder(nn.Module):
-    """Base class: ``forward(inputs) -> Tensor[B, out_dim]``."""
+    """Base class: ``forward(inputs) -> Tensor[B, out_dim]``, or ``[B, out_dim, h, w]`` feature
+    maps when ``spatial`` (image-like encoders, whose maps dense heads decode)."""
 
     out_dim: int
+    spatial: bool = False
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -109,6 +136,7 @@ class MLPEncoder(Encoder):
 
     def __init__(self, spec: InputSpec, params: MLPParams) -> None:
         super().__init__()
+        spec.require("table", "mlp")
         embeddings = [
             nn.Embedding(card, embedding_width(card, params.embedding_dim))
             for card in spec.cardinalities

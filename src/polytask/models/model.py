@@ -8,23 +8,32 @@ from torch import Tensor, nn
 from polytask.config import ModelConfig
 from polytask.models.architectures import ARCHITECTURES, Architecture
 from polytask.models.encoders import ENCODERS, Encoder, InputSpec
-from polytask.models.heads import HeadParams
+from polytask.models.heads import HeadFactory, HeadParams, HeadSpec
 from polytask.tasks import Task
 
 
 class MultiTaskModel(nn.Module):
     """Maps inputs to one raw output per task: logits for classification kinds (``[B]`` for
-    binary, ``[B, C]`` multiclass, ``[B, L]`` multilabel) and standardised values ``[B]`` for
-    regression."""
+    binary, ``[B, C]`` multiclass, ``[B, L]`` multilabel, ``[B, C, H, W]`` segmentation) and
+    standardised values (``[B]`` regression, ``[B, H, W]`` dense regression)."""
 
     def __init__(self, architecture: Architecture, tasks: list[Task]) -> None:
         super().__init__()
         self.architecture = architecture
-        self._squeeze = {t.name: t.kind in ("binary", "regression") for t in tasks}
+        # The single output channel a head produces for these kinds is dropped.
+        self._squeeze_dim = {
+            t.name: -1 if t.kind in ("binary", "regression") else 1
+            for t in tasks
+            if t.kind in ("binary", "regression", "dense_regression")
+        }
+
+    def _shape(self, task: str, raw: Tensor) -> Tensor:
+        dim = self._squeeze_dim.get(task)
+        return raw if dim is None else raw.squeeze(dim)
 
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         raw = self.architecture(inputs)
-        return {k: v.squeeze(-1) if self._squeeze[k] else v for k, v in raw.items()}
+        return {k: self._shape(k, v) for k, v in raw.items()}
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return self.architecture.shared_parameters()
@@ -52,8 +61,7 @@ class MultiTaskModel(nn.Module):
 
     def task_output(self, task: str, z: Tensor) -> Tensor:
         """Task ``task``'s output from the representation ``z``, shaped like ``forward``'s."""
-        raw = self.architecture.task_forward(task, z)
-        return raw.squeeze(-1) if self._squeeze[task] else raw
+        return self._shape(task, self.architecture.task_forward(task, z))
 
 
 def build_model(tasks: list[Task], spec: InputSpec, cfg: ModelConfig, seed: int) -> MultiTaskModel:
@@ -69,9 +77,11 @@ def build_model(tasks: list[Task], spec: InputSpec, cfg: ModelConfig, seed: int)
         return enc_entry.factory(spec, enc_params)
 
     head = HeadParams.model_validate(cfg.head.model_dump())
-    out_dims = {t.name: t.n_outputs for t in tasks}
+    specs = {t.name: HeadSpec(t.n_outputs, t.dense) for t in tasks}
+    size = (spec.shape[-2], spec.shape[-1]) if spec.kind == "image" else None
+    heads = HeadFactory(specs, head, size)
     with _seeded(seed):
-        architecture = arch_entry.factory(make_encoder, out_dims, head, arch_params)
+        architecture = arch_entry.factory(make_encoder, heads, arch_params)
     return MultiTaskModel(architecture, tasks)
 
 

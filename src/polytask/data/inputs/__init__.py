@@ -1,0 +1,7 @@
+"""Input processors for non-tabular data: images, audio and text. Importing the package
+registers every processor in :data:`INPUTS`."""
+
+from polytask.data.inputs import image  # noqa: F401  (importing registers the processor)
+from polytask.data.inputs.base import INPUTS, InputProcessor, input_from_dict
+
+__all__ = ["INPUTS", "InputProcessor", "input_from_dict"]

@@ -1,0 +1,135 @@
+"""Images: one per row, as an in-memory array or an image/``.npy`` file path.
+
+Arrays are ``H x W`` (grey) or ``H x W x C`` (as image files are read). Every image is brought
+to ``channels`` channels and, if ``size`` is set, resized (bilinear) to it; without ``size``
+all images must share the first training image's size. 8-bit images are scaled to [0, 1],
+then each channel is standardised with the training images' mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from polytask.data.arrays import cell_array, stack_column
+from polytask.data.inputs.base import INPUTS, InputProcessor
+from polytask.errors import DataError
+from polytask.models.encoders import InputSpec
+
+
+class ImageParams(BaseModel):
+    """Parameters of the image input."""
+
+    model_config = ConfigDict(extra="forbid")
+    column: str = Field(default="image", description="column of arrays or image file paths")
+    size: list[int] | None = Field(
+        default=None, min_length=2, max_length=2, description="[height, width] to resize to"
+    )
+    channels: Literal[1, 3] | None = Field(
+        default=None, description="1 (grey) or 3 (RGB); default: as the first training image"
+    )
+    normalize: bool = Field(default=True, description="standardise each channel (train stats)")
+
+
+class ImageInput(InputProcessor):
+    """Images -> ``{"image": float32[N, C, H, W]}``."""
+
+    name = "image"
+
+    def __init__(self, params: BaseModel) -> None:
+        assert isinstance(params, ImageParams)
+        super().__init__(params)
+        self.p = params
+        self.shape: list[int] = []  # [C, H, W] after fitting
+        self.mean: list[float] = []
+        self.std: list[float] = []
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.p.column]
+
+    def _to_channels(self, array: np.ndarray, where: str) -> np.ndarray:
+        """``H x W x C`` with the wanted number of channels."""
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if array.ndim != 3:
+            raise DataError(f"{where}: an image is H x W or H x W x C, got shape {array.shape}")
+        have = array.shape[2]
+        want = self.shape[0] if self.shape else (self.p.channels or min(have, 3))
+        if have == want:
+            return array
+        if have in (3, 4) and want == 1:
+            # ITU-R BT.601 luma, what Pillow's "L" conversion uses.
+            rgb = array[:, :, :3].astype(np.float32)
+            return np.asarray(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[:, :, None]
+        if have == 1 and want == 3:
+            return np.repeat(array, 3, axis=2)
+        if have == 4 and want == 3:
+            return array[:, :, :3]
+        raise DataError(f"{where}: cannot turn {have} channels into {want}")
+
+    def _read(self, value: object, base_dir: Path | None, where: str) -> np.ndarray:
+        # Scale first: every image leaves here as float32 in [0, 1] (8-bit) or as given.
+        array = self._to_channels(_scale(cell_array(value, base_dir, where)), where)
+        if self.p.size is not None and list(array.shape[:2]) != self.p.size:
+            t = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]
+            t = F.interpolate(t, size=tuple(self.p.size), mode="bilinear", align_corners=False)
+            return np.ascontiguousarray(t[0].permute(1, 2, 0).numpy())
+        return array
+
+    def _pixels(self, df: pd.DataFrame, source: str, base_dir: Path | None) -> Tensor:
+        self.require_columns(df, source)
+        stacked, _ = stack_column(df[self.p.column], source, base_dir, reader=self._read)
+        return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+
+    def fit(self, train: pd.DataFrame, source: str, base_dir: Path | None) -> None:
+        self.shape = []
+        pixels = self._pixels(train, source, base_dir)
+        self.shape = list(pixels.shape[1:])
+        self.mean = pixels.mean(dim=(0, 2, 3)).tolist()
+        self.std = [max(s, 1e-6) for s in pixels.std(dim=(0, 2, 3)).tolist()]
+
+    def transform(
+        self, df: pd.DataFrame, source: str, base_dir: Path | None = None
+    ) -> dict[str, Tensor]:
+        pixels = self._pixels(df, source, base_dir)
+        if list(pixels.shape[1:]) != self.shape:
+            raise DataError(
+                f"{source}: column '{self.p.column}': images of shape "
+                f"{list(pixels.shape[1:])} (C, H, W), the model was trained on {self.shape}; "
+                "set data.input.size to resize"
+            )
+        if self.p.normalize:
+            mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+            std = torch.tensor(self.std).view(1, -1, 1, 1)
+            pixels = (pixels - mean) / std
+        return {"image": pixels}
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(kind="image", shape=list(self.shape))
+
+    def state(self) -> dict[str, Any]:
+        return {"shape": self.shape, "mean": self.mean, "std": self.std}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.shape, self.mean, self.std = state["shape"], state["mean"], state["std"]
+
+
+def _scale(array: np.ndarray) -> np.ndarray:
+    """float32, 8-bit values scaled to [0, 1]."""
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    return array.astype(np.float32)
+
+
+@INPUTS.register("image", params=ImageParams, summary="an image per row (array or file)")
+def build_image(params: BaseModel) -> InputProcessor:
+    return ImageInput(params)

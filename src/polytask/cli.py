@@ -140,16 +140,17 @@ def demo(
 
 @app.command("list")
 def list_components() -> None:
-    """List registered encoders, architectures, balancers and datasets."""
+    """List registered inputs, encoders, architectures, balancers and datasets."""
     from polytask.balance.base import BALANCERS
     from polytask.data.datasets import DATASETS
+    from polytask.data.inputs import INPUTS
     from polytask.models.architectures import ARCHITECTURES
     from polytask.models.encoders import ENCODERS
 
     table = Table(title="polytask components")
     for col in ("kind", "name", "summary"):
         table.add_column(col)
-    for registry in (ENCODERS, ARCHITECTURES, BALANCERS):
+    for registry in (INPUTS, ENCODERS, ARCHITECTURES, BALANCERS):
         for entry in registry:
             table.add_row(registry.kind, entry.name, entry.summary)
     for name in sorted(DATASETS):

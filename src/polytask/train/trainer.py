@@ -384,8 +384,9 @@ class _EpochProgress:
 
 
 def _labelled_rows(mask: Tensor) -> int:
-    """Examples with at least one valid label (a multilabel mask has one column per label)."""
-    return int((mask.any(dim=-1) if mask.dim() > 1 else mask).sum())
+    """Examples with at least one valid label (multilabel masks have one column per label,
+    per-pixel masks one entry per pixel)."""
+    return int(mask.reshape(mask.shape[0], -1).any(dim=1).sum())
 
 
 def _flatten_row(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:

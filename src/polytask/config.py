@@ -14,10 +14,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from polytask.config_errors import validation_message
+from polytask.data.sampling import SamplingConfig
 from polytask.errors import ConfigError
 from polytask.models.heads import HeadParams
 from polytask.registry import Registry
 from polytask.tasks import Task, TaskKind, check_unique_names
+from polytask.train.task_schedule import ScheduleConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -118,6 +120,58 @@ class DataConfig(_Strict):
         "false keeps them as 0/1 (fingerprint bits, flags)",
     )
     split: SplitConfig = Field(default_factory=SplitConfig)
+    where: dict[str, str | list[str]] = Field(
+        default_factory=dict,
+        description="keep only rows whose column holds this value (or one of these values)",
+    )
+    sources: list[SourceConfig] = Field(
+        default_factory=list,
+        description="one table per task (or group of tasks); replaces data.path/dataset",
+    )
+
+
+#: The [data] keys a source may set for itself; the others (features, input, preprocessing)
+#: are the run's and shared by every source, since one encoder reads them all.
+SOURCE_KEYS = (
+    "path",
+    "dataset",
+    "root",
+    "format",
+    "na_values",
+    "pattern",
+    "regex",
+    "path_column",
+    "columns",
+    "separator",
+    "encoding",
+    "files_root",
+    "split",
+    "where",
+)
+
+
+class SourceConfig(_Strict):
+    """One ``[[data.sources]]`` entry: a table and the tasks it labels."""
+
+    name: str = Field(min_length=1)
+    tasks: list[str] = Field(min_length=1)
+    path: str | None = None
+    dataset: str | None = None
+    root: str | None = None
+    format: Literal["auto", "csv", "parquet", "folder", "lines"] | None = None
+    na_values: list[str] | None = None
+    pattern: str | None = None
+    regex: str | None = None
+    path_column: str | None = None
+    columns: list[str] | None = None
+    separator: str | None = None
+    encoding: str | None = None
+    files_root: str | None = None
+    split: SplitConfig | None = None
+    where: dict[str, str | list[str]] | None = None
+
+
+DataConfig.model_rebuild()
 
 
 def _with_default_name(value: Any, default: str) -> Any:
@@ -156,6 +210,11 @@ class TrainConfig(_Strict):
     log_format: Literal["jsonl", "csv"] = "jsonl"
     progress: bool = True
     threads: int | None = Field(default=None, ge=1)
+    checkpoint_every: int | None = Field(
+        default=None,
+        ge=1,
+        description="also checkpoint every N steps, so a resume continues mid-epoch",
+    )
 
 
 class RunConfig(_Strict):
@@ -169,6 +228,8 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     balancer: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="static"))
     train: TrainConfig = Field(default_factory=TrainConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     #: Directory that relative paths are resolved against (the config file's folder).
     base_dir: str = "."
 
@@ -223,6 +284,7 @@ def check_config(cfg: RunConfig) -> RunConfig:
     from polytask.balance.base import build_balancer
 
     build_balancer(cfg.balancer.name, cfg.balancer.params(), tasks)
+    _check_sources(cfg, tasks)
     data = cfg.data
     if data.split.method == "group" and data.group is None and _dataset_group(data) is None:
         raise ConfigError("config error: data.group: split method 'group' needs a group column")
@@ -242,6 +304,61 @@ def check_config(cfg: RunConfig) -> RunConfig:
     if data.split.method not in ("files", "column") and data.split.val <= 0:
         raise ConfigError("config error: data.split.val: must be > 0 (validation drives training)")
     return cfg
+
+
+def source_config(cfg: RunConfig, source: SourceConfig) -> RunConfig:
+    """The run configuration as seen by one source: ``[data]`` with the source's own keys."""
+    own = {k: getattr(source, k) for k in SOURCE_KEYS if getattr(source, k) is not None}
+    if "path" in own or "dataset" in own:
+        own.setdefault("path", None)
+        own.setdefault("dataset", None)
+    data = cfg.data.model_copy(update={**own, "sources": []})
+    return cfg.model_copy(update={"data": data})
+
+
+def _check_sources(cfg: RunConfig, tasks: list[Task]) -> None:
+    data = cfg.data
+    if not data.sources:
+        if cfg.sampling.strategy == "round_robin" and cfg.sampling.batches == "mixed":
+            raise ConfigError(
+                "config error: sampling.batches: round_robin draws whole batches; use homogeneous"
+            )
+        return
+    if data.path is not None or data.dataset is not None:
+        raise ConfigError(
+            "config error: data.sources: give the tables in the sources, not data.path/dataset"
+        )
+    names = {t.name for t in tasks}
+    seen: set[str] = set()
+    for i, src in enumerate(data.sources):
+        where = f"config error: data.sources.{i}"
+        if src.name in seen:
+            raise ConfigError(f"{where}.name: source name {src.name!r} is used twice")
+        seen.add(src.name)
+        if (src.path is None) == (src.dataset is None):
+            raise ConfigError(f"{where}: give exactly one of path or dataset")
+        unknown = [t for t in src.tasks if t not in names]
+        if unknown:
+            raise ConfigError(
+                f"{where}.tasks: unknown task {unknown[0]!r}; declared tasks: "
+                f"{', '.join(sorted(names))}"
+            )
+        split = src.split or data.split
+        if split.method == "column" and split.column is None:
+            raise ConfigError(f"{where}.split.column: split method 'column' needs it")
+    labelled = {t for src in data.sources for t in src.tasks}
+    orphans = [t.name for t in tasks if t.name not in labelled]
+    if orphans:
+        raise ConfigError(
+            f"config error: data.sources: no source labels task {orphans[0]!r}; list it in "
+            "the tasks of the source that holds its labels"
+        )
+    if cfg.sampling.strategy == "round_robin" and cfg.sampling.batches == "mixed":
+        raise ConfigError(
+            "config error: sampling.batches: round_robin draws whole batches; use homogeneous"
+        )
+    if cfg.sampling.epoch == "steps" and cfg.sampling.steps is None:
+        raise ConfigError("config error: sampling.steps: epoch = 'steps' needs it")
 
 
 def _dataset_group(data: DataConfig) -> str | None:

@@ -125,10 +125,10 @@ def train_model(
         console=console,
         label=label,
         quiet=quiet,
+        schedule=cfg.schedule,
     )
-    fit = trainer.fit(
-        data.train.subset_tasks(names), data.val.subset_tasks(names), run_dir, resume=resume
-    )
+    train = data.training_sources(cfg.sampling).subset_tasks(names)
+    fit = trainer.fit(train, data.val.subset_tasks(names), run_dir, resume=resume)
     return model, fit
 
 

@@ -13,11 +13,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from polytask.config import RunConfig
+from polytask.config import RunConfig, source_config
 from polytask.data.files import read_lines, scan_folder
 from polytask.data.inputs import InputProcessor
 from polytask.data.inputs.base import build_input
 from polytask.data.preprocess import PreprocessOptions, TablePreprocessor, infer_types
+from polytask.data.sampling import SamplingConfig
+from polytask.data.sources import Source, SourceSet
 from polytask.data.split import column_split, group_split, random_split
 from polytask.data.tables import read_table, require_columns
 from polytask.data.targets import encode_targets, fit_task
@@ -39,6 +41,14 @@ class PreparedData:
     source: str
     #: Folder that relative file paths in the table were resolved against.
     files_root: Path | None = None
+    #: With ``[[data.sources]]``: each source's training rows (``train`` stacks them all).
+    sources: list[Source] | None = None
+
+    def training_sources(self, sampling: SamplingConfig) -> SourceSet:
+        """The training data as the sampler draws it: the declared sources, or one table."""
+        if self.sources is None:
+            return SourceSet.single(self.train, sampling)
+        return SourceSet(self.sources, sampling)
 
     @property
     def input_spec(self) -> InputSpec:
@@ -93,12 +103,13 @@ def _read_sources(
         df, source, files_root = _read_path(cfg, cfg.resolve(data.path))
     if data.files_root is not None:
         files_root = cfg.resolve(data.files_root)
+    df = _filter_rows(df, data.where, source)
     if data.split.method != "files":
         return df, source, None, group, ignore, files_root
     parts = [df]
     for extra in (data.split.val_path, data.split.test_path):
         if extra is not None:
-            parts.append(_read_path(cfg, cfg.resolve(extra))[0])
+            parts.append(_filter_rows(_read_path(cfg, cfg.resolve(extra))[0], data.where, source))
     for i, part in enumerate(parts[1:], start=1):
         missing = [c for c in parts[0].columns if c not in part.columns]
         if missing:
@@ -114,23 +125,23 @@ def _read_sources(
     return combined, source, indices, group, ignore, files_root
 
 
-def prepare_data(cfg: RunConfig, frame: pd.DataFrame | None = None) -> PreparedData:
-    """Read, check, split, fit and encode the data of ``cfg`` (or of ``frame``)."""
+@dataclass
+class _Loaded:
+    """One table read and split: rows, its name for messages, split indices, roles."""
+
+    df: pd.DataFrame
+    source: str
+    splits: tuple[np.ndarray, np.ndarray, np.ndarray]
+    group: str | None
+    ignore: list[str]
+    files_root: Path | None
+
+
+def _load_and_split(cfg: RunConfig, frame: pd.DataFrame | None) -> _Loaded:
     df, source, preset, group, ignore, files_root = _read_sources(cfg, frame)
     data = cfg.data
-    tasks = cfg.task_objects()
-    target_cols = list(dict.fromkeys(c for t in tasks for c in t.targets))
-    require_columns(df, target_cols, source, "target")
     role_columns = [c for c in (group, data.id, data.split.column) if c is not None]
     require_columns(df, role_columns, source, "group/id/split")
-    processor = None
-    if data.input is not None:
-        processor = build_input(data.input.name, data.input.params())
-        require_columns(df, processor.columns, source, f"data.input '{data.input.name}'")
-        features: list[str] = []
-    else:
-        features = _feature_columns(cfg, df, source, target_cols, ignore, role_columns)
-
     seed = data.split.seed if data.split.seed is not None else cfg.seed
     if preset is not None:
         train_idx, val_idx, test_idx = preset
@@ -147,6 +158,90 @@ def prepare_data(cfg: RunConfig, frame: pd.DataFrame | None = None) -> PreparedD
             f"{source}: {len(df)} rows give an empty train or validation split; "
             "add rows or change data.split"
         )
+    return _Loaded(df, source, (train_idx, val_idx, test_idx), group, ignore, files_root)
+
+
+def _load_sources(cfg: RunConfig) -> tuple[_Loaded, list[tuple[str, list[str], np.ndarray]]]:
+    """Every ``[[data.sources]]`` table read, split and stacked into one, each task's labels
+    kept only on the rows of the sources declaring it; plus each source's training rows."""
+    tasks = cfg.task_objects()
+    path_columns = [c for t in tasks if t.dense for c in t.targets]
+    if cfg.data.input is not None:
+        path_columns += build_input(cfg.data.input.name, cfg.data.input.params()).columns
+    parts: list[pd.DataFrame] = []
+    splits: list[list[np.ndarray]] = [[], [], []]
+    train_rows: list[tuple[str, list[str], np.ndarray]] = []
+    offset = 0
+    first: _Loaded | None = None
+    for sc in cfg.data.sources:
+        loaded = _load_and_split(source_config(cfg, sc), None)
+        df = loaded.df.copy()
+        for task in tasks:
+            for col in task.targets:
+                if task.name not in sc.tasks and col in df.columns:
+                    df[col] = pd.NA  # this source does not label the task
+        for col in path_columns:
+            # Relative file paths are relative to each source's own folder.
+            if col in df.columns and loaded.files_root is not None:
+                df[col] = [_absolute(v, loaded.files_root) for v in df[col]]
+        for k in range(3):
+            splits[k].append(loaded.splits[k] + offset)
+        train_rows.append((sc.name, list(sc.tasks), loaded.splits[0] + offset))
+        offset += len(df)
+        parts.append(df)
+        first = first or loaded
+    assert first is not None
+    combined = pd.concat(parts, ignore_index=True)
+    names = ", ".join(f"'{sc.name}'" for sc in cfg.data.sources)
+    stacked = (np.concatenate(splits[0]), np.concatenate(splits[1]), np.concatenate(splits[2]))
+    merged = _Loaded(combined, f"sources {names}", stacked, first.group, first.ignore, None)
+    return merged, train_rows
+
+
+def _absolute(value: object, root: Path) -> object:
+    if isinstance(value, str) and value.strip() and not Path(value).expanduser().is_absolute():
+        return str(root / value)
+    return value
+
+
+def _filter_rows(df: pd.DataFrame, where: dict[str, str | list[str]], source: str) -> pd.DataFrame:
+    """The rows whose columns hold the wanted value(s), compared as text."""
+    if not where:
+        return df
+    require_columns(df, list(where), source, "data.where")
+    keep = np.ones(len(df), dtype=bool)
+    for column, wanted in where.items():
+        values = [wanted] if isinstance(wanted, str) else list(wanted)
+        keep &= df[column].astype("string").isin(values).fillna(False).to_numpy(dtype=bool)
+    if not keep.any():
+        raise DataError(f"{source}: no row matches data.where {where}")
+    kept: pd.DataFrame = df[keep].reset_index(drop=True)
+    return kept
+
+
+def prepare_data(cfg: RunConfig, frame: pd.DataFrame | None = None) -> PreparedData:
+    """Read, check, split, fit and encode the data of ``cfg`` (or of ``frame``)."""
+    sources: list[tuple[str, list[str], np.ndarray]] | None = None
+    if cfg.data.sources:
+        if frame is not None:
+            raise ConfigError("config error: data.sources: give the sources' tables, not a frame")
+        loaded, sources = _load_sources(cfg)
+    else:
+        loaded = _load_and_split(cfg, frame)
+    df, source, files_root = loaded.df, loaded.source, loaded.files_root
+    train_idx, val_idx, test_idx = loaded.splits
+    data = cfg.data
+    tasks = cfg.task_objects()
+    target_cols = list(dict.fromkeys(c for t in tasks for c in t.targets))
+    require_columns(df, target_cols, source, "target")
+    role_columns = [c for c in (loaded.group, data.id, data.split.column) if c is not None]
+    processor = None
+    if data.input is not None:
+        processor = build_input(data.input.name, data.input.params())
+        require_columns(df, processor.columns, source, f"data.input '{data.input.name}'")
+        features: list[str] = []
+    else:
+        features = _feature_columns(cfg, df, source, target_cols, loaded.ignore, role_columns)
 
     tasks = [fit_task(t, df, train_idx, source, files_root) for t in tasks]
     pre: TablePreprocessor | InputProcessor
@@ -169,7 +264,14 @@ def prepare_data(cfg: RunConfig, frame: pd.DataFrame | None = None) -> PreparedD
         return TensorData(batch.inputs, batch.targets, batch.masks)
 
     test = split(test_idx) if len(test_idx) else None
-    return PreparedData(tasks, pre, split(train_idx), split(val_idx), test, source, files_root)
+    train_sources = (
+        [Source(name, labelled, split(rows)) for name, labelled, rows in sources]
+        if sources is not None
+        else None
+    )
+    return PreparedData(
+        tasks, pre, split(train_idx), split(val_idx), test, source, files_root, train_sources
+    )
 
 
 def _feature_columns(

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from polytask.balance.base import Balancer
 from polytask.balance.diagnostics import task_gradient_norms
 from polytask.config import TrainConfig
+from polytask.data.sources import SourceSet
 from polytask.data.tensors import TensorData
 from polytask.evaluate.evaluation import evaluate_data
 from polytask.losses import TaskLoss, task_losses
@@ -40,6 +41,7 @@ from polytask.state_io import (
 from polytask.tasks import Task
 from polytask.train.criterion import Criterion
 from polytask.train.schedule import lr_factor
+from polytask.train.task_schedule import ScheduleConfig, TaskScheduler
 
 if TYPE_CHECKING:
     from polytask.models.model import MultiTaskModel
@@ -62,6 +64,42 @@ class EpochRecord:
     #: Mean norm of each task's gradient of the shared parameters (or of the shared
     #: representation in that engine mode) over the steps that measured it.
     grad_norms: dict[str, float] = field(default_factory=dict)
+    #: Examples drawn from each data source, and each source's sampling probability.
+    sources: dict[str, int] = field(default_factory=dict)
+    sampling: dict[str, float] = field(default_factory=dict)
+    #: Task scheduling: each task's probability of being drawn this epoch and the number of
+    #: steps it was scheduled (empty when every step trains every task).
+    schedule: dict[str, float] = field(default_factory=dict)
+    scheduled_steps: dict[str, int] = field(default_factory=dict)
+
+
+class _EpochStats:
+    """Running sums of one epoch, checkpointed with a mid-epoch resume point."""
+
+    def __init__(self, tasks: list[str], sources: list[str]) -> None:
+        self.loss_sum = {t: torch.zeros(()) for t in tasks}
+        self.weight_sum = {t: 0.0 for t in tasks}
+        self.steps_with = {t: 0 for t in tasks}
+        self.seen = {t: 0 for t in tasks}
+        self.norm_sum = {t: 0.0 for t in tasks}
+        self.norm_count = {t: 0 for t in tasks}
+        self.source_rows = {s: 0 for s in sources}
+        self.scheduled = {t: 0 for t in tasks}
+
+    def state(self) -> dict[str, Any]:
+        return {k: dict(v) for k, v in vars(self).items()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, dict(value))
+
+    def summary(self) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        """Mean loss, mean weight and mean gradient norm of each task over its steps."""
+        n = self.steps_with
+        loss = {k: float(v) / n[k] if n[k] else math.nan for k, v in self.loss_sum.items()}
+        weight = {k: v / n[k] if n[k] else math.nan for k, v in self.weight_sum.items()}
+        norms = {k: v / self.norm_count[k] for k, v in self.norm_sum.items() if self.norm_count[k]}
+        return loss, weight, norms
 
 
 @dataclass
@@ -98,6 +136,7 @@ class Trainer:
         console: Console | None = None,
         label: str = "multi-task",
         quiet: bool = False,
+        schedule: ScheduleConfig | None = None,
     ) -> None:
         self.model = model
         self.tasks = tasks
@@ -129,11 +168,18 @@ class Trainer:
         self.history: list[EpochRecord] = []
         self._best_weights: dict[str, Tensor] | None = None
         self.stop_requested = False
+        self.scheduler = TaskScheduler([t.name for t in tasks], schedule or ScheduleConfig())
+        #: Where an interrupted epoch stopped (set by load_checkpoint, consumed by the epoch).
+        self._resume_point: dict[str, Any] | None = None
+        #: The epoch in progress, for mid-epoch checkpoints.
+        self._epoch_start: dict[str, Any] | None = None
+        self._stats: _EpochStats | None = None
+        self._step_in_epoch = 0
 
     # -- the loop --------------------------------------------------------------------------
     def fit(
         self,
-        train: TensorData,
+        train: TensorData | SourceSet,
         val: TensorData,
         run_dir: Path | None = None,
         *,
@@ -141,10 +187,14 @@ class Trainer:
     ) -> FitResult:
         """Train until the epoch budget or early stopping; leave the best weights in the model.
 
-        With ``run_dir``, checkpoints go to ``run_dir/checkpoints/{last,best}`` and the metrics
-        log to ``run_dir/metrics.{jsonl,csv}``; ``resume`` continues from the last checkpoint.
+        ``train`` is one table or a :class:`SourceSet` of several sources drawn by its sampler.
+        With ``run_dir``, checkpoints go to ``run_dir/checkpoints/{last,best}`` (also every
+        ``checkpoint_every`` steps, with the position in the epoch) and the metrics log to
+        ``run_dir/metrics.{jsonl,csv}``; ``resume`` continues from the last checkpoint, in the
+        middle of an epoch if that is where it was written.
         """
         cfg = self.config
+        sources = train if isinstance(train, SourceSet) else SourceSet.single(train)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if resume:
@@ -153,13 +203,18 @@ class Trainer:
             self.load_checkpoint(run_dir)
         else:
             torch.manual_seed(self.seed)  # dropout draws from the global RNG
-        total_steps = cfg.epochs * train.steps_per_epoch(cfg.batch_size)
+        total_steps = sum(
+            sources.sampler.steps(cfg.batch_size, e, cfg.epochs) for e in range(cfg.epochs)
+        )
         stopped_early = self._patience_exhausted()
         while self.epoch < cfg.epochs and not stopped_early and not self.stop_requested:
             started = time.perf_counter()
-            train_loss, weights, seen, grad_norms = self._train_epoch(train, total_steps)
+            stats, probs = self._train_epoch(sources, total_steps, run_dir)
+            train_loss, weights, grad_norms = stats.summary()
             self.balancer.end_epoch(train_loss)
             val_loss, val_metrics = evaluate_data(self.model, self.tasks, val, cfg.eval_batch_size)
+            schedule = self.scheduler.probabilities() if self.scheduler.active else {}
+            self.scheduler.end_epoch(val_loss)
             self.epoch += 1
             if self.reference is None:
                 self.reference = val_metrics
@@ -180,10 +235,14 @@ class Trainer:
                 val_metrics=val_metrics,
                 criterion=score,
                 weights=weights,
-                examples=seen,
+                examples=stats.seen,
                 seconds=round(time.perf_counter() - started, 3),
                 best=improved,
                 grad_norms=grad_norms,
+                sources=stats.source_rows,
+                sampling=dict(zip(sources.names, probs, strict=True)),
+                schedule=schedule,
+                scheduled_steps=stats.scheduled if schedule else {},
             )
             self.history.append(record)
             if run_dir is not None:
@@ -202,65 +261,102 @@ class Trainer:
         return patience is not None and self.bad_epochs >= patience
 
     def _train_epoch(
-        self, data: TensorData, total_steps: int
-    ) -> tuple[dict[str, float], dict[str, float], dict[str, int], dict[str, float]]:
+        self, sources: SourceSet, total_steps: int, run_dir: Path | None
+    ) -> tuple[_EpochStats, list[float]]:
         cfg = self.config
         self.model.train()
-        loss_sum = {t.name: torch.zeros(()) for t in self.tasks}
-        weight_sum = {t.name: 0.0 for t in self.tasks}
-        steps_with = {t.name: 0 for t in self.tasks}
-        seen = {t.name: 0 for t in self.tasks}
-        norm_sum = {t.name: 0.0 for t in self.tasks}
-        norm_count = {t.name: 0 for t in self.tasks}
+        sampler = sources.sampler
+        stats = _EpochStats([t.name for t in self.tasks], sources.names)
+        skip = 0
+        if self._resume_point is not None:
+            # Rewind the shuffling generator, sampler and scheduler to the epoch's start and
+            # replay its draws up to where the checkpoint was written: the rest of the epoch
+            # then draws exactly what the uninterrupted run drew.
+            point, self._resume_point = self._resume_point, None
+            self.generator.set_state(point["start"]["generator"])
+            sampler.load_state(point["start"]["sampler"])
+            self.scheduler.load_state(point["start"]["scheduler"])
+            stats.load_state(point["stats"])
+            skip = int(point["step_in_epoch"])
+        self._epoch_start = {
+            "generator": self.generator.get_state(),
+            "sampler": sampler.state(),
+            "scheduler": self.scheduler.state(),
+        }
+        self._stats = stats
+        n_steps = sampler.steps(cfg.batch_size, self.epoch, cfg.epochs)
+        plan = self.scheduler.plan(n_steps, self.generator)
+        allowed = [sources.sources_for(p) for p in plan] if plan is not None else None
+        draws = sampler.epoch(cfg.batch_size, self.epoch, cfg.epochs, self.generator, allowed)
+        probs = sampler.probabilities(self.epoch, cfg.epochs).tolist()
         # Clipping bounds the network's step; a balancer's own parameters (log-variances,
         # GradNorm weights) follow their own objective and are not clipped with it.
         model_params = [p for p in self.model.parameters() if p.requires_grad]
-        with self._progress(data.steps_per_epoch(cfg.batch_size)) as progress:
-            for i, batch in enumerate(data.batches(cfg.batch_size, generator=self.generator)):
+        with self._progress(n_steps) as progress:
+            for i, draw in enumerate(draws):
+                if i < skip:
+                    continue
+                batch = sources.batch(draw)
+                for src, count in draw.counts().items():
+                    stats.source_rows[sources.names[src]] += count
                 factor = lr_factor(self.step, total_steps, cfg.scheduler, cfg.warmup)
                 for group in self.optimizer.param_groups:
                     group["lr"] = cfg.lr * factor
                 outputs = self.balancer.forward(self.model, batch.inputs)
                 losses = task_losses(self.losses, outputs, batch.targets, batch.masks)
+                if plan is not None:
+                    chosen = plan[draw.step]
+                    for name in chosen:
+                        stats.scheduled[name] += 1
+                    losses = {k: v for k, v in losses.items() if k in chosen}
                 self.optimizer.zero_grad(set_to_none=True)
                 if losses:
-                    self.balancer.step_grad_norms = {}
-                    # Loss-level methods never see gradients; measure them once per epoch (K
-                    # extra backward passes on one batch) so every run logs them. An
-                    # architecture sharing no parameters (soft sharing) has none to log.
-                    if (
-                        i == 0
-                        and not self.balancer.needs_gradients
-                        and (shared := self.model.shared_parameters())
-                    ):
-                        self.balancer.step_grad_norms = task_gradient_norms(losses, shared)
-                    weights = self.balancer.backward(losses, self.model)
-                    penalty = self.model.regularizer()
-                    if penalty is not None:
-                        # A penalty on the parameters (soft sharing's coupling) is no task's
-                        # loss: it joins the gradient unweighted, outside the balancer.
-                        penalty.backward()  # type: ignore[no-untyped-call]
-                    for name, norm in self.balancer.step_grad_norms.items():
-                        norm_sum[name] += norm
-                        norm_count[name] += 1
-                    if cfg.grad_clip is not None:
-                        nn.utils.clip_grad_norm_(model_params, cfg.grad_clip)
-                    self.optimizer.step()
-                    for name, value in losses.items():
-                        loss_sum[name] += value.detach()
-                        weight_sum[name] += weights[name]
-                        steps_with[name] += 1
-                        seen[name] += _labelled_rows(batch.masks[name])
+                    self._optimise(losses, i == 0, model_params, stats, batch.masks)
                 self.step += 1
-                progress.advance(i, loss_sum, steps_with)
-        mean_loss = {
-            k: float(loss_sum[k]) / steps_with[k] if steps_with[k] else math.nan for k in loss_sum
-        }
-        mean_weight = {
-            k: weight_sum[k] / steps_with[k] if steps_with[k] else math.nan for k in weight_sum
-        }
-        grad_norms = {k: norm_sum[k] / norm_count[k] for k in norm_sum if norm_count[k]}
-        return mean_loss, mean_weight, seen, grad_norms
+                self._step_in_epoch = i + 1
+                progress.advance(i, stats.loss_sum, stats.steps_with)
+                every = cfg.checkpoint_every
+                if run_dir is not None and every and (i + 1) % every == 0 and i + 1 < n_steps:
+                    self.save_checkpoint(run_dir, best=False)
+        self._epoch_start, self._stats, self._step_in_epoch = None, None, 0
+        return stats, probs
+
+    def _optimise(
+        self,
+        losses: dict[str, Tensor],
+        first: bool,
+        model_params: list[nn.Parameter],
+        stats: _EpochStats,
+        masks: dict[str, Tensor],
+    ) -> None:
+        """Backward through the balancer, the architecture's penalty, clipping, AdamW step."""
+        self.balancer.step_grad_norms = {}
+        # Loss-level methods never see gradients; measure them once per epoch (K extra
+        # backward passes on one batch) so every run logs them. An architecture sharing no
+        # parameters (soft sharing) has none to log.
+        if (
+            first
+            and not self.balancer.needs_gradients
+            and (shared := self.model.shared_parameters())
+        ):
+            self.balancer.step_grad_norms = task_gradient_norms(losses, shared)
+        weights = self.balancer.backward(losses, self.model)
+        penalty = self.model.regularizer()
+        if penalty is not None:
+            # A penalty on the parameters (soft sharing's coupling) is no task's loss: it
+            # joins the gradient unweighted, outside the balancer.
+            penalty.backward()  # type: ignore[no-untyped-call]
+        for name, norm in self.balancer.step_grad_norms.items():
+            stats.norm_sum[name] += norm
+            stats.norm_count[name] += 1
+        if self.config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model_params, self.config.grad_clip)
+        self.optimizer.step()
+        for name, value in losses.items():
+            stats.loss_sum[name] += value.detach()
+            stats.weight_sum[name] += weights[name]
+            stats.steps_with[name] += 1
+            stats.seen[name] += _labelled_rows(masks[name])
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, run_dir: Path, *, best: bool) -> None:
@@ -271,6 +367,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "balancer": self.balancer.state_dict(),
             "rng": rng_state(self.generator),
+            "scheduler": self.scheduler.state(),
             "trainer": {
                 "epoch": self.epoch,
                 "step": self.step,
@@ -281,6 +378,13 @@ class Trainer:
                 "history": [asdict(r) for r in self.history],
             },
         }
+        if self._epoch_start is not None and self._stats is not None:
+            # Written mid-epoch: where the epoch started and how far it got.
+            state["partial"] = {
+                "start": self._epoch_start,
+                "step_in_epoch": self._step_in_epoch,
+                "stats": self._stats.state(),
+            }
         with atomic_directory(ckpt / "last") as staging:
             save_state(staging, state)
         if best:
@@ -304,6 +408,8 @@ class Trainer:
         self.best_criterion, self.best_epoch = float(t["best_criterion"]), int(t["best_epoch"])
         self.bad_epochs, self.reference = int(t["bad_epochs"]), t["reference"]
         self.history = [EpochRecord(**r) for r in t["history"]]
+        self.scheduler.load_state(state["scheduler"])
+        self._resume_point = state.get("partial")
         best = run_dir / "checkpoints" / "best"
         if (best / "state.json").is_file():
             self._best_weights = load_state(best)["model"]

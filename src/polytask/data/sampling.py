@@ -83,7 +83,8 @@ def epoch_steps(sizes: list[int], probs: np.ndarray, batch_size: int, cfg: Sampl
     if cfg.epoch == "sum":
         return max(1, math.ceil(sum(sizes) / batch_size))
     pick = int(np.argmax(sizes)) if cfg.epoch == "largest" else int(np.argmin(sizes))
-    return max(1, math.ceil(sizes[pick] / (float(probs[pick]) * batch_size)))
+    # Rounded before the ceiling: 40 / (1/3 · 10) is 12.000000000000002 in floating point.
+    return max(1, math.ceil(round(sizes[pick] / (float(probs[pick]) * batch_size), 9)))
 
 
 class RowStream:

@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import Tensor
 
-from polytask.config import config_from_dict
+from polytask.balance import BALANCERS, build_balancer
+from polytask.config import ModelConfig, config_from_dict
 from polytask.data.sampling import (
     SamplingConfig,
     SourceSampler,
@@ -20,8 +22,12 @@ from polytask.data.sampling import (
     source_probabilities,
 )
 from polytask.errors import ConfigError
+from polytask.losses import TaskLoss, task_losses
+from polytask.models.encoders import InputSpec
+from polytask.models.model import build_model
 from polytask.pipeline import run
 from polytask.state_io import load_state
+from polytask.tasks import Task
 from polytask.train.task_schedule import ScheduleConfig, TaskScheduler
 from polytask.train.trainer import Trainer
 
@@ -276,3 +282,68 @@ def test_mid_epoch_resume_reproduces_the_uninterrupted_run(
     assert [r.sources for r in full.fit.history] == [r.sources for r in resumed.fit.history]
     if schedule == "progress":
         assert full.fit.history[-1].schedule and full.fit.history[-1].scheduled_steps
+
+
+# -- balancers on homogeneous batches ------------------------------------------------------------
+
+
+#: Per-task buffers that are functions of every task's state (DWA's weights are a softmax over
+#: all tasks' loss ratios), so they move when any present task's state does.
+_DERIVED = {"current"}
+
+
+def _per_task_state(balancer: torch.nn.Module, k: int, index: int) -> dict[str, Tensor]:
+    """Every state entry of task ``index``: per-task parameters named by task, and column
+    ``index`` of buffers whose last dimension is the number of tasks."""
+    state = {}
+    for key, value in balancer.state_dict().items():
+        if not isinstance(value, Tensor):
+            continue
+        if key.endswith(f".t{index}") or key.endswith(f"t{index}"):
+            state[key] = value.clone()
+        elif value.dim() >= 1 and value.shape[-1] == k and key not in _DERIVED:
+            state[key] = value[..., index].clone()
+    return state
+
+
+@pytest.mark.parametrize("name", BALANCERS.names())
+def test_every_balancer_leaves_a_task_absent_from_the_batch_alone(name: str) -> None:
+    tasks = [Task(f"t{i}", "regression", f"y{i}") for i in range(3)]
+    cfg = ModelConfig.model_validate(
+        {"encoder": {"widths": [8, 6], "dropout": 0.0}, "head": {"widths": [4]}}
+    )
+    model = build_model(tasks, InputSpec(n_numeric=4), cfg, seed=0)
+    params = {"mode": "representation"} if name == "graddrop" else {}
+    balancer = build_balancer(name, params, tasks)
+    g = torch.Generator().manual_seed(0)
+    inputs = {"numeric": torch.randn(16, 4, generator=g)}
+    targets = {f"t{i}": torch.randn(16, generator=g) for i in range(3)}
+    losses_fn = {t.name: TaskLoss(t) for t in tasks}
+    opt = torch.optim.AdamW(list(model.parameters()) + list(balancer.parameters()), lr=1e-2)
+    # Two full steps, then homogeneous steps of t0 alone: t2 must stay as it was.
+    for present in (["t0", "t1", "t2"], ["t0", "t1", "t2"], ["t0"], ["t0"], ["t0", "t1"]):
+        before = _per_task_state(balancer, 3, 2)
+        head_before = [p.detach().clone() for p in model.task_parameters("t2")]
+        opt.zero_grad(set_to_none=True)
+        outputs = balancer.forward(model, inputs)
+        masks = {k: torch.full((16,), k in present) for k in targets}
+        losses = task_losses(losses_fn, outputs, targets, masks)
+        weights = balancer.backward(losses, model)
+        assert set(weights) == set(present), name
+        assert all(math.isfinite(w) for w in weights.values()), (name, weights)
+        if "t2" not in present:
+            assert all(p.grad is None or not p.grad.any() for p in model.task_parameters("t2"))
+        opt.step()
+        balancer.end_epoch({k: float(v.detach()) for k, v in losses.items()})
+        if "t2" not in present:
+            after = _per_task_state(balancer, 3, 2)
+            for key, value in before.items():
+                assert torch.equal(value, after[key]) or (
+                    value.is_floating_point()
+                    and torch.isnan(value).all()
+                    and torch.isnan(after[key]).all()
+                ), (name, key)
+            assert all(
+                torch.equal(a, b)
+                for a, b in zip(head_before, model.task_parameters("t2"), strict=True)
+            ), name

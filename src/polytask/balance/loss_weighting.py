@@ -135,9 +135,14 @@ class DynamicWeightAverage(Balancer):
         new = torch.tensor(
             [mean_losses.get(n, math.nan) for n in self.task_names], dtype=torch.float64
         )
-        # A task absent from an epoch keeps its previous value, so its ratio stays defined.
-        new = torch.where(torch.isnan(new), self.history[1], new)
-        self.history.copy_(torch.stack([self.history[1], new]))
+        # A task absent from a whole epoch (scheduled out, or its source not drawn) keeps both
+        # of its values: its ratio stays the last one it earned.
+        # (Seen in one epoch only: its ratio is 1.)
+        absent = torch.isnan(new)
+        keep = absent & ~torch.isnan(self.history[0])
+        older = torch.where(keep, self.history[0], self.history[1])
+        new = torch.where(absent, self.history[1], new)
+        self.history.copy_(torch.stack([older, new]))
         ratio = self.history[1] / self.history[0]
         if bool(torch.isfinite(ratio).all()):
             k = len(self.task_names)

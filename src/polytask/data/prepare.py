@@ -19,7 +19,7 @@ from polytask.data.inputs import InputProcessor
 from polytask.data.inputs.base import build_input
 from polytask.data.preprocess import PreprocessOptions, TablePreprocessor, infer_types
 from polytask.data.sampling import SamplingConfig
-from polytask.data.sources import Source, SourceSet
+from polytask.data.sources import Source, SourceSet, TrainingData
 from polytask.data.split import column_split, group_split, random_split
 from polytask.data.tables import read_table, require_columns
 from polytask.data.targets import encode_targets, fit_task
@@ -44,7 +44,7 @@ class PreparedData:
     #: With ``[[data.sources]]``: each source's training rows (``train`` stacks them all).
     sources: list[Source] | None = None
 
-    def training_sources(self, sampling: SamplingConfig) -> SourceSet:
+    def training_sources(self, sampling: SamplingConfig) -> TrainingData:
         """The training data as the sampler draws it: the declared sources, or one table."""
         if self.sources is None:
             return SourceSet.single(self.train, sampling)

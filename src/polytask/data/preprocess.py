@@ -90,7 +90,7 @@ def infer_types(
     return num, cat
 
 
-def _as_float(series: pd.Series, source: str) -> np.ndarray:
+def as_float(series: pd.Series, source: str) -> np.ndarray:
     if pd.api.types.is_bool_dtype(series):
         return series.astype("float64").to_numpy(na_value=np.nan)
     values = pd.to_numeric(series, errors="coerce")
@@ -107,7 +107,7 @@ def _as_float(series: pd.Series, source: str) -> np.ndarray:
     return values.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _as_text(series: pd.Series) -> pd.Series:
+def as_text(series: pd.Series) -> pd.Series:
     """Category labels as stripped strings, missing values as their own token."""
     text = series.astype("string").str.strip()
     text = text.mask(text == "", pd.NA)
@@ -118,6 +118,44 @@ def _as_text(series: pd.Series) -> pd.Series:
         ints = pd.Series(as_float, index=series.index).where(integral).astype("Int64")
         text = text.where(~integral, ints.astype("string"))
     return text.fillna(MISSING_TOKEN).astype(object)
+
+
+def numeric_column(
+    name: str,
+    mean: float,
+    std: float,
+    fill: float,
+    *,
+    binary: bool,
+    has_missing: bool,
+    opts: PreprocessOptions,
+) -> NumericColumn:
+    """A fitted numeric column from its training statistics (mean and std of the filled
+    values, the fill, whether every observed value is 0 or 1 and whether any was missing)."""
+    if not opts.scale_binary and binary:
+        mean, std = 0.0, 1.0
+    return NumericColumn(
+        name=name,
+        mean=mean,
+        std=std if std > 0 else 1.0,
+        fill=fill,
+        indicator=opts.missing_indicator and has_missing,
+    )
+
+
+def categorical_column(name: str, counts: pd.Series, opts: PreprocessOptions) -> CategoricalColumn:
+    """A fitted categorical column from its training value counts (most frequent first)."""
+    kept = counts[counts >= opts.min_frequency].index[: opts.max_categories]
+    categories = sorted(str(c) for c in kept)
+    rare = sorted(str(c) for c in counts.index if c not in set(kept))
+    if opts.categorical_encoding == "auto":
+        encoding: Literal["onehot", "embedding"] = (
+            "onehot" if len(categories) <= opts.onehot_max_categories else "embedding"
+        )
+    else:
+        encoding = opts.categorical_encoding
+    # Rare values are only worth remembering when unseen values must be rejected.
+    return CategoricalColumn(name, categories, encoding, rare if opts.unseen == "error" else [])
 
 
 class TablePreprocessor:
@@ -150,7 +188,7 @@ class TablePreprocessor:
 
     @staticmethod
     def _fit_numeric(series: pd.Series, opts: PreprocessOptions, source: str) -> NumericColumn:
-        x = _as_float(series, source)
+        x = as_float(series, source)
         observed = x[np.isfinite(x)]
         if observed.size == 0:
             raise DataError(f"{source}: numeric column '{series.name}' has no value in train")
@@ -160,33 +198,20 @@ class TablePreprocessor:
             "zero": 0.0,
         }[opts.missing_numeric]
         filled = np.where(np.isfinite(x), x, fill)
-        mean, std = float(filled.mean()), float(filled.std())
-        if not opts.scale_binary and bool(np.isin(observed, (0.0, 1.0)).all()):
-            mean, std = 0.0, 1.0
-        return NumericColumn(
-            name=str(series.name),
-            mean=mean,
-            std=std if std > 0 else 1.0,
-            fill=fill,
-            indicator=opts.missing_indicator and observed.size < x.size,
+        binary = bool(np.isin(observed, (0.0, 1.0)).all())
+        return numeric_column(
+            str(series.name),
+            float(filled.mean()),
+            float(filled.std()),
+            fill,
+            binary=binary,
+            has_missing=observed.size < x.size,
+            opts=opts,
         )
 
     @staticmethod
     def _fit_categorical(series: pd.Series, opts: PreprocessOptions) -> CategoricalColumn:
-        counts = _as_text(series).value_counts(sort=True)
-        kept = counts[counts >= opts.min_frequency].index[: opts.max_categories]
-        categories = sorted(str(c) for c in kept)
-        rare = sorted(str(c) for c in counts.index if c not in set(kept))
-        if opts.categorical_encoding == "auto":
-            encoding: Literal["onehot", "embedding"] = (
-                "onehot" if len(categories) <= opts.onehot_max_categories else "embedding"
-            )
-        else:
-            encoding = opts.categorical_encoding
-        # Rare values are only worth remembering when unseen values must be rejected.
-        return CategoricalColumn(
-            str(series.name), categories, encoding, rare if opts.unseen == "error" else []
-        )
+        return categorical_column(str(series.name), as_text(series).value_counts(sort=True), opts)
 
     # -- transforming --------------------------------------------------------------------
     @property
@@ -222,7 +247,7 @@ class TablePreprocessor:
         n = len(df)
         blocks: list[np.ndarray] = []
         for col in self.numeric:
-            x = _as_float(df[col.name], source)
+            x = as_float(df[col.name], source)
             present = np.isfinite(x)
             blocks.append(((np.where(present, x, col.fill) - col.mean) / col.std)[:, None])
             if col.indicator:
@@ -246,7 +271,7 @@ class TablePreprocessor:
 
     def _codes(self, series: pd.Series, cat: CategoricalColumn, source: str) -> np.ndarray:
         """1-based category indices; 0 for unknown (rare or unseen) values."""
-        text = _as_text(series)
+        text = as_text(series)
         codes = pd.Index(cat.categories).get_indexer(text) + 1
         if self.options.unseen == "error":
             unseen = (codes == 0) & ~text.isin(cat.rare).to_numpy()

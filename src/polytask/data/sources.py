@@ -8,12 +8,52 @@ batch is decided by a :class:`~polytask.data.sampling.SourceSampler`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from polytask.data.sampling import Draw, SamplingConfig, SourceSampler
 from polytask.data.tensors import Batch, TensorData
+
+
+@dataclass
+class StepBatch:
+    """One training step's batch, its step number in the epoch and rows per source."""
+
+    step: int
+    batch: Batch
+    counts: dict[str, int]
+
+
+class TrainingData(Protocol):
+    """What the trainer draws its batches from: in-memory sources or a streamed table."""
+
+    @property
+    def names(self) -> list[str]: ...
+
+    def steps(self, batch_size: int, epoch: int, epochs: int) -> int: ...
+
+    def probabilities(self, epoch: int, epochs: int) -> list[float]: ...
+
+    def sources_for(self, tasks: list[str]) -> list[int]: ...
+
+    def epoch_batches(
+        self,
+        batch_size: int,
+        epoch: int,
+        epochs: int,
+        generator: torch.Generator,
+        allowed: list[list[int]] | None,
+    ) -> Iterator[StepBatch]: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def load_state(self, state: dict[str, Any]) -> None: ...
+
+    def subset_tasks(self, names: list[str]) -> TrainingData: ...
 
 
 @dataclass
@@ -57,6 +97,31 @@ class SourceSet:
             {k: torch.cat([p.targets[k] for p in parts]) for k in parts[0].targets},
             {k: torch.cat([p.masks[k] for p in parts]) for k in parts[0].masks},
         )
+
+    def steps(self, batch_size: int, epoch: int, epochs: int) -> int:
+        return self.sampler.steps(batch_size, epoch, epochs)
+
+    def probabilities(self, epoch: int, epochs: int) -> list[float]:
+        probs: np.ndarray = self.sampler.probabilities(epoch, epochs)
+        return [float(p) for p in probs]
+
+    def epoch_batches(
+        self,
+        batch_size: int,
+        epoch: int,
+        epochs: int,
+        generator: torch.Generator,
+        allowed: list[list[int]] | None,
+    ) -> Iterator[StepBatch]:
+        for draw in self.sampler.epoch(batch_size, epoch, epochs, generator, allowed):
+            counts = {self.sources[i].name: n for i, n in draw.counts().items()}
+            yield StepBatch(draw.step, self.batch(draw), counts)
+
+    def state(self) -> dict[str, Any]:
+        return self.sampler.state()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state(state)
 
     def sources_for(self, tasks: list[str]) -> list[int]:
         """Indices of the sources labelling at least one of ``tasks``."""

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from polytask.balance.base import Balancer
 from polytask.balance.diagnostics import task_gradient_norms
 from polytask.config import TrainConfig
-from polytask.data.sources import SourceSet
+from polytask.data.sources import SourceSet, TrainingData
 from polytask.data.tensors import TensorData
 from polytask.evaluate.evaluation import evaluate_data
 from polytask.losses import TaskLoss, task_losses
@@ -179,7 +179,7 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------
     def fit(
         self,
-        train: TensorData | SourceSet,
+        train: TensorData | TrainingData,
         val: TensorData,
         run_dir: Path | None = None,
         *,
@@ -194,7 +194,7 @@ class Trainer:
         middle of an epoch if that is where it was written.
         """
         cfg = self.config
-        sources = train if isinstance(train, SourceSet) else SourceSet.single(train)
+        sources = SourceSet.single(train) if isinstance(train, TensorData) else train
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if resume:
@@ -203,9 +203,7 @@ class Trainer:
             self.load_checkpoint(run_dir)
         else:
             torch.manual_seed(self.seed)  # dropout draws from the global RNG
-        total_steps = sum(
-            sources.sampler.steps(cfg.batch_size, e, cfg.epochs) for e in range(cfg.epochs)
-        )
+        total_steps = sum(sources.steps(cfg.batch_size, e, cfg.epochs) for e in range(cfg.epochs))
         stopped_early = self._patience_exhausted()
         while self.epoch < cfg.epochs and not stopped_early and not self.stop_requested:
             started = time.perf_counter()
@@ -261,11 +259,10 @@ class Trainer:
         return patience is not None and self.bad_epochs >= patience
 
     def _train_epoch(
-        self, sources: SourceSet, total_steps: int, run_dir: Path | None
+        self, sources: TrainingData, total_steps: int, run_dir: Path | None
     ) -> tuple[_EpochStats, list[float]]:
         cfg = self.config
         self.model.train()
-        sampler = sources.sampler
         stats = _EpochStats([t.name for t in self.tasks], sources.names)
         skip = 0
         if self._resume_point is not None:
@@ -274,38 +271,40 @@ class Trainer:
             # then draws exactly what the uninterrupted run drew.
             point, self._resume_point = self._resume_point, None
             self.generator.set_state(point["start"]["generator"])
-            sampler.load_state(point["start"]["sampler"])
+            sources.load_state(point["start"]["sampler"])
             self.scheduler.load_state(point["start"]["scheduler"])
             stats.load_state(point["stats"])
             skip = int(point["step_in_epoch"])
         self._epoch_start = {
             "generator": self.generator.get_state(),
-            "sampler": sampler.state(),
+            "sampler": sources.state(),
             "scheduler": self.scheduler.state(),
         }
         self._stats = stats
-        n_steps = sampler.steps(cfg.batch_size, self.epoch, cfg.epochs)
+        n_steps = sources.steps(cfg.batch_size, self.epoch, cfg.epochs)
         plan = self.scheduler.plan(n_steps, self.generator)
         allowed = [sources.sources_for(p) for p in plan] if plan is not None else None
-        draws = sampler.epoch(cfg.batch_size, self.epoch, cfg.epochs, self.generator, allowed)
-        probs = sampler.probabilities(self.epoch, cfg.epochs).tolist()
+        draws = sources.epoch_batches(
+            cfg.batch_size, self.epoch, cfg.epochs, self.generator, allowed
+        )
+        probs = sources.probabilities(self.epoch, cfg.epochs)
         # Clipping bounds the network's step; a balancer's own parameters (log-variances,
         # GradNorm weights) follow their own objective and are not clipped with it.
         model_params = [p for p in self.model.parameters() if p.requires_grad]
         with self._progress(n_steps) as progress:
-            for i, draw in enumerate(draws):
+            for i, drawn in enumerate(draws):
                 if i < skip:
                     continue
-                batch = sources.batch(draw)
-                for src, count in draw.counts().items():
-                    stats.source_rows[sources.names[src]] += count
+                batch = drawn.batch
+                for src, count in drawn.counts.items():
+                    stats.source_rows[src] += count
                 factor = lr_factor(self.step, total_steps, cfg.scheduler, cfg.warmup)
                 for group in self.optimizer.param_groups:
                     group["lr"] = cfg.lr * factor
                 outputs = self.balancer.forward(self.model, batch.inputs)
                 losses = task_losses(self.losses, outputs, batch.targets, batch.masks)
                 if plan is not None:
-                    chosen = plan[draw.step]
+                    chosen = plan[drawn.step]
                     for name in chosen:
                         stats.scheduled[name] += 1
                     losses = {k: v for k, v in losses.items() if k in chosen}

@@ -128,6 +128,18 @@ class DataConfig(_Strict):
         default_factory=list,
         description="one table per task (or group of tasks); replaces data.path/dataset",
     )
+    stream: bool = Field(
+        default=False,
+        description="stream a Parquet data.path in chunks instead of loading it (tables "
+        "larger than memory)",
+    )
+    stream_chunk: int = Field(default=65536, ge=1, description="stream: rows read at a time")
+    stream_buffer: int = Field(
+        default=262144, ge=1, description="stream: rows shuffled together before batching"
+    )
+    stream_sample: int = Field(
+        default=100000, ge=100, description="stream: training rows sampled for medians/tasks"
+    )
 
 
 #: The [data] keys a source may set for itself; the others (features, input, preprocessing)
@@ -316,8 +328,23 @@ def source_config(cfg: RunConfig, source: SourceConfig) -> RunConfig:
     return cfg.model_copy(update={"data": data})
 
 
+def _check_stream(data: DataConfig) -> None:
+    if not data.stream:
+        return
+    where = "config error: data.stream"
+    if data.path is None or data.sources:
+        raise ConfigError(f"{where}: streaming reads one Parquet file given as data.path")
+    if data.format not in ("auto", "parquet"):
+        raise ConfigError(f"{where}: streaming reads Parquet files (data.format = 'parquet')")
+    if data.split.method != "random":
+        raise ConfigError(f"{where}: a streamed table is split at random (data.split.method)")
+    if data.input is not None:
+        raise ConfigError(f"{where}: streaming reads table features; remove data.input")
+
+
 def _check_sources(cfg: RunConfig, tasks: list[Task]) -> None:
     data = cfg.data
+    _check_stream(data)
     if not data.sources:
         if cfg.sampling.strategy == "round_robin" and cfg.sampling.batches == "mixed":
             raise ConfigError(

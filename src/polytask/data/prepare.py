@@ -21,6 +21,12 @@ from polytask.data.preprocess import PreprocessOptions, TablePreprocessor, infer
 from polytask.data.sampling import SamplingConfig
 from polytask.data.sources import Source, SourceSet, TrainingData
 from polytask.data.split import column_split, group_split, random_split
+from polytask.data.streaming import (
+    ParquetStream,
+    StreamingSet,
+    fit_stream,
+    stream_preprocessor,
+)
 from polytask.data.tables import read_table, require_columns
 from polytask.data.targets import encode_targets, fit_task
 from polytask.data.tensors import TensorData
@@ -43,9 +49,14 @@ class PreparedData:
     files_root: Path | None = None
     #: With ``[[data.sources]]``: each source's training rows (``train`` stacks them all).
     sources: list[Source] | None = None
+    #: With ``data.stream``: the streamed training rows (``train`` is then empty).
+    stream: StreamingSet | None = None
 
     def training_sources(self, sampling: SamplingConfig) -> TrainingData:
-        """The training data as the sampler draws it: the declared sources, or one table."""
+        """The training data as the trainer draws it: the stream, the declared sources, or
+        one table."""
+        if self.stream is not None:
+            return self.stream
         if self.sources is None:
             return SourceSet.single(self.train, sampling)
         return SourceSet(self.sources, sampling)
@@ -221,6 +232,10 @@ def _filter_rows(df: pd.DataFrame, where: dict[str, str | list[str]], source: st
 
 def prepare_data(cfg: RunConfig, frame: pd.DataFrame | None = None) -> PreparedData:
     """Read, check, split, fit and encode the data of ``cfg`` (or of ``frame``)."""
+    if cfg.data.stream:
+        if frame is not None:
+            raise ConfigError("config error: data.stream: streams a file, not a data frame")
+        return _prepare_stream(cfg)
     sources: list[tuple[str, list[str], np.ndarray]] | None = None
     if cfg.data.sources:
         if frame is not None:
@@ -259,9 +274,7 @@ def prepare_data(cfg: RunConfig, frame: pd.DataFrame | None = None) -> PreparedD
     )
 
     def split(rows: np.ndarray) -> TensorData:
-        index = torch.from_numpy(rows.astype(np.int64))
-        batch = full.take(index)
-        return TensorData(batch.inputs, batch.targets, batch.masks)
+        return full.rows(torch.from_numpy(rows.astype(np.int64)))
 
     test = split(test_idx) if len(test_idx) else None
     train_sources = (
@@ -304,7 +317,12 @@ def _fit_table(
 ) -> TablePreprocessor:
     data = cfg.data
     numeric, categorical = infer_types(df, features, data.numeric, data.categorical)
-    options = PreprocessOptions(
+    return TablePreprocessor.fit(df.iloc[train_idx], numeric, categorical, _options(cfg), source)
+
+
+def _options(cfg: RunConfig) -> PreprocessOptions:
+    data = cfg.data
+    return PreprocessOptions(
         categorical_encoding=data.categorical_encoding,
         onehot_max_categories=data.onehot_max_categories,
         max_categories=data.max_categories,
@@ -314,4 +332,66 @@ def _fit_table(
         missing_indicator=data.missing_indicator,
         scale_binary=data.scale_binary,
     )
-    return TablePreprocessor.fit(df.iloc[train_idx], numeric, categorical, options, source)
+
+
+def _prepare_stream(cfg: RunConfig) -> PreparedData:
+    """A Parquet table streamed in chunks: one pass fits the preprocessing and collects the
+    validation and test rows; training rows are read again every epoch."""
+    data = cfg.data
+    assert data.path is not None
+    path = cfg.resolve(data.path)
+    stream = ParquetStream(path, data.stream_chunk)
+    source = f"data file '{path}'"
+    tasks = cfg.task_objects()
+    target_cols = list(dict.fromkeys(c for t in tasks for c in t.targets))
+    head = next(stream.chunks([0]))[1] if stream.n_groups else pd.DataFrame()
+    if len(head) == 0:
+        raise DataError(f"{source}: the table has no rows")
+    require_columns(head, target_cols, source, "target")
+    role_columns = [c for c in (data.group, data.id) if c is not None]
+    features = _feature_columns(cfg, head, source, target_cols, list(data.ignore), role_columns)
+    numeric, categorical = infer_types(head, features, data.numeric, data.categorical)
+    seed = data.split.seed if data.split.seed is not None else cfg.seed
+    fit = fit_stream(
+        stream,
+        numeric,
+        categorical,
+        val=data.split.val,
+        test=data.split.test,
+        seed=seed,
+        sample_rows=data.stream_sample,
+        source=source,
+    )
+    assert fit.sample is not None
+    sample_rows = np.arange(len(fit.sample))
+    tasks = [fit_task(t, fit.sample, sample_rows, source) for t in tasks]
+    pre = stream_preprocessor(fit, numeric, categorical, _options(cfg), source)
+
+    def encode(parts: list[pd.DataFrame]) -> TensorData | None:
+        if not parts:
+            return None
+        frame = pd.concat(parts, ignore_index=True)
+        encoded = {t.name: encode_targets(t, frame, source) for t in tasks}
+        return TensorData(
+            pre.transform(frame, source),
+            {k: v[0] for k, v in encoded.items()},
+            {k: v[1] for k, v in encoded.items()},
+        )
+
+    val = encode(fit.val_parts)
+    if val is None:
+        raise DataError(f"{source}: the split left no validation row; raise data.split.val")
+    streaming = StreamingSet(
+        stream,
+        pre,
+        tasks,
+        n_train=fit.n_train,
+        val=data.split.val,
+        test=data.split.test,
+        seed=seed,
+        buffer_rows=data.stream_buffer,
+    )
+    empty = val.rows(torch.arange(0))
+    return PreparedData(
+        tasks, pre, empty, val, encode(fit.test_parts), source, path.parent, None, streaming
+    )

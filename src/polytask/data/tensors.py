@@ -53,6 +53,11 @@ class TensorData:
             {k: v.index_select(0, index) for k, v in self.masks.items()},
         )
 
+    def rows(self, index: Tensor) -> TensorData:
+        """The rows at ``index`` as a new :class:`TensorData`."""
+        batch = self.take(index)
+        return TensorData(batch.inputs, batch.targets, batch.masks)
+
     def subset_tasks(self, names: list[str]) -> TensorData:
         """The same rows with only the tasks in ``names`` (for single-task baselines)."""
         return TensorData(

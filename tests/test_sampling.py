@@ -25,7 +25,7 @@ from polytask.errors import ConfigError
 from polytask.losses import TaskLoss, task_losses
 from polytask.models.encoders import InputSpec
 from polytask.models.model import build_model
-from polytask.pipeline import run
+from polytask.pipeline import fit, run
 from polytask.state_io import load_state
 from polytask.tasks import Task
 from polytask.train.task_schedule import ScheduleConfig, TaskScheduler
@@ -347,3 +347,26 @@ def test_every_balancer_leaves_a_task_absent_from_the_batch_alone(name: str) -> 
                 torch.equal(a, b)
                 for a, b in zip(head_before, model.task_parameters("t2"), strict=True)
             ), name
+
+
+def test_python_api_takes_one_frame_per_source(tmp_path: Path) -> None:
+    raw = _two_sources(tmp_path, 600, 120)
+    big, small = pd.read_csv(tmp_path / "big.csv"), pd.read_csv(tmp_path / "small.csv")
+    result = fit(
+        None,
+        [Task("a", "binary", "a"), Task("b", "binary", "b")],
+        sources={"big": (big, ["a"]), "small": (tmp_path / "small.csv", ["b"])},
+        sampling={"strategy": "uniform", "epoch": "smallest"},
+        model=raw["model"],
+        train={"epochs": 3, "batch_size": 16, "progress": False},
+        baselines=False,
+        quiet=True,
+    )
+    first = result.fit.history[0]
+    assert first.sampling == {"big": 0.5, "small": 0.5}
+    # One pass over the smallest source (84 of 120 rows train with the default 15/15 split)
+    # in expectation: ceil(84 / (0.5 * 16)) = 11 steps.
+    assert first.sources["big"] + first.sources["small"] == 11 * 16
+    assert len(small) == 120 and set(result.metrics) == {"a", "b"}
+    with pytest.raises(ConfigError, match="give either data"):
+        fit(big, [Task("a", "binary", "a")], sources={"big": (big, ["a"])})

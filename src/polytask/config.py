@@ -362,7 +362,7 @@ def _check_sources(cfg: RunConfig, tasks: list[Task]) -> None:
         if src.name in seen:
             raise ConfigError(f"{where}.name: source name {src.name!r} is used twice")
         seen.add(src.name)
-        if (src.path is None) == (src.dataset is None):
+        if src.path is not None and src.dataset is not None:
             raise ConfigError(f"{where}: give exactly one of path or dataset")
         unknown = [t for t in src.tasks if t not in names]
         if unknown:

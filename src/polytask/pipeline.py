@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from polytask.artifacts import Predictor
 from polytask.balance.base import build_balancer
 from polytask.config import RunConfig, config_from_dict
 from polytask.data.prepare import PreparedData, prepare_data
-from polytask.errors import PolytaskError
+from polytask.errors import ConfigError, PolytaskError
 from polytask.evaluate.compare import Comparison, compare
 from polytask.evaluate.evaluation import evaluate_data
 from polytask.models.model import MultiTaskModel, build_model
@@ -39,9 +39,10 @@ class RunResult:
 
 
 def fit(
-    data: pd.DataFrame | str | Path,
+    data: pd.DataFrame | str | Path | None,
     tasks: Sequence[Task],
     *,
+    sources: Mapping[str, tuple[pd.DataFrame | str | Path, Sequence[str]]] | None = None,
     out: str | Path | None = None,
     seed: int = 0,
     baselines: bool = True,
@@ -49,11 +50,16 @@ def fit(
     model: dict[str, Any] | None = None,
     balancer: dict[str, Any] | None = None,
     train: dict[str, Any] | None = None,
+    sampling: dict[str, Any] | None = None,
+    schedule: dict[str, Any] | None = None,
     overwrite: bool = False,
     quiet: bool = False,
 ) -> RunResult:
     """Keras-style entry point: a table (DataFrame or CSV/Parquet path) and a list of tasks.
 
+    With one table per task (or group of tasks), pass ``data=None`` and
+    ``sources={"books": (books_df, ["books"]), "dvd": ("dvd.csv", ["dvd"])}``: each source's
+    table and the tasks it labels; ``sampling`` chooses how batches are drawn from them.
     The keyword sections are the config file's sections as dicts (``train={"epochs": 5}``);
     they are validated exactly as a TOML file would be, then :func:`run` trains.
     """
@@ -63,16 +69,31 @@ def fit(
         "data": dict(data_options or {}),
         "tasks": [_declared(t) for t in tasks],
     }
-    for key, section in (("model", model), ("balancer", balancer), ("train", train)):
-        if section is not None:
-            raw[key] = section
+    sections = {
+        "model": model,
+        "balancer": balancer,
+        "train": train,
+        "sampling": sampling,
+        "schedule": schedule,
+    }
+    raw.update({key: section for key, section in sections.items() if section is not None})
     frame = None
+    frames: dict[str, pd.DataFrame] = {}
+    if (data is None) == (sources is None):
+        raise ConfigError("fit: give either data (one table) or sources (one per task group)")
     if isinstance(data, pd.DataFrame):
         frame = data
-    else:
+    elif data is not None:
         raw["data"]["path"] = str(Path(data).resolve())
+    for name, (table, labelled) in (sources or {}).items():
+        entry: dict[str, Any] = {"name": name, "tasks": list(labelled)}
+        if isinstance(table, pd.DataFrame):
+            frames[name] = table
+        else:
+            entry["path"] = str(Path(table).resolve())
+        raw["data"].setdefault("sources", []).append(entry)
     cfg = config_from_dict(raw)
-    return run(cfg, frame=frame, out=out, overwrite=overwrite, quiet=quiet)
+    return run(cfg, frame=frame, frames=frames, out=out, overwrite=overwrite, quiet=quiet)
 
 
 def _declared(task: Task) -> dict[str, Any]:
@@ -136,6 +157,7 @@ def run(
     cfg: RunConfig,
     *,
     frame: pd.DataFrame | None = None,
+    frames: Mapping[str, pd.DataFrame] | None = None,
     out: str | Path | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -151,7 +173,7 @@ def run(
     """
     out_dir = Path(out) if out is not None else (cfg.resolve(cfg.out) if cfg.out else None)
     _prepare_out_dir(out_dir, resume, overwrite)
-    data = prepare_data(cfg, frame)
+    data = prepare_data(cfg, frame, frames)
     tasks = data.tasks
     # A combination no schema can see (an engine mode the architecture cannot serve) must fail
     # here, before the output directory is touched.

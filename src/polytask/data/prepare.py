@@ -6,6 +6,7 @@ Every check on the user's data happens here, before anything is written to disk.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,7 +173,9 @@ def _load_and_split(cfg: RunConfig, frame: pd.DataFrame | None) -> _Loaded:
     return _Loaded(df, source, (train_idx, val_idx, test_idx), group, ignore, files_root)
 
 
-def _load_sources(cfg: RunConfig) -> tuple[_Loaded, list[tuple[str, list[str], np.ndarray]]]:
+def _load_sources(
+    cfg: RunConfig, frames: Mapping[str, pd.DataFrame]
+) -> tuple[_Loaded, list[tuple[str, list[str], np.ndarray]]]:
     """Every ``[[data.sources]]`` table read, split and stacked into one, each task's labels
     kept only on the rows of the sources declaring it; plus each source's training rows."""
     tasks = cfg.task_objects()
@@ -184,8 +187,14 @@ def _load_sources(cfg: RunConfig) -> tuple[_Loaded, list[tuple[str, list[str], n
     train_rows: list[tuple[str, list[str], np.ndarray]] = []
     offset = 0
     first: _Loaded | None = None
-    for sc in cfg.data.sources:
-        loaded = _load_and_split(source_config(cfg, sc), None)
+    for i, sc in enumerate(cfg.data.sources):
+        frame = frames.get(sc.name)
+        if (frame is None) == (sc.path is None and sc.dataset is None):
+            raise ConfigError(
+                f"config error: data.sources.{i}: give exactly one of path, dataset or "
+                "(from Python) a data frame"
+            )
+        loaded = _load_and_split(source_config(cfg, sc), frame)
         df = loaded.df.copy()
         for task in tasks:
             for col in task.targets:
@@ -230,8 +239,13 @@ def _filter_rows(df: pd.DataFrame, where: dict[str, str | list[str]], source: st
     return kept
 
 
-def prepare_data(cfg: RunConfig, frame: pd.DataFrame | None = None) -> PreparedData:
-    """Read, check, split, fit and encode the data of ``cfg`` (or of ``frame``)."""
+def prepare_data(
+    cfg: RunConfig,
+    frame: pd.DataFrame | None = None,
+    frames: Mapping[str, pd.DataFrame] | None = None,
+) -> PreparedData:
+    """Read, check, split, fit and encode the data of ``cfg`` (or of ``frame``, or of the
+    sources' ``frames`` by source name)."""
     if cfg.data.stream:
         if frame is not None:
             raise ConfigError("config error: data.stream: streams a file, not a data frame")
@@ -240,7 +254,7 @@ def prepare_data(cfg: RunConfig, frame: pd.DataFrame | None = None) -> PreparedD
     if cfg.data.sources:
         if frame is not None:
             raise ConfigError("config error: data.sources: give the sources' tables, not a frame")
-        loaded, sources = _load_sources(cfg)
+        loaded, sources = _load_sources(cfg, frames or {})
     else:
         loaded = _load_and_split(cfg, frame)
     df, source, files_root = loaded.df, loaded.source, loaded.files_root

@@ -36,5 +36,31 @@ bench-balancing: $(STAMP)
 	$(BIN)/python benchmarks/run_balancing_cost.py
 	$(BIN)/python benchmarks/run_balancing_quality.py --datasets tox21 qm8 --set qm8:train.epochs=10
 
+# About 20-35 minutes on a 2-core machine (33 measured while other jobs shared it): single-task
+# vs shared-bottom vs MMoE vs CGC/PLE on Census-Income, 3 seeds (needs the shared census data).
+.PHONY: bench-census
+bench-census: $(STAMP)
+	$(BIN)/python benchmarks/run_census_architectures.py --workers 2
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# 25-40 minutes on a 2-core machine (41 min measured with other jobs running): spoken digit +
+# speaker on FSDD, single-task vs hard sharing vs MMoE, 3 seeds (needs the fsdd data, audio extra).
+.PHONY: bench-speech
+bench-speech: $(STAMP)
+	$(BIN)/python benchmarks/run_fsdd.py --workers 2
+
+# About 30-40 minutes on a 2-core machine: FDU-MTL sentiment, 16 single-domain nets vs one
+# multi-task net (fastText-style encoder from scratch) and the frozen MiniLM variant, 3 seeds
+# (needs the shared fdu-mtl data and the text extra).
+.PHONY: bench-text
+bench-text: $(STAMP)
+	$(BIN)/python benchmarks/run_fdu_mtl.py --workers 2
+
+# At most ~40 minutes on a 2-core machine running nothing else (longer while other jobs share
+# it): single-task nets vs hard sharing vs MTAN vs soft sharing vs MMoE on MultiMNIST (left
+# digit, right digit, segmentation), 3 seeds (needs the shared MNIST test files).
+.PHONY: bench-vision
+bench-vision: $(STAMP)
+	$(BIN)/python benchmarks/run_multimnist.py --workers 2

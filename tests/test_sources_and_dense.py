@@ -163,9 +163,7 @@ def test_segmentation_targets_classes_and_ignore_index() -> None:
 
 def test_segmentation_values_outside_declared_classes_are_an_error() -> None:
     task = Task("s", "segmentation", "seg", classes=["0", "1"], ignore_index=255)
-    with pytest.raises(
-        DataError, match=r"pixel value 2 outside the classes 0\.\.1"
-    ):
+    with pytest.raises(DataError, match=r"pixel value 2 outside the classes 0\.\.1"):
         encode_targets(task, _masks_frame(), "t")
     with pytest.raises(DataError, match="negative pixel value -1; use ignore_index"):
         fit_task(

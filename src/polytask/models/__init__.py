@@ -1,4 +1,9 @@
 """Encoders, sharing architectures and heads. Importing the package registers every encoder and
 architecture module in the registries."""
 
-from polytask.models import cnn  # noqa: F401  (importing registers the encoder)
+from polytask.models import (
+    audio,  # noqa: F401  (importing registers the encoder)
+    cnn,  # noqa: F401  (importing registers the encoder)
+    mtan,  # noqa: F401  (importing registers the architecture)
+    text,  # noqa: F401  (importing registers the encoders)
+)

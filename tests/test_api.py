@@ -94,3 +94,20 @@ def test_fit_rejects_bad_section_key() -> None:
         polytask.ConfigError, match=r"train\.epoch: unknown key; valid keys: epochs"
     ):
         polytask.fit(frame, _tasks(), train={"epoch": 3})
+
+
+def test_baselines_with_a_criterion_naming_one_task() -> None:
+    # A criterion on one task's metric selects the multi-task checkpoint; the other task's
+    # single-task baseline cannot use it and falls back to its own primary metric.
+    frame = make_mmoe_synthetic(600, 0.8, seed=0)
+    result = polytask.fit(
+        frame,
+        _tasks(),
+        data_options={"ignore": ["y2_raw"]},
+        model={"encoder": {"widths": [16]}},
+        train={"epochs": 2, "criterion": "label.auroc", "progress": False},
+        baselines=True,
+        quiet=True,
+    )
+    assert set(result.baseline_metrics) == {"value", "label"}
+    assert result.baseline_metrics["label"]["auroc"] > 0.5

@@ -393,3 +393,35 @@ def test_fdu_mtl_example_config_declares_every_domain() -> None:
     assert cfg.data.split.method == "column" and cfg.data.split.column == "split"
     assert cfg.data.input is not None and cfg.data.input.name == "text"
     assert [(t.name, t.target, t.kind) for t in cfg.tasks] == [(d, d, "binary") for d in DOMAINS]
+
+
+def test_text_sources_keep_their_texts_verbatim() -> None:
+    # Regression: with [[data.sources]], relative file paths are made absolute per source;
+    # texts are not paths and must reach the tokenizer unchanged (no folder names in the
+    # vocabulary, no "~" expanded).
+    from polytask.config import config_from_dict
+    from polytask.data.prepare import prepare_data
+
+    rng = np.random.default_rng(0)
+    words = ["good", "bad", "fine", "awful", "~tilde"]
+    frames = {
+        name: pd.DataFrame(
+            {
+                "text": [" ".join(rng.choice(words, 4)) for _ in range(40)],
+                name: rng.integers(0, 2, 40),
+            }
+        )
+        for name in ("a", "b")
+    }
+    cfg = config_from_dict(
+        {
+            "data": {
+                "input": {"name": "text"},
+                "sources": [{"name": n, "tasks": [n]} for n in frames],
+            },
+            "tasks": [{"name": n, "kind": "binary", "target": n} for n in frames],
+        }
+    )
+    data = prepare_data(cfg, frames=frames)
+    assert isinstance(data.preprocessor, TextInput)
+    assert set(data.preprocessor.vocabulary) == {"good", "bad", "fine", "awful", "~", "tilde"}

@@ -10,12 +10,17 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from polytask.artifacts import Predictor, load
+from polytask.comparison import CompareResult, compare
 from polytask.config import RunConfig, config_from_dict, load_config
 from polytask.errors import ConfigError, DataError, PolytaskError
+from polytask.evaluate.affinity import AffinityResult, affinity
 from polytask.pipeline import RunResult, fit, run
+from polytask.report import report
 from polytask.tasks import Task
 
 __all__ = [
+    "AffinityResult",
+    "CompareResult",
     "ConfigError",
     "DataError",
     "PolytaskError",
@@ -24,9 +29,12 @@ __all__ = [
     "RunResult",
     "Task",
     "__version__",
+    "affinity",
+    "compare",
     "config_from_dict",
     "fit",
     "load",
     "load_config",
+    "report",
     "run",
 ]

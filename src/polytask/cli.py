@@ -172,6 +172,87 @@ def fetch(
     )
 
 
+@app.command()
+def compare(
+    config: Annotated[Path, typer.Argument(help="TOML run configuration with a [compare] section")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="comparison directory")],
+    seeds: Annotated[
+        int | None, typer.Option(min=1, help="number of seeds (default: config)")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key: train.epochs=5")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Single-task baselines vs multi-task configurations over seeds: is multi-task worth it?"""
+    from polytask.comparison import compare as run_compare
+    from polytask.config import load_config
+
+    overrides = list(set_ or [])
+    if seeds is not None:
+        overrides.append(f"compare.seeds={seeds}")
+    result = run_compare(load_config(config, overrides), out=out, quiet=quiet, console=err_console)
+    for table in result.tables():
+        out_console.print(table)
+    out_console.print(
+        f"wrote {out / 'compare.json'} and {out / 'compare.md'} "
+        f"({len(result.trained)} runs trained, {len(result.reused)} already finished)",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("report")
+def report_command(
+    directory: Annotated[Path, typer.Argument(help="run, compare or affinity directory")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="report folder (default: DIRECTORY/report)")
+    ] = None,
+) -> None:
+    """Write DIRECTORY/report/index.html: one self-contained page of tables and figures."""
+    from polytask.report import report
+
+    index = report(directory, out=out)
+    out_console.print(f"report written to {index}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("affinity")
+def affinity_command(
+    config: Annotated[Path, typer.Argument(help="TOML run configuration")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="affinity directory")],
+    probe: Annotated[bool, typer.Option(help="only a short training (1 epoch)")] = False,
+    epochs: Annotated[int | None, typer.Option(min=1, help="training epochs")] = None,
+    max_groups: Annotated[int | None, typer.Option(min=1, help="budget of groups")] = None,
+    every: Annotated[int | None, typer.Option(min=1, help="measure every N steps")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key: train.epochs=5")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Task affinity (Fifty et al. 2021), gradient cosines and a suggested grouping."""
+    from polytask.evaluate.affinity import affinity
+
+    result = affinity(
+        config,
+        out,
+        probe=probe,
+        epochs=epochs,
+        max_groups=max_groups,
+        every=every,
+        overrides=set_,
+        quiet=quiet,
+    )
+    out_console.print(result.table())
+    out_console.print(
+        f"suggested groups: {' | '.join(', '.join(g) for g in result.grouping.groups)}; "
+        f"wrote {out / 'affinity.json'}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     try:

@@ -23,6 +23,7 @@ from polytask.evaluate.evaluation import evaluate_data
 from polytask.models.model import MultiTaskModel, build_model
 from polytask.state_io import atomic_write_text, to_json, write_json
 from polytask.tasks import Task
+from polytask.train.criterion import criterion_for_tasks
 from polytask.train.trainer import Callback, FitResult, Trainer
 
 
@@ -198,8 +199,12 @@ def run(
             sub_resume = resume and sub_dir is not None and (sub_dir / "checkpoints").exists()
             if sub_dir is not None:
                 sub_dir.mkdir(parents=True, exist_ok=True)
+            criterion = criterion_for_tasks(cfg.train.criterion, [task.name])
+            stl_cfg = cfg.model_copy(
+                update={"train": cfg.train.model_copy(update={"criterion": criterion})}
+            )
             stl_model, _ = train_model(
-                cfg,
+                stl_cfg,
                 data,
                 single,
                 sub_dir,

@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from polytask.balance.diagnostics import TaskGramian
 from polytask.errors import ConfigError
 from polytask.registry import Registry
 from polytask.tasks import Task
@@ -40,6 +41,9 @@ class Balancer(nn.Module):
         #: Per-task gradient norms measured by the last step that measured them (gradient-level
         #: methods measure at every weight update; the trainer reads them for its log).
         self.step_grad_norms: dict[str, float] = {}
+        #: The Gramian of the same per-task gradients at that step, for the trainer's cosine,
+        #: conflict and dominance diagnostics (None on a step that measured none).
+        self.step_gramian: TaskGramian | None = None
 
     def forward(self, model: MultiTaskModel, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Run ``model`` on a training batch. Gradient-level methods override this to set up

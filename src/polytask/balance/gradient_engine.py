@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from polytask.balance.base import Balancer
+from polytask.balance.diagnostics import TaskGramian
 from polytask.balance.gramian import GramianRecorder
 from polytask.errors import ConfigError, PolytaskError
 from polytask.tasks import Task
@@ -201,6 +202,7 @@ class GradientBalancer(Balancer):
         self.step_grad_norms = {
             self.task_names[i]: float(v) for i, v in zip(idx, diag, strict=True)
         }
+        self.step_gramian = TaskGramian([self.task_names[i] for i in idx], gramian.double())
         try:
             weights = self.method(gramian, stacked.detach(), idx)
         except Exception as exc:  # solver failures surface here, never as equal weights
@@ -253,6 +255,7 @@ class GradientBalancer(Balancer):
         if isinstance(self.method, MatrixAggregator):
             norms = matrix.norm(dim=1)
             self.step_grad_norms = {n: float(v) for n, v in zip(names, norms, strict=True)}
+            self.step_gramian = TaskGramian(names, (matrix @ matrix.T).detach().double())
             direction = self.method(matrix).reshape(z.shape)
             weights = torch.ones(len(names))
         else:

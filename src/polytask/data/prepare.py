@@ -6,6 +6,7 @@ Every check on the user's data happens here, before anything is written to disk.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,7 +150,29 @@ class _Loaded:
     files_root: Path | None
 
 
-def _load_and_split(cfg: RunConfig, frame: pd.DataFrame | None) -> _Loaded:
+#: Fixed first word of the training-subset random stream (distinct from the split's stream).
+_FRACTION_STREAM = 0x7261_6374
+
+
+def train_subset(train_idx: np.ndarray, fraction: float, seed: int, salt: int = 0) -> np.ndarray:
+    """The training rows kept by ``data.train_fraction``: ``max(1, round(fraction * n))`` of
+    them, drawn at random with the run ``seed`` (and ``salt``, one stream per source), in their
+    original order.
+
+    The draw is the first rows of one seeded permutation, so for a given seed a smaller fraction
+    keeps a subset of the rows a larger one keeps: a data-efficiency curve adds labels to the
+    same examples rather than drawing new ones at every fraction.
+    """
+    if fraction >= 1.0:
+        return train_idx
+    keep = max(1, round(fraction * len(train_idx)))
+    # A stream of its own (not the split's generator), so subsetting never moves the split.
+    rng = np.random.default_rng([_FRACTION_STREAM, seed & 0xFFFFFFFFFFFFFFFF, salt])
+    chosen = np.sort(rng.permutation(len(train_idx))[:keep])
+    return train_idx[chosen]
+
+
+def _load_and_split(cfg: RunConfig, frame: pd.DataFrame | None, salt: int = 0) -> _Loaded:
     df, source, preset, group, ignore, files_root = _read_sources(cfg, frame)
     data = cfg.data
     role_columns = [c for c in (group, data.id, data.split.column) if c is not None]
@@ -170,6 +193,7 @@ def _load_and_split(cfg: RunConfig, frame: pd.DataFrame | None) -> _Loaded:
             f"{source}: {len(df)} rows give an empty train or validation split; "
             "add rows or change data.split"
         )
+    train_idx = train_subset(train_idx, data.train_fraction, cfg.seed, salt)
     return _Loaded(df, source, (train_idx, val_idx, test_idx), group, ignore, files_root)
 
 
@@ -181,7 +205,9 @@ def _load_sources(
     tasks = cfg.task_objects()
     path_columns = [c for t in tasks if t.dense for c in t.targets]
     if cfg.data.input is not None:
-        path_columns += build_input(cfg.data.input.name, cfg.data.input.params()).columns
+        processor = build_input(cfg.data.input.name, cfg.data.input.params())
+        if processor.reads_files:
+            path_columns += processor.columns
     parts: list[pd.DataFrame] = []
     splits: list[list[np.ndarray]] = [[], [], []]
     train_rows: list[tuple[str, list[str], np.ndarray]] = []
@@ -194,7 +220,8 @@ def _load_sources(
                 f"config error: data.sources.{i}: give exactly one of path, dataset or "
                 "(from Python) a data frame"
             )
-        loaded = _load_and_split(source_config(cfg, sc), frame)
+        # Each source keeps its own data.train_fraction of its training rows.
+        loaded = _load_and_split(source_config(cfg, sc), frame, zlib.crc32(sc.name.encode()))
         df = loaded.df.copy()
         for task in tasks:
             for col in task.targets:

@@ -1,4 +1,4 @@
-"""Synthetic two-task data with a controllable task correlation.
+"""Synthetic multi-task data with controllable task correlations.
 
 Implements the generator of Ma, Zhao, Yi, Chen, Hong and Chi, "Modeling Task Relationships in
 Multi-task Learning with Multi-gate Mixture-of-Experts", KDD 2018, Section 3.2:
@@ -112,4 +112,114 @@ def _label(
     """``w^T x + sum_j sin(alpha_j w^T x + beta_j)`` for a vector of projections ``w^T x``."""
     sines = np.sin(np.outer(projection, alpha) + beta).sum(axis=1)
     result: npt.NDArray[np.float64] = projection + sines
+    return result
+
+
+def correlated_task_weights(
+    correlations: npt.ArrayLike,
+    n_features: int,
+    *,
+    scale: float = 1.0,
+    rng: np.random.Generator,
+) -> npt.NDArray[np.float64]:
+    """K task weight vectors in R^d whose pairwise cosines are exactly ``correlations``.
+
+    The K-task form of step 2 of Ma et al. (KDD 2018): with ``U`` a random ``d × K`` matrix of
+    orthonormal columns and ``A`` a factor of the correlation matrix (``A Aᵀ = C``, rows of unit
+    norm), ``w_k = c U A[k]ᵀ``, so ``cos(w_a, w_b) = A[a]·A[b] = C[a, b]``. ``A`` is the Cholesky
+    factor, which for two tasks gives the paper's ``w1 = c u1``,
+    ``w2 = c (p u1 + sqrt(1 - p²) u2)``; a singular (semi-definite) ``C``, e.g. two identical
+    tasks, is factored through its eigendecomposition instead.
+
+    Returns:
+        ``[K, d]`` array, row ``k`` = ``w_k``.
+
+    Raises:
+        ValueError: if ``C`` is not a symmetric positive semi-definite matrix with unit diagonal,
+            or ``d < K``.
+    """
+    c = np.asarray(correlations, dtype=np.float64)
+    if c.ndim != 2 or c.shape[0] != c.shape[1] or c.shape[0] < 1:
+        raise ValueError(f"correlations must be a square K × K matrix, got shape {c.shape}")
+    k = c.shape[0]
+    if not np.all(np.isfinite(c)):
+        raise ValueError("correlations must be finite")
+    if not np.allclose(c, c.T, atol=1e-12):
+        raise ValueError("correlations must be symmetric")
+    if not np.allclose(np.diag(c), 1.0, atol=1e-12):
+        raise ValueError("correlations must have a unit diagonal")
+    if n_features < k:
+        raise ValueError(f"n_features must be at least the number of tasks ({k}), got {n_features}")
+    eigenvalues, eigenvectors = np.linalg.eigh(c)
+    if eigenvalues.min() < -1e-9:
+        raise ValueError(
+            f"correlations is not positive semi-definite (smallest eigenvalue "
+            f"{eigenvalues.min():.3g}); no set of vectors has these cosines"
+        )
+    try:
+        factor = np.linalg.cholesky(c)
+    except np.linalg.LinAlgError:
+        factor = eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
+        # Rows have norm sqrt(C_kk) = 1 up to rounding; make it exact.
+        factor /= np.linalg.norm(factor, axis=1, keepdims=True)
+    basis, _ = np.linalg.qr(rng.standard_normal((n_features, k)))
+    weights: npt.NDArray[np.float64] = scale * (basis @ factor.T).T
+    return weights
+
+
+def make_correlated_tasks(
+    n_samples: int,
+    correlations: npt.ArrayLike,
+    *,
+    n_features: int = 100,
+    n_sines: int = 10,
+    noise: float = 0.1,
+    scale: float = 1.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """K regression tasks with a known task-correlation matrix: the MMoE generator (module
+    docstring) with the weight vectors of :func:`correlated_task_weights`.
+
+    ``y_k = w_kᵀx + Σ_j sin(α_j w_kᵀx + β_j) + ε_k`` with ``cos(w_a, w_b) = C[a, b]``, the sine
+    parameters shared by all tasks and ``ε_k ~ N(0, noise²)``. As in the two-task generator, the
+    labels' own correlations are not ``C`` (the sines bend them) but are ordered by it.
+
+    Draws are made in a fixed order (weight basis, sine parameters, ``x``, noise), so for a seed
+    the frames of different ``C`` of the same size share ``x``, the sines and the noise.
+
+    Args:
+        n_samples: Number of rows, at least 1.
+        correlations: ``K × K`` correlation matrix ``C`` (symmetric, unit diagonal, PSD).
+        n_features: Input dimension ``d``, at least K.
+        n_sines: Number ``m`` of sine terms, at least 0.
+        noise: Standard deviation of the label noise, at least 0.
+        scale: The scale constant ``c``.
+        seed: Seed of :func:`numpy.random.default_rng`.
+
+    Returns:
+        Columns ``x0`` .. ``x{d-1}`` (float32) and ``y0`` .. ``y{K-1}`` (float64).
+
+    Raises:
+        ValueError: if an argument is outside its range.
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    if n_sines < 0:
+        raise ValueError(f"n_sines must be at least 0, got {n_sines}")
+    if not noise >= 0.0:
+        raise ValueError(f"noise must be at least 0, got {noise}")
+    rng = np.random.default_rng(seed)
+    weights = correlated_task_weights(correlations, n_features, scale=scale, rng=rng)
+    k = weights.shape[0]
+    alpha = rng.standard_normal(n_sines)
+    beta = rng.standard_normal(n_sines)
+    x = rng.standard_normal((n_samples, n_features)).astype(np.float32)
+    eps = rng.normal(0.0, noise, size=(k, n_samples))
+    projections = x.astype(np.float64) @ weights.T
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(n_features)])
+    labels = pd.DataFrame(
+        {f"y{t}": _label(projections[:, t], alpha, beta) + eps[t] for t in range(k)},
+        index=frame.index,
+    )
+    result: pd.DataFrame = pd.concat([frame, labels], axis=1)
     return result

@@ -48,6 +48,15 @@ class Criterion:
         return -value if self.direction[task][metric] else value
 
 
+def criterion_for_tasks(spec: str, tasks: list[str]) -> str:
+    """``spec``, or ``mean_relative`` when it names the metric of a task not among ``tasks``:
+    another task's metric cannot select a single-task baseline's checkpoint, while
+    ``mean_relative`` over one task ranks epochs by that task's own primary metric."""
+    if spec in ("mean_relative", "val_loss") or spec.partition(".")[0] in tasks:
+        return spec
+    return "mean_relative"
+
+
 def _nanmean(values: list[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else math.nan

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from rich.console import Console
@@ -23,10 +23,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 
 from polytask.balance.base import Balancer
-from polytask.balance.diagnostics import task_gradient_norms
+from polytask.balance.diagnostics import TaskGramian, pair_key, task_gradient_gramian
 from polytask.config import TrainConfig
 from polytask.data.sources import SourceSet, TrainingData
-from polytask.data.tensors import TensorData
+from polytask.data.tensors import Batch, TensorData
 from polytask.evaluate.evaluation import evaluate_data
 from polytask.losses import TaskLoss, task_losses
 from polytask.state_io import (
@@ -64,6 +64,15 @@ class EpochRecord:
     #: Mean norm of each task's gradient of the shared parameters (or of the shared
     #: representation in that engine mode) over the steps that measured it.
     grad_norms: dict[str, float] = field(default_factory=dict)
+    #: From the same measured gradients (see :mod:`polytask.balance.diagnostics`): the mean
+    #: cosine of each task pair's gradients ("a|b", a before b in task order), the fraction of
+    #: measured steps on which that cosine was negative, and each task's mean share of the
+    #: combined update ``w_k (G w)_k / (wᵀ G w)`` (0 on measured steps where the task took no
+    #: part; the shares sum to 1 and a negative one means the task's gradient opposed the
+    #: update). GradDrop's shares are of the unweighted sum before its sign dropout.
+    grad_cosines: dict[str, float] = field(default_factory=dict)
+    conflicts: dict[str, float] = field(default_factory=dict)
+    dominance: dict[str, float] = field(default_factory=dict)
     #: Examples drawn from each data source, and each source's sampling probability.
     sources: dict[str, int] = field(default_factory=dict)
     sampling: dict[str, float] = field(default_factory=dict)
@@ -83,6 +92,12 @@ class _EpochStats:
         self.seen = {t: 0 for t in tasks}
         self.norm_sum = {t: 0.0 for t in tasks}
         self.norm_count = {t: 0 for t in tasks}
+        pairs = [pair_key(a, b) for i, a in enumerate(tasks) for b in tasks[i + 1 :]]
+        self.cos_sum = {p: 0.0 for p in pairs}
+        self.cos_count = {p: 0 for p in pairs}
+        self.conflict_count = {p: 0 for p in pairs}
+        self.dominance_sum = {t: 0.0 for t in tasks}
+        self.dominance_count = {t: 0 for t in tasks}
         self.source_rows = {s: 0 for s in sources}
         self.scheduled = {t: 0 for t in tasks}
 
@@ -100,6 +115,31 @@ class _EpochStats:
         weight = {k: v / n[k] if n[k] else math.nan for k, v in self.weight_sum.items()}
         norms = {k: v / self.norm_count[k] for k, v in self.norm_sum.items() if self.norm_count[k]}
         return loss, weight, norms
+
+    def add_gradients(self, gramian: TaskGramian, weights: dict[str, float]) -> None:
+        """Accumulate one measured step's cosines, conflicts and dominance shares."""
+        for (a, b), cos in gramian.cosines().items():
+            key = pair_key(a, b)
+            if key not in self.cos_sum:  # the Gramian lists tasks in task order; be safe
+                key = pair_key(b, a)
+            self.cos_sum[key] += cos
+            self.cos_count[key] += 1
+            self.conflict_count[key] += int(cos < 0.0)
+        shares = gramian.dominance(weights)
+        if shares is not None:
+            for task in self.dominance_sum:
+                # A task absent from the step contributed nothing to its update.
+                self.dominance_sum[task] += shares.get(task, 0.0)
+                self.dominance_count[task] += 1
+
+    def gradient_summary(self) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        """Mean cosine and conflict fraction per measured pair, mean share per task."""
+        n = self.cos_count
+        cosines = {k: v / n[k] for k, v in self.cos_sum.items() if n[k]}
+        conflicts = {k: v / n[k] for k, v in self.conflict_count.items() if n[k]}
+        m = self.dominance_count
+        dominance = {k: v / m[k] for k, v in self.dominance_sum.items() if m[k]}
+        return cosines, conflicts, dominance
 
 
 @dataclass
@@ -119,6 +159,18 @@ class Callback(Protocol):
     """
 
     def __call__(self, trainer: Trainer, record: EpochRecord) -> None: ...
+
+
+@runtime_checkable
+class StepHook(Protocol):
+    """A callback that also looks at each training batch before the step is taken (after the
+    step's learning rate is set), e.g. to measure task affinity. It must leave the model, the
+    optimiser and the random number generators as it found them, so that measuring never
+    changes the run."""
+
+    def __call__(self, trainer: Trainer, record: EpochRecord) -> None: ...
+
+    def before_step(self, trainer: Trainer, batch: Batch) -> None: ...
 
 
 class Trainer:
@@ -145,6 +197,7 @@ class Trainer:
         self.config = config
         self.seed = seed
         self.callbacks = list(callbacks)
+        self._step_hooks = [c for c in self.callbacks if isinstance(c, StepHook)]
         self.console = console or Console(stderr=True)
         self.label = label
         self.quiet = quiet
@@ -209,6 +262,7 @@ class Trainer:
             started = time.perf_counter()
             stats, probs = self._train_epoch(sources, total_steps, run_dir)
             train_loss, weights, grad_norms = stats.summary()
+            grad_cosines, conflicts, dominance = stats.gradient_summary()
             self.balancer.end_epoch(train_loss)
             val_loss, val_metrics = evaluate_data(self.model, self.tasks, val, cfg.eval_batch_size)
             schedule = self.scheduler.probabilities() if self.scheduler.active else {}
@@ -237,6 +291,9 @@ class Trainer:
                 seconds=round(time.perf_counter() - started, 3),
                 best=improved,
                 grad_norms=grad_norms,
+                grad_cosines=grad_cosines,
+                conflicts=conflicts,
+                dominance=dominance,
                 sources=stats.source_rows,
                 sampling=dict(zip(sources.names, probs, strict=True)),
                 schedule=schedule,
@@ -301,6 +358,8 @@ class Trainer:
                 factor = lr_factor(self.step, total_steps, cfg.scheduler, cfg.warmup)
                 for group in self.optimizer.param_groups:
                     group["lr"] = cfg.lr * factor
+                for hook in self._step_hooks:
+                    hook.before_step(self, batch)
                 outputs = self.balancer.forward(self.model, batch.inputs)
                 losses = task_losses(self.losses, outputs, batch.targets, batch.masks)
                 if plan is not None:
@@ -330,6 +389,7 @@ class Trainer:
     ) -> None:
         """Backward through the balancer, the architecture's penalty, clipping, AdamW step."""
         self.balancer.step_grad_norms = {}
+        self.balancer.step_gramian = None
         # Loss-level methods never see gradients; measure them once per epoch (K extra
         # backward passes on one batch) so every run logs them. An architecture sharing no
         # parameters (soft sharing) has none to log.
@@ -338,8 +398,13 @@ class Trainer:
             and not self.balancer.needs_gradients
             and (shared := self.model.shared_parameters())
         ):
-            self.balancer.step_grad_norms = task_gradient_norms(losses, shared)
+            measured = task_gradient_gramian(losses, shared)
+            self.balancer.step_gramian = measured
+            self.balancer.step_grad_norms = measured.norms()
         weights = self.balancer.backward(losses, self.model)
+        if self.balancer.step_gramian is not None:
+            # Gradient-level methods published the Gramian they weighted: no extra pass.
+            stats.add_gradients(self.balancer.step_gramian, weights)
         penalty = self.model.regularizer()
         if penalty is not None:
             # A penalty on the parameters (soft sharing's coupling) is no task's loss: it

@@ -103,6 +103,7 @@ class AudioInput(InputProcessor):
     """Recordings -> ``{"audio": float32[N, T]}`` at one sample rate and length."""
 
     name = "audio"
+    reads_files = True
 
     def __init__(self, params: BaseModel) -> None:
         assert isinstance(params, AudioParams)

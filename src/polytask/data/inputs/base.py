@@ -34,6 +34,9 @@ class InputProcessor(ABC):
     """
 
     name: ClassVar[str]
+    #: Whether the columns may hold file paths (resolved against the table's folder): images
+    #: and recordings do, texts do not (a review must never be turned into a path).
+    reads_files: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params

@@ -42,6 +42,7 @@ class ImageInput(InputProcessor):
     """Images -> ``{"image": float32[N, C, H, W]}``."""
 
     name = "image"
+    reads_files = True
 
     def __init__(self, params: BaseModel) -> None:
         assert isinstance(params, ImageParams)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -98,3 +99,40 @@ def write_results(stem: str, markdown: list[str], data: dict[str, Any], out_dir:
     (out_dir / f"{stem}.md").write_text("\n".join(markdown) + "\n", encoding="utf-8")
     text = json.dumps(data, indent=2, allow_nan=True)
     (out_dir / f"{stem}.json").write_text(text + "\n", encoding="utf-8")
+
+
+def subset_tasks(raw: dict[str, Any], keep: Sequence[str]) -> dict[str, Any]:
+    """A raw run configuration trained on the tasks ``keep`` only (in the config's task order).
+
+    The target columns of the dropped tasks go to ``data.ignore``: columns that are neither a
+    target nor ignored are features, so without this the other tasks' labels (of a registered
+    dataset like Tox21, or any table) would become inputs of the subset's model.
+    """
+    wanted = set(keep)
+    known = {t["name"] for t in raw["tasks"]}
+    missing = sorted(wanted - known)
+    if missing:
+        raise ValueError(f"unknown task(s) {missing}")
+    out: dict[str, Any] = json.loads(json.dumps(raw))
+    dropped = [t for t in out["tasks"] if t["name"] not in wanted]
+    out["tasks"] = [t for t in out["tasks"] if t["name"] in wanted]
+    # ``target`` is one column, or a list of them (a multilabel task).
+    columns = [
+        c for t in dropped for c in ([t["target"]] if isinstance(t["target"], str) else t["target"])
+    ]
+    out["data"]["ignore"] = sorted(set(out["data"].get("ignore") or []) | set(columns))
+    return out
+
+
+def load_average() -> float:
+    """The 1-minute load average (NaN where the platform has none): above the core count, other
+    jobs were slowing the benchmark down."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return math.nan
+
+
+def job_key(job: dict[str, Any]) -> str:
+    """A short stable hash of a job description, for cache file names."""
+    return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:10]

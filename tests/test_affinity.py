@@ -347,3 +347,90 @@ def test_affinity_needs_two_tasks_and_shared_parameters() -> None:
     raw["model"]["architecture"] = {"name": "soft"}
     with pytest.raises(ConfigError, match="shares no parameters"):
         affinity(config_from_dict(raw), frame=frame, quiet=True)
+
+
+# -- the [affinity] section --------------------------------------------------------------------
+
+
+def test_affinity_section_of_the_run_config_is_honoured() -> None:
+    # 280 training rows in batches of 64: 5 steps per epoch, 10 in 2 epochs (steps 0-9).
+    frame = make_mmoe_synthetic(400, 0.8, n_features=6, seed=0)
+
+    def measure(section: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        raw = synthetic_raw(widths=(8,), epochs=2, batch_size=64, threads=1, scheduler="none")
+        if section is not None:
+            raw["affinity"] = section
+        return affinity(config_from_dict(raw), frame=frame, quiet=True, **kwargs)
+
+    # every: unset -> 5 (steps 0, 5); 2 -> steps 0, 2, 4, 6, 8; an argument overrides the key.
+    assert measure().steps_measured == 2
+    assert measure({"every": 2}).steps_measured == 5
+    assert measure({"every": 2}, every=3).steps_measured == 4  # steps 0, 3, 6, 9
+    # probe_epochs: a probe of 2 epochs, measured at every step unless `every` is set.
+    probe = measure({"probe_epochs": 2}, probe=True)
+    assert (probe.epochs, probe.steps_measured) == (2, 10)
+    assert measure({"probe_epochs": 2, "every": 4}, probe=True).steps_measured == 3
+    # max_groups and search reach the grouping; alone_score lets a task be trained alone
+    # (here it beats any measured affinity, of order 1e-3, so each task gets its own model).
+    grouped = measure({"max_groups": 1, "search": "exhaustive", "every": 2})
+    assert grouped.grouping.max_groups == 1 and grouped.grouping.search == "exhaustive"
+    assert grouped.grouping.groups == [["value", "label"]]
+    assert measure({"max_groups": 2}).grouping.groups == [["value", "label"]]
+    alone = measure({"max_groups": 2, "alone_score": 1.0})
+    assert alone.grouping.groups == [["value"], ["label"]] and alone.grouping.score == 1.0
+    # lr fixes the lookahead step: to first order Z is proportional to it, so doubling it
+    # doubles the affinity (measured: ratios 1.993-2.002; the optimiser's lr would give 1);
+    # the file's method says it was fixed. Much smaller steps change the float32 losses by
+    # too few ulps for the ratio to be this exact.
+    small, large = measure({"lr": 0.01}), measure({"lr": 0.02})
+    ratio = large.affinity / small.affinity
+    print("Z(2 lr) / Z(lr):", np.round(ratio, 4).tolist())
+    np.testing.assert_allclose(ratio, 2.0, rtol=0.02)
+    assert "lookahead learning rate fixed at 0.01" in small.to_dict()["method"]
+    assert "fixed" not in measure().to_dict()["method"]
+
+
+def test_affinity_section_rejects_unknown_keys_and_bad_values() -> None:
+    raw = synthetic_raw()
+    raw["affinity"] = {"evry": 2}
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(raw)
+    assert str(caught.value) == (
+        "config error: affinity.evry: unknown key; valid keys: every, lr, max_groups, "
+        "probe_epochs, search, alone_score"
+    )
+    for override, key in [
+        ("affinity.search=greedy", "affinity.search"),
+        ("affinity.every=0", "affinity.every"),
+        ("affinity.lr=-1.0", "affinity.lr"),
+        ("affinity.alone_score=nan", "affinity.alone_score"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"^config error: {key}: "):
+            config_from_dict(synthetic_raw(), [override])
+    with pytest.raises(ConfigError, match="unknown search 'greedy'"):
+        affinity(config_from_dict(synthetic_raw()), search="greedy")  # type: ignore[arg-type]
+
+
+def test_affinity_command_options_override_the_section(tmp_path: Path) -> None:
+    frame = make_correlated_tasks(600, _correlations({(0, 1): 0.9}, 3), n_features=6, seed=0)
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    raw = _four_task_raw(0, epochs=3, batch_size=64)
+    raw["tasks"] = raw["tasks"][:3]
+    raw["data"]["path"] = "data.csv"
+    del raw["train"]["patience"]
+    raw["affinity"] = {"every": 4, "max_groups": 1, "probe_epochs": 1}
+    (tmp_path / "run.toml").write_text(toml_text(raw))
+    # 480 training rows in batches of 64: 8 steps in the 1-epoch probe.
+    result = run_cli("affinity", tmp_path / "run.toml", "-o", tmp_path / "a", "--probe", "-q")
+    assert result.code == 0, result.err
+    doc = json.loads((tmp_path / "a" / "affinity.json").read_text())
+    assert doc["steps_measured"] == 2 and doc["grouping"]["max_groups"] == 1  # steps 0, 4
+    options = ["--every", "3", "--max-groups", "2", "--search", "exhaustive", "--lr", "0.01"]
+    result = run_cli("affinity", tmp_path / "run.toml", "-o", tmp_path / "b", "--probe", *options)
+    assert result.code == 0, result.err
+    doc = json.loads((tmp_path / "b" / "affinity.json").read_text())
+    assert doc["steps_measured"] == 3  # steps 0, 3, 6
+    assert doc["grouping"]["max_groups"] == 2 and doc["grouping"]["search"] == "exhaustive"
+    assert "fixed at 0.01" in doc["method"]
+    bad = run_cli("affinity", tmp_path / "run.toml", "-o", tmp_path / "c", "--search", "greedy")
+    assert bad.code == 2 and "config error: affinity.search:" in bad.err

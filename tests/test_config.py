@@ -53,7 +53,7 @@ def test_valid_config_and_defaults() -> None:
             "train.epoch=3",
             "config error: train.epoch: unknown key; valid keys: epochs, batch_size, "
             "eval_batch_size, lr, weight_decay, scheduler, warmup, grad_clip, patience, "
-            "min_delta, criterion, log_format, progress, threads, checkpoint_every",
+            "min_delta, criterion, log_format, progress, threads, checkpoint_every, tensorboard",
         ),
         (
             "data.split.methd=random",
@@ -63,7 +63,7 @@ def test_valid_config_and_defaults() -> None:
         (
             "colour=1",
             "config error: colour: unknown key; valid keys: seed, out, baselines, data, tasks, "
-            "model, balancer, train, sampling, schedule, compare",
+            "model, balancer, train, sampling, schedule, compare, affinity",
         ),
         (
             "model.encoder.widthz=[3]",

@@ -221,28 +221,43 @@ def report_command(
 def affinity_command(
     config: Annotated[Path, typer.Argument(help="TOML run configuration")],
     out: Annotated[Path, typer.Option("--out", "-o", help="affinity directory")],
-    probe: Annotated[bool, typer.Option(help="only a short training (1 epoch)")] = False,
+    probe: Annotated[
+        bool, typer.Option(help="only a short training (affinity.probe_epochs, default 1)")
+    ] = False,
     epochs: Annotated[int | None, typer.Option(min=1, help="training epochs")] = None,
     max_groups: Annotated[int | None, typer.Option(min=1, help="budget of groups")] = None,
     every: Annotated[int | None, typer.Option(min=1, help="measure every N steps")] = None,
+    lr: Annotated[float | None, typer.Option(help="lookahead step size")] = None,
+    search: Annotated[
+        str | None, typer.Option(help="auto, exhaustive, dynamic-programming or beam")
+    ] = None,
+    alone_score: Annotated[
+        float | None, typer.Option(help="score of a task trained alone (default: not allowed)")
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override a key: train.epochs=5")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Task affinity (Fifty et al. 2021), gradient cosines and a suggested grouping."""
+    """Task affinity (Fifty et al. 2021), gradient cosines and a suggested grouping.
+
+    The options other than --probe and --epochs override the keys of the config's affinity
+    section (as --set affinity.KEY=VALUE would)."""
     from polytask.evaluate.affinity import affinity
 
-    result = affinity(
-        config,
-        out,
-        probe=probe,
-        epochs=epochs,
-        max_groups=max_groups,
-        every=every,
-        overrides=set_,
-        quiet=quiet,
-    )
+    overrides = list(set_ or [])
+    options = {
+        "every": every,
+        "lr": lr,
+        "max_groups": max_groups,
+        "search": search,
+        "alone_score": alone_score,
+    }
+    # As --set overrides, so the config's schema checks them and names the key in errors.
+    overrides += [
+        f"affinity.{key}={value!r}" for key, value in options.items() if value is not None
+    ]
+    result = affinity(config, out, probe=probe, epochs=epochs, overrides=overrides, quiet=quiet)
     out_console.print(result.table())
     out_console.print(
         f"suggested groups: {' | '.join(', '.join(g) for g in result.grouping.groups)}; "

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from polytask.config_errors import validation_message
 from polytask.data.sampling import SamplingConfig
 from polytask.errors import ConfigError
+from polytask.evaluate.grouping import SearchMethod
 from polytask.models.heads import HeadParams
 from polytask.registry import Registry
 from polytask.tasks import Task, TaskKind, check_unique_names
@@ -234,6 +235,11 @@ class TrainConfig(_Strict):
         ge=1,
         description="also checkpoint every N steps, so a resume continues mid-epoch",
     )
+    tensorboard: bool = Field(
+        default=False,
+        description="also write the per-epoch log as TensorBoard scalars to "
+        "<run dir>/tensorboard/ (needs the tensorboard extra and a run directory)",
+    )
 
 
 #: The name of the single-task baselines in a comparison; no configuration may take it.
@@ -341,6 +347,38 @@ class CompareConfig(_Strict):
         return list(self.seeds)
 
 
+class AffinityConfig(_Strict):
+    """``[affinity]``: how ``polytask affinity`` measures lookahead task affinity and suggests a
+    grouping (:mod:`polytask.evaluate.affinity`). The command's options override these keys;
+    an unset key takes the default of :func:`polytask.evaluate.affinity.affinity`."""
+
+    every: int | None = Field(
+        default=None,
+        ge=1,
+        description="measure every N training steps; default: 1 in a probe, else 5",
+    )
+    lr: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="lookahead step size; default: the optimiser's learning rate at that step",
+    )
+    max_groups: int | None = Field(
+        default=None, ge=1, description="budget of groups (models); default min(tasks, 3)"
+    )
+    probe_epochs: int | None = Field(
+        default=None, ge=1, description="training epochs of a probe (--probe); default 1"
+    )
+    search: SearchMethod = Field(
+        default="auto", description="grouping search; auto: exhaustive, exact DP, beam by size"
+    )
+    alone_score: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="score of a task served by a group of one (0.0 = no transfer); default: "
+        "not allowed, every task shares a model (the paper's rule)",
+    )
+
+
 class RunConfig(_Strict):
     """A whole run: data, tasks, model, balancer and training budget."""
 
@@ -355,6 +393,7 @@ class RunConfig(_Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
+    affinity: AffinityConfig = Field(default_factory=AffinityConfig)
     #: Directory that relative paths are resolved against (the config file's folder).
     base_dir: str = "."
 

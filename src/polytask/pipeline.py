@@ -133,8 +133,19 @@ def train_model(
     callbacks: Sequence[Callback] = (),
     label: str = "multi-task",
 ) -> tuple[MultiTaskModel, FitResult]:
-    """Build and train one model on ``tasks`` (all of them, or one for a baseline)."""
+    """Build and train one model on ``tasks`` (all of them, or one for a baseline).
+
+    With ``train.tensorboard`` and a ``run_dir``, the epochs are also logged to
+    ``run_dir/tensorboard/`` (without a run directory there is nowhere to write: no logging).
+    """
     names = [t.name for t in tasks]
+    logger = None
+    if cfg.train.tensorboard and run_dir is not None:
+        from polytask.train.tensorboard_log import TensorBoardLogger
+
+        # First, so an epoch is logged even if a later callback stops the run.
+        logger = TensorBoardLogger(run_dir / "tensorboard")
+        callbacks = [logger, *callbacks]
     model = build_model(tasks, data.input_spec, cfg.model, seed=cfg.seed)
     balancer = build_balancer(cfg.balancer.name, cfg.balancer.params(), tasks)
     trainer = Trainer(
@@ -150,7 +161,11 @@ def train_model(
         schedule=cfg.schedule,
     )
     train = data.training_sources(cfg.sampling).subset_tasks(names)
-    fit = trainer.fit(train, data.val.subset_tasks(names), run_dir, resume=resume)
+    try:
+        fit = trainer.fit(train, data.val.subset_tasks(names), run_dir, resume=resume)
+    finally:
+        if logger is not None:
+            logger.close()
     return model, fit
 
 
@@ -174,6 +189,15 @@ def run(
     """
     out_dir = Path(out) if out is not None else (cfg.resolve(cfg.out) if cfg.out else None)
     _prepare_out_dir(out_dir, resume, overwrite)
+    if cfg.train.tensorboard:
+        if out_dir is None:
+            raise ConfigError(
+                "config error: train.tensorboard: logs go to <run dir>/tensorboard; "
+                "give an output directory"
+            )
+        from polytask.train.tensorboard_log import require_tensorboard
+
+        require_tensorboard()  # a missing package fails here, before any data is read
     data = prepare_data(cfg, frame, frames)
     tasks = data.tasks
     # A combination no schema can see (an engine mode the architecture cannot serve) must fail

@@ -37,7 +37,15 @@ from polytask.pipeline import run, train_model
 from polytask.state_io import atomic_write_text, read_json, to_json, write_json
 
 #: Settings that change how a run is shown or where it lives, not what it computes.
-_COSMETIC = (("base_dir",), ("out",), ("train", "progress"), ("train", "threads"))
+_COSMETIC = (
+    ("base_dir",),
+    ("out",),
+    ("train", "progress"),
+    ("train", "threads"),
+    ("train", "tensorboard"),
+    # Settings of `polytask affinity`, which a compare run never reads.
+    ("affinity",),
+)
 
 
 @dataclass(frozen=True)

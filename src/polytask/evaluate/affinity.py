@@ -37,7 +37,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -57,11 +57,12 @@ if TYPE_CHECKING:
     from polytask.data.tensors import Batch
     from polytask.train.trainer import EpochRecord, Trainer
 
-#: Epochs of a probe (``probe=True``). On the 4-task synthetic set of the tests, a 1-epoch probe
-#: ranked the task pairs about as well as 6 epochs (Spearman 0.77-0.94 per seed, exact on the
-#: mean over 6 seeds). With linear heads (no hidden layer) the first 3 epochs ranked them no
-#: better than chance (the heads' random initial signs decide the sign of the shared gradient)
-#: and only longer training recovered the order, so a probe is a screen, not a verdict.
+#: Epochs of a probe (``probe=True``), unless the run config sets ``affinity.probe_epochs``. On
+#: the 4-task synthetic set of the tests, a 1-epoch probe ranked the task pairs about as well as
+#: 6 epochs (Spearman 0.77-0.94 per seed, exact on the mean over 6 seeds). With linear heads
+#: (no hidden layer) the first 3 epochs ranked them no better than chance (the heads' random
+#: initial signs decide the sign of the shared gradient) and only longer training recovered the
+#: order, so a probe is a screen, not a verdict.
 PROBE_EPOCHS = 1
 #: Default measurement interval in steps: every step in a probe, every 5th otherwise.
 PROBE_EVERY = 1
@@ -247,12 +248,15 @@ class AffinityResult:
     steps_measured: int
     every: int
     out_dir: Path | None = None
+    #: The fixed lookahead step size, if one replaced the optimiser's learning rate.
+    lr: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        step = "" if self.lr is None else f", lookahead learning rate fixed at {self.lr:g}"
         return {
             "kind": "polytask-affinity",
             "tasks": self.tasks,
-            "method": f"{METHOD} (every {self.every} steps)",
+            "method": f"{METHOD} (every {self.every} steps{step})",
             "epochs": self.epochs,
             "probe": self.probe,
             "steps_measured": self.steps_measured,
@@ -305,25 +309,34 @@ def affinity(
     max_groups: int | None = None,
     every: int | None = None,
     lr: float | None = None,
-    search: SearchMethod = "auto",
+    search: SearchMethod | None = None,
+    alone_score: float | None = None,
     overrides: Sequence[str] | None = None,
     quiet: bool = False,
 ) -> AffinityResult:
     """Train the config's multi-task model while measuring task affinity; suggest groups.
+
+    The run config's ``[affinity]`` section (:class:`polytask.config.AffinityConfig`) sets
+    ``every``, ``lr``, ``max_groups``, the probe's epochs, ``search`` and ``alone_score``; an
+    argument given here (not ``None``) overrides its key, and a key set in neither place takes
+    the default below.
 
     Args:
         config: A :class:`RunConfig` or the path of a TOML config.
         out: Directory for ``affinity.json`` and the measured run (``out/run``, replaced if it
             exists); nothing is written without it.
         frame: The table, instead of the config's ``data.path``.
-        probe: A short training of ``PROBE_EPOCHS`` epochs (unless ``epochs`` is given),
-            measured at every step (unless ``every`` is given).
+        probe: A short training of ``affinity.probe_epochs`` (default ``PROBE_EPOCHS``) epochs
+            unless ``epochs`` is given, measured at every step unless ``every`` is set.
         epochs: Training epochs (default: the config's, or the probe's).
         max_groups: Budget of groups for the suggestion (default ``min(K, 3)``).
         every: Measure every N steps (default: 1 in a probe, 5 otherwise).
         lr: Lookahead step size (default: the optimiser's current learning rate).
-        search: Grouping search method (:func:`~polytask.evaluate.grouping.search_groups`).
-        overrides: ``key=value`` overrides of a config file.
+        search: Grouping search method (:func:`~polytask.evaluate.grouping.search_groups`;
+            default ``auto``).
+        alone_score: Score of a task served by a group of one (default: not allowed, the
+            paper's rule; see :mod:`polytask.evaluate.grouping`).
+        overrides: ``key=value`` overrides of a config file (``affinity.every=2`` included).
         quiet: No progress output.
     """
     from polytask.pipeline import run
@@ -334,11 +347,15 @@ def affinity(
         raise ConfigError("affinity needs at least two tasks")
     if epochs is not None and epochs < 1:
         raise ConfigError(f"affinity: epochs must be at least 1, got {epochs}")
+    section = cfg.affinity
+    max_groups = _first(max_groups, section.max_groups)
+    search, alone_score = _search_options(search, alone_score, cfg)
     if max_groups is not None and max_groups < 1:
         raise ConfigError(f"affinity: max_groups must be at least 1, got {max_groups}")
     if epochs is None and probe:
-        epochs = min(PROBE_EPOCHS, cfg.train.epochs)
-    every = every if every is not None else (PROBE_EVERY if probe else DEFAULT_EVERY)
+        epochs = min(_first(section.probe_epochs, PROBE_EPOCHS), cfg.train.epochs)
+    every = _first(every, section.every, PROBE_EVERY if probe else DEFAULT_EVERY)
+    lr = _first(lr, section.lr)
     cfg = _with_epochs(cfg, epochs)
     meter = AffinityProbe(names, every=every, lr=lr)
     out_dir = Path(out) if out is not None else None
@@ -356,7 +373,9 @@ def affinity(
     budget = max_groups if max_groups is not None else min(len(names), DEFAULT_MAX_GROUPS)
     # A pair never measured together (no batch labelled both) has no affinity; it counts as
     # none (0) for the grouping and stays null in the file.
-    grouping = search_groups(np.nan_to_num(z, nan=0.0), budget, names, method=search)
+    grouping = search_groups(
+        np.nan_to_num(z, nan=0.0), budget, names, alone_score=alone_score, method=search
+    )
     measured = AffinityResult(
         tasks=names,
         affinity=z,
@@ -368,10 +387,31 @@ def affinity(
         steps_measured=meter.steps_measured,
         every=every,
         out_dir=out_dir,
+        lr=lr,
     )
     if out_dir is not None:
         atomic_write_text(out_dir / "affinity.json", to_json(measured.to_dict()) + "\n")
     return measured
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not ``None`` (an argument, then the config, then a default)."""
+    return next((v for v in values if v is not None), None)
+
+
+def _search_options(
+    search: SearchMethod | None, alone_score: float | None, cfg: RunConfig
+) -> tuple[SearchMethod, float | None]:
+    """The grouping search method and ``alone_score``: the argument, else ``[affinity]``."""
+    if search is not None and search not in get_args(SearchMethod):
+        raise ConfigError(
+            f"affinity: unknown search {search!r}; valid choices: "
+            f"{', '.join(get_args(SearchMethod))}"
+        )
+    if alone_score is not None and not math.isfinite(alone_score):
+        raise ConfigError(f"affinity: alone_score must be finite, got {alone_score}")
+    section = cfg.affinity
+    return _first(search, section.search), _first(alone_score, section.alone_score)
 
 
 @dataclass
@@ -410,7 +450,8 @@ def pair_search(
     frame: pd.DataFrame | None = None,
     epochs: int | None = None,
     max_groups: int | None = None,
-    search: SearchMethod = "auto",
+    search: SearchMethod | None = None,
+    alone_score: float | None = None,
     overrides: Sequence[str] | None = None,
     quiet: bool = True,
 ) -> PairSearch:
@@ -418,11 +459,14 @@ def pair_search(
     trainings with the config's model, balancer and budget; same data split and seed), and
     choose groups from the measured gains with the same objective as the affinity (for gains,
     the higher-order approximation of Standley et al., ICML 2020; see
-    :mod:`polytask.evaluate.grouping`)."""
+    :mod:`polytask.evaluate.grouping`). ``max_groups``, ``search`` and ``alone_score`` default
+    to the config's ``[affinity]`` keys, as in :func:`affinity`."""
     from polytask.data.prepare import prepare_data
     from polytask.pipeline import train_model
 
     cfg = _with_epochs(_as_config(config, overrides), epochs)
+    max_groups = _first(max_groups, cfg.affinity.max_groups)
+    search, alone_score = _search_options(search, alone_score, cfg)
     data = prepare_data(cfg, frame)
     tasks = data.tasks
     names = [t.name for t in tasks]
@@ -444,7 +488,7 @@ def pair_search(
         gains[i, j] = (alone[names[j]] - together[names[j]]) / alone[names[j]]
         gains[j, i] = (alone[names[i]] - together[names[i]]) / alone[names[i]]
     budget = max_groups if max_groups is not None else min(k, DEFAULT_MAX_GROUPS)
-    grouping = search_groups(gains, budget, names, method=search)
+    grouping = search_groups(gains, budget, names, alone_score=alone_score, method=search)
     return PairSearch(
         names, alone, pairs, gains, grouping, epochs=cfg.train.epochs, runs=k + len(pairs)
     )

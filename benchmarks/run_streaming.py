@@ -153,6 +153,7 @@ def main() -> None:
         best(side["streamed"], "rows_per_s"),
     )
     info = machine_info()
+    info["torch_threads"] = 1  # every run sets train.threads = 1
     size_gb = large.stat().st_size / 1e9
     rows = [
         [

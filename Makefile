@@ -78,3 +78,19 @@ bench-sampling: $(STAMP)
 .PHONY: bench-streaming
 bench-streaming: $(STAMP)
 	$(BIN)/python benchmarks/run_streaming.py
+
+# About 30-45 minutes on a 2-core machine running nothing else (estimated from the smoke run and
+# earlier benchmarks, not yet measured end to end): polytask compare on Census-Income (training
+# fractions 0.1-1.0) and Tox21 (0.25, 1.0), single-task nets vs hard sharing (equal weights,
+# uncertainty, DB-MTL) and MMoE, 5 seeds, the two datasets in parallel on one thread each.
+# Resumable (benchmarks/.cache/compare, ~1 GB): rerun after an interruption to continue.
+.PHONY: bench-compare
+bench-compare: $(STAMP)
+	$(BIN)/python benchmarks/run_compare.py --workers 2
+
+# About 15-25 minutes on a 2-core machine (estimated): lookahead task affinity against ground
+# truth (synthetic tasks of known correlation, exhaustive pair search) and on Tox21's 12 tasks,
+# whose suggested groups are trained against one all-task model and 12 single-task nets, 3 seeds.
+.PHONY: bench-affinity
+bench-affinity: $(STAMP)
+	$(BIN)/python benchmarks/run_affinity.py --workers 2

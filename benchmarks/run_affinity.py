@@ -29,25 +29,28 @@ pairwise gradient cosine measured on the same steps, and the suggested grouping
    a normal run of :func:`polytask.run` on that subset of tasks, the other assays' columns
    ignored) and score each task by the group that serves it, against one model of all 12
    tasks and 12 single-task nets (that run's baselines: same encoder, head, budget and split),
-   plus a control: a random partition of the tasks into blocks of the same sizes as the full
-   3-group suggestion. Mean test ROC-AUC over the 12 tasks and Δm% vs the single-task nets
-   (negative = better), mean ± std over seeds.
+   plus a control: the tasks shuffled (fixed seed) into as many equal blocks as the 3-group
+   suggestion has models, each block one model. Mean test ROC-AUC over the 12 tasks and Δm%
+   against the single-task nets and against the all-in-one model (negative = better), mean ±
+   std over seeds.
 
 Each job (one seed of a study, one Tox21 measurement or training) is cached as a JSON file
 under ``benchmarks/.cache/affinity/`` so an interrupted benchmark resumes where it stopped;
 ``--workers`` jobs run in parallel, each on one torch thread. Writes
 ``benchmarks/results/affinity.md`` / ``.json`` and ``affinity.png`` (heat maps).
 
-Expected wall time on the 2-core machine with ``--workers 2`` (estimated from the smoke run and
-``balancing_quality.json``: a Tox21 multi-task run ~30 s, its 12 baselines ~130 s, on one
-thread): synthetic ranking ~2 min, pair searches ~10 min (5 seeds × 31 small trainings), Tox21
-affinity ~5-8 min (probe ~2 min; the full training is ~5 times slower than an unmeasured one),
-Tox21 trainings 3 seeds × (all-in-one with baselines ~3 min + 6-12 group runs ~30 s each) ~15-25
-min: **about 35-45 minutes** in all, longer while other jobs share the machine.
+Expected wall time on the 2-core machine with ``--workers 2`` (the default), estimated from
+the smoke run (one thread; Tox21 with 4 tasks: a 1-epoch probe 13 s, a 1-epoch training 7 s of
+which ~6 s is featurisation) and ``balancing_quality.json`` (Tox21 runs stop after ~7-10
+epochs; the 12 baselines ~2 min): the synthetic studies ~2-3 min (the 6-task pair search is
+21 small trainings per seed); Tox21 affinity ~2-4 min (a measured step costs ~2K passes, K =
+12); Tox21 trainings per seed ~2.5 min for the all-in-one model with its 12 baselines plus up
+to 13 distinct groups of ~15-20 s each, 3 seeds: ~10-12 min on two workers. **About 15-25
+minutes** in all (~30-40 with one worker), more while other jobs share the machine.
 
 Usage::
 
-    python benchmarks/run_affinity.py --workers 2      # everything
+    python benchmarks/run_affinity.py                  # everything, 2 workers
     python benchmarks/run_affinity.py --quick          # smoke: tiny, 4 Tox21 tasks, temp dir
     python benchmarks/run_affinity.py --skip-tox21     # the synthetic studies only
 """
@@ -132,7 +135,9 @@ def correlations(pairs: dict[tuple[int, int], float], k: int) -> np.ndarray:
     return c
 
 
-def synthetic_raw(k: int, seed: int, *, epochs: int, batch_size: int, val: float, head: int):
+def synthetic_raw(
+    k: int, seed: int, *, epochs: int, batch_size: int, val: float, head: int
+) -> dict[str, Any]:
     """The run configuration of the synthetic studies (an MLP [32] encoder, towers of
     ``head`` units, a fixed budget, no test split: affinity and pair gains use validation)."""
     return {
@@ -433,22 +438,17 @@ def tox21_groupings(
             groups = found["groups"]
             served = {t: groups[i] for t, i in found["served_by"].items()}
             out[f"{mode}, {g} groups"] = {"groups": groups, "served": served}
-    # The control: the tasks shuffled into blocks of the sizes the full 3-group suggestion
-    # serves (groups may overlap; the served blocks partition the tasks).
+    # The control: as many models as the largest suggestion, the tasks shuffled into blocks
+    # of equal size (as near as possible). Training smaller models is not itself what the
+    # affinity claims to get right; choosing which tasks share one is.
     largest = max(TOX21_GROUPS)
-    reference = out.get(f"full, {largest} groups")
-    if reference is not None:
-        blocks: dict[str, list[str]] = {}
-        for task, group in reference["served"].items():
-            blocks.setdefault(group_key(group), []).append(task)
-        sizes = sorted((len(b) for b in blocks.values()), reverse=True)
+    if len(names) > largest:
         order = [str(t) for t in np.random.default_rng(CONTROL_SEED).permutation(names)]
-        groups, start = [], 0
-        for size in sizes:
-            groups.append([t for t in names if t in order[start : start + size]])
-            start += size
+        blocks = [order[i::largest] for i in range(largest)]
+        groups = [[t for t in names if t in block] for block in blocks]
+        groups.sort(key=lambda g: names.index(g[0]))
         served = {t: g for g in groups for t in g}
-        out[f"random control ({len(groups)} blocks)"] = {"groups": groups, "served": served}
+        out[f"random control ({largest} equal blocks)"] = {"groups": groups, "served": served}
     return out
 
 
@@ -660,8 +660,9 @@ def report(data: dict[str, Any], plot: str | None) -> list[str]:
             "",
             f"![affinity heat maps]({plot})",
             "",
-            f"`{plot}`: off-diagonal affinity (diagonal hidden); synthetic panels are the "
-            "mean over seeds of the full training.",
+            f"`{plot}`: off-diagonal affinity ×10³ (the diagonal, self-affinity, is hidden: it "
+            "is 10-100 times larger); the synthetic affinity is the mean over seeds of the full "
+            "training.",
         ]
     return lines
 
@@ -672,7 +673,7 @@ def tox21_lines(tox: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     for mode in ("full", "probe"):
         doc = tox["affinity"][mode]["document"]
         lines.append(
-            f"- {mode}: {doc['epochs']} epochs, {doc['steps_measured']} measured steps "
+            f"- {mode}: {doc['epochs']} epoch(s), {doc['steps_measured']} measured steps "
             f"({tox['affinity'][mode]['seconds'] / 60:.1f} min)"
         )
     lines += [
@@ -716,7 +717,9 @@ def tox21_lines(tox: dict[str, Any], settings: dict[str, Any]) -> list[str]:
         for label, entry in check.items()
     ]
     lines += markdown_table(
-        ["models", "groups", "mean AUROC ↑", "Δm% vs single ↓", "Δm% vs all-in-one ↓"], rows
+        ["models", "groups", "mean AUROC ↑", "Δm% vs single ↓", "Δm% vs all-in-one ↓"],
+        rows,
+        left=2,
     )
     lines += ["", "Per task (test AUROC, mean over seeds):", ""]
     rows = [
@@ -737,7 +740,7 @@ def main() -> None:
     )
     parser.add_argument("--tox21-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--skip-tox21", action="store_true")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2, help="jobs at once, one thread each")
     parser.add_argument("--cache", type=Path, default=CACHE_DIR)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
@@ -753,7 +756,8 @@ def main() -> None:
             args.out = Path(tempfile.gettempdir()) / "polytask-affinity-quick"
         if args.cache == CACHE_DIR:
             args.cache = args.out / "cache"
-    threads = 1 if args.workers > 1 else None
+    # One torch thread per job: more oversubscribes a shared 2-core machine (see run_compare.py).
+    threads = 1
     load_start = load_average()
     started = time.perf_counter()
 
@@ -807,8 +811,8 @@ def main() -> None:
         panels.append(("synthetic: true correlation", correlations(GRADED_PAIRS, 6), labels))
         panels.append(
             (
-                "synthetic: affinity (full, mean over seeds)",
-                np.array(data["ranking"]["mean_affinity_matrix"]),
+                "synthetic: affinity ×10³ (full, mean over seeds)",
+                1e3 * np.array(data["ranking"]["mean_affinity_matrix"]),
                 labels,
             )
         )
@@ -854,8 +858,8 @@ def main() -> None:
         for mode in ("full", "probe"):
             panels.append(
                 (
-                    f"Tox21: affinity ({mode})",
-                    np.array(aff[mode]["document"]["affinity"], dtype=float),
+                    f"Tox21: affinity ×10³ ({mode})",
+                    1e3 * np.array(aff[mode]["document"]["affinity"], dtype=float),
                     names,
                 )
             )

@@ -48,20 +48,27 @@ training cost per configuration) and the HTML report (:func:`polytask.report`) c
 ``benchmarks/results/compare_<dataset>_report/`` when it is smaller than ``--report-max-kb``
 (otherwise it stays in the cache directory and the markdown says so).
 
-Expected wall time on the 2-core machine (estimated from ``tables.json``,
-``census_architectures.json`` and ``balancing_quality.json``: census ~1.0-1.4 s per epoch at
-full data on 2 threads, ~10 epochs per run, ~5 s of data preparation per multi-task run;
-Tox21 ~30 s per multi-task run and ~11 s per single-task net on one thread, DB-MTL and MMoE
-about twice hard sharing): census 2 × 2 baselines + 4 × 4 configurations per seed = 24 runs,
-~6 min per seed, **~30 min** for 5 seeds; Tox21 12 + 4 runs per seed and fraction, ~7 min per
-seed at [0.25, 1.0], **~35-40 min** for 5 seeds. ``--workers 2`` runs the two datasets in two
-processes of one thread each: **~40-60 min** in all; sequentially on 2 threads about 60-80
-min. Other jobs on the machine stretch both (the census architectures benchmark ran 2-3 times
-slower than its smoke test under a load of 3-9).
+Expected wall time on the 2-core machine with ``--workers 2`` (the default: the two datasets
+in two processes of one torch thread each; ``polytask compare`` itself trains its runs one
+after another). Estimated, not measured end to end: from the smoke run (one thread, 1 epoch:
+census 0.5 s per hard-sharing epoch on a quarter of the rows, DB-MTL 2 times and MMoE 2.5
+times that, ~1.5 s of data preparation per run; Tox21 0.2-0.3 s per epoch on a quarter of the
+rows with 3 tasks, ~6 s of featurisation per multi-task run) and ``tables.json`` /
+``balancing_quality.json`` (runs stop early after ~7-10 epochs): census 2 baselines + 4
+configurations at 4 fractions, ~6-8 min per seed, **~30-40 min** for 5 seeds; Tox21 12
+baselines + 4 configurations at 2 fractions, ~4-6 min per seed, **~20-30 min** (~35-45 min
+with ``--fractions 0.1 0.25 0.5 1.0``). In parallel, **about 30-45 minutes** in all on an
+otherwise idle machine; more while other jobs run. Keep one torch thread per process on a
+shared machine: in a first smoke run with 2 threads while another benchmark kept both cores
+busy, Tox21 single-task epochs on a quarter of the rows took up to 6.3 s against 0.2 s with
+one thread, and a census hard-sharing run (1 epoch, a quarter of the rows) 3.7-7.4 s against
+2.0 s. Disk: the run directories keep their model (~5 MB per Tox21 run, ~1 GB in all);
+checkpoints of finished runs are deleted as the benchmark goes (``--keep-checkpoints`` keeps
+them, ~3 GB more).
 
 Usage::
 
-    python benchmarks/run_compare.py --workers 2            # both datasets, 5 seeds
+    python benchmarks/run_compare.py                        # both datasets, 5 seeds
     python benchmarks/run_compare.py --datasets tox21       # one dataset (resumes its cache)
     python benchmarks/run_compare.py --quick                # smoke: 2 seeds, 1 epoch, temp dir
 """
@@ -70,6 +77,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -104,14 +112,19 @@ DATASETS: dict[str, dict[str, Any]] = {
     },
 }
 CONFIGURATIONS = ("hard", "hard-uncertainty", "hard-db_mtl", "mmoe")
+#: Wall time of every invocation of this script on a compare directory (a resumed benchmark
+#: reports the sum), written into that directory.
+INVOCATIONS = "benchmark_invocations.json"
+#: Run-directory parts the comparison never reads again once a run has its results.json.
+PRUNABLE = "checkpoints"
 SEEDS = [0, 1, 2, 3, 4]
 CACHE_DIR = BENCH_DIR / ".cache" / "compare"
 #: Tasks kept in the smoke run of Tox21 (the other assays' columns are ignored, not features).
 QUICK_TOX21_TASKS = ["NR-AR", "NR-AhR", "SR-ARE"]
 
 
-def configurations(dataset: str) -> list[dict[str, Any]]:
-    """The ``[[compare.configurations]]`` entries of ``dataset``."""
+def configurations(dataset: str, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """The ``[[compare.configurations]]`` entries of ``dataset`` (``names``: a subset)."""
     widths = DATASETS[dataset]["expert_widths"]
     sets = {
         "hard": [],
@@ -123,11 +136,16 @@ def configurations(dataset: str) -> list[dict[str, Any]]:
             f"model.encoder.widths={json.dumps(widths)}",
         ],
     }
-    return [{"name": name, "set": sets[name]} for name in CONFIGURATIONS]
+    return [{"name": name, "set": sets[name]} for name in names or CONFIGURATIONS]
 
 
 def build_config(
-    dataset: str, seeds: list[int], fractions: list[float], threads: int | None, quick: bool
+    dataset: str,
+    seeds: list[int],
+    fractions: list[float],
+    threads: int | None,
+    quick: bool,
+    names: list[str] | None = None,
 ) -> RunConfig:
     """The example config of ``dataset`` with the benchmark's ``[compare]`` section."""
     base = example_config(dataset)
@@ -143,7 +161,7 @@ def build_config(
     raw["compare"] = {
         "seeds": seeds,
         "fractions": fractions,
-        "configurations": configurations(dataset),
+        "configurations": configurations(dataset, names),
     }
     return config_from_dict(raw, base_dir=base.base_dir)
 
@@ -216,6 +234,11 @@ def report_lines(
     names = [n for n in doc["configurations"] if n != SINGLE_TASK]
     rows = {(r["fraction"], r["configuration"]): r for r in doc["results"]}
     metric = sorted({t["metric"] for t in doc["tasks"].values()})
+    invocations = context["invocations"]
+    total = sum(i.get("seconds", 0.0) for i in invocations)
+    loads = "; ".join(
+        f"{i['load_start']:.1f}-{i.get('load_end', math.nan):.1f}" for i in invocations
+    )
     lines = [
         f"# polytask compare on {DATASETS[dataset]['title']}",
         "",
@@ -225,9 +248,10 @@ def report_lines(
         + (f" (smoke run: {context['quick_note']})" if context.get("quick_note") else ""),
         f"- compare directory: `{context['cache']}` ({len(context['trained'])} runs trained by "
         f"this invocation, {len(context['reused'])} read back from earlier ones)",
-        f"- wall time of this invocation: {context['wall'] / 60:.1f} min; 1-minute load average "
-        f"{context['load'][0]:.1f} at the start, {context['load'][1]:.1f} at the end on "
-        f"{info['nproc']} cores (above the core count, other jobs slowed the runs)",
+        f"- wall time: {total / 60:.1f} min over {len(invocations)} invocation(s) of this "
+        f"script on this compare directory (this one {context['wall'] / 60:.1f} min); 1-minute "
+        f"load average {loads}, at the start and end of each, on {info['nproc']} cores "
+        "(above the core count, other jobs slowed the runs)",
         "",
         "Configurations (`single-task`: the baselines compare trains itself, one net per task):",
         "",
@@ -253,7 +277,7 @@ def report_lines(
         "",
         "## Verdicts per task (helps / no significant difference / hurts)",
         "",
-        f"Paired t-test over seeds, {doc['test']}; {len(tasks)} tasks each tested on its own.",
+        f"Verdict test: {doc['test']}. Each of the {len(tasks)} tasks is tested on its own.",
         "",
     ]
     lines += markdown_table(
@@ -294,9 +318,19 @@ def report_lines(
     lines += markdown_table(
         ["configuration", "fraction", "runs", "s / run", "epochs"], cost_rows, 2
     )
-    lines += ["", "## Report", "", context["report_note"], "", "## compare.md", ""]
+    lines += ["", "## Report", "", context["report_note"], ""]
+    lines += ["The compare command's own summary (`compare.md`, headings one level down):", ""]
     lines += _demoted(context["compare_md"])
     return lines
+
+
+def prune_checkpoints(root: Path) -> None:
+    """Delete the checkpoints of finished runs: a run directory with ``results.json`` is only
+    ever read back (its metrics and logs), never resumed."""
+    for results in (root / "runs").rglob("results.json"):
+        folder = results.parent / PRUNABLE
+        if folder.is_dir():
+            shutil.rmtree(folder)
 
 
 def render_report(root: Path, target: Path, max_kb: float) -> tuple[str, dict[str, Any]]:
@@ -344,11 +378,34 @@ def compare_dataset(dataset: str, settings: dict[str, Any]) -> list[str]:
     if threads is not None:
         torch.set_num_threads(threads)
     fractions = settings["fractions"] or DATASETS[dataset]["fractions"]
-    cfg = build_config(dataset, settings["seeds"], fractions, threads, settings["quick"])
+    seeds = settings["seeds"]
+    names = settings["configurations"]
     root = Path(settings["cache"]) / dataset
     load_start = load_average()
     started = time.perf_counter()
-    result = polytask.compare(cfg, out=root, quiet=False)
+    trained: list[str] = []
+    # One seed more per call: each call reads the finished runs back and trains the new seed's,
+    # so the checkpoints of finished runs can be deleted as the benchmark goes (Tox21's are
+    # ~19 MB a run) and compare.json always holds whole seeds. The last call is the comparison
+    # over every seed, exactly as one call would make it.
+    log = root / INVOCATIONS
+    invocations = json.loads(log.read_text(encoding="utf-8")) if log.is_file() else []
+    entry: dict[str, Any] = {"date": machine_info()["date"], "load_start": load_start}
+    invocations.append(entry)
+    for n in range(1, len(seeds) + 1):
+        cfg = build_config(dataset, seeds[:n], fractions, threads, settings["quick"], names)
+        result = polytask.compare(cfg, out=root, quiet=False)
+        trained += result.trained
+        if not settings["keep_checkpoints"]:
+            prune_checkpoints(root)
+        # Logged after every seed, so an interrupted invocation's time still counts.
+        entry.update(
+            seconds=round(time.perf_counter() - started, 1),
+            runs_trained=len(trained),
+            load_end=load_average(),
+        )
+        log.write_text(json.dumps(invocations, indent=1) + "\n", encoding="utf-8")
+    reused = [r for r in result.reused if r not in trained]
     wall = time.perf_counter() - started
     out = Path(settings["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -360,30 +417,36 @@ def compare_dataset(dataset: str, settings: dict[str, Any]) -> list[str]:
     context = {
         "info": info,
         "cache": root,
-        "trained": result.trained,
-        "reused": result.reused,
+        "trained": trained,
+        "reused": reused,
         "wall": wall,
+        "invocations": invocations,
         "load": (load_start, load_average()),
         "report_note": note,
         "compare_md": (root / "compare.md").read_text(encoding="utf-8"),
-        "quick_note": "1 epoch per run, Tox21 cut to 3 tasks" if settings["quick"] else "",
+        "quick_note": (
+            "1 epoch per run" + (", 3 of the 12 tasks" if dataset == "tox21" else "")
+            if settings["quick"]
+            else ""
+        ),
     }
     costs = run_costs(root)
     lines = report_lines(dataset, result.summary, costs, context)
     info["wall_seconds"] = round(wall, 1)
+    info["invocations"] = invocations
     info["load_average_1min"] = {"start": context["load"][0], "end": context["load"][1]}
     data = {
         "info": info,
         "settings": {
             "dataset": dataset,
             "config": f"examples/{dataset}.toml",
-            "seeds": settings["seeds"],
+            "seeds": seeds,
             "fractions": fractions,
-            "configurations": configurations(dataset),
+            "configurations": configurations(dataset, names),
             "quick": settings["quick"],
             "compare_dir": str(root),
-            "runs_trained": len(result.trained),
-            "runs_reused": len(result.reused),
+            "runs_trained": len(trained),
+            "runs_reused": len(reused),
         },
         "compare": result.summary,
         "cost": costs,
@@ -404,27 +467,39 @@ def main() -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="datasets compared at once, each in its own process on one thread (compare "
-        "itself trains its runs one after another)",
+        default=2,
+        help="datasets compared at once, each in its own process (compare itself trains its "
+        "runs one after another)",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads per process (default: torch's)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per process (more than one oversubscribes a shared machine)",
+    )
+    parser.add_argument(
+        "--configurations", nargs="+", default=list(CONFIGURATIONS), choices=CONFIGURATIONS
     )
     parser.add_argument("--cache", type=Path, default=CACHE_DIR, help="compare directories")
+    parser.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep the checkpoints of finished runs (default: deleted, ~19 MB per Tox21 run)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--report-max-kb", type=float, default=1024.0)
     args = parser.parse_args()
     if args.quick:
         args.seeds = [0, 1]  # two seeds: the least that gives intervals and verdicts
-        args.fractions = args.fractions or [0.25, 1.0]
+        # Small fractions keep the smoke run to minutes; every configuration still runs.
+        args.fractions = args.fractions or [0.1, 0.25]
         if args.out == RESULTS_DIR:
             # A smoke run must not overwrite the committed results nor resume the real cache.
             args.out = Path(tempfile.gettempdir()) / "polytask-compare-quick"
         if args.cache == CACHE_DIR:
             args.cache = args.out / "cache"
     workers = max(1, min(args.workers, len(args.datasets)))
-    threads = args.threads if args.threads is not None else (1 if workers > 1 else None)
+    threads = args.threads
     settings = {
         "seeds": args.seeds,
         "fractions": args.fractions,
@@ -433,6 +508,8 @@ def main() -> None:
         "cache": str(args.cache),
         "out": str(args.out),
         "report_max_kb": args.report_max_kb,
+        "configurations": args.configurations,
+        "keep_checkpoints": args.keep_checkpoints,
     }
     if workers == 1:
         for dataset in args.datasets:

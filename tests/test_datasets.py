@@ -331,3 +331,21 @@ def test_diabetes_dtypes_and_missing(diabetes: pd.DataFrame) -> None:
     features = DATASETS["diabetes"].feature_columns(diabetes)
     assert "payer_code" in features
     assert "patient_nbr" not in features and "readmitted" not in features
+
+
+def test_one_task_of_a_dataset_never_reads_the_others_labels(require_data: RequireData) -> None:
+    # Training one of a dataset's tasks must not turn the other tasks' labels into features
+    # (here never_married, which would leak a label into the income model).
+    from polytask.config import config_from_dict
+    from polytask.data.prepare import prepare_data
+
+    cfg = config_from_dict(
+        {
+            "data": {"dataset": "census", "root": str(require_data("census"))},
+            "tasks": [{"name": "income", "kind": "binary", "target": "income_50k"}],
+        }
+    )
+    data = prepare_data(cfg)
+    columns = set(data.preprocessor.columns)
+    assert "age" in columns
+    assert not columns & set(DATASETS["census"].targets)

@@ -110,7 +110,10 @@ def _read_sources(
         df = load_dataset(data.dataset, cfg.resolve(data.root) if data.root else None)
         source = f"dataset '{data.dataset}'"
         group = group or info.group
-        ignore = sorted(set(ignore) | set(info.ignore))
+        # Every label column of the dataset is kept out of the features, not only the labels
+        # of the tasks trained: a run on 2 of Tox21's 12 assays must not read the other 10
+        # (list them in data.features to use them as inputs on purpose).
+        ignore = sorted(set(ignore) | set(info.ignore) | set(info.targets))
     else:
         assert data.path is not None
         df, source, files_root = _read_path(cfg, cfg.resolve(data.path))

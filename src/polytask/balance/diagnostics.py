@@ -102,11 +102,6 @@ def gradient_gramian(
     return TaskGramian(names, gramian)
 
 
-def task_gradient_norms(losses: dict[str, Tensor], params: list[nn.Parameter]) -> dict[str, float]:
-    """‖∇_θ L_k‖ over ``params`` for each task, leaving the graph (and ``.grad``) intact."""
-    return task_gradient_gramian(losses, params).norms()
-
-
 def pair_key(a: str, b: str) -> str:
     """The metrics-log key of a task pair (``a`` before ``b`` in task order)."""
     return f"{a}|{b}"

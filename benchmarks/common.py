@@ -52,6 +52,18 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def worker_run_info(workers: int | None = None, wall: float | None = None) -> dict[str, Any]:
+    """:func:`machine_info` for a benchmark whose runs each use one torch thread (in ``workers``
+    parallel processes, taking ``wall`` seconds in all, when given)."""
+    info = machine_info()
+    info["torch_threads"] = 1
+    if workers is not None:
+        info["workers"] = workers
+    if wall is not None:
+        info["wall_seconds"] = round(wall, 1)
+    return info
+
+
 def _relative(path: str) -> str:
     try:
         return str(Path(path).resolve().relative_to(REPO_DIR))

@@ -66,9 +66,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from polytask.evaluate.affinity import AffinityResult
 
 from common import (
     BENCH_DIR,
@@ -175,7 +180,6 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def job_ranking(job: dict[str, Any]) -> dict[str, Any]:
     """One seed of the ranking study: full and probe affinity on the six graded tasks."""
-    from polytask import affinity, config_from_dict
     from polytask.data.synthetic import make_correlated_tasks
 
     k = 6
@@ -185,14 +189,7 @@ def job_ranking(job: dict[str, Any]) -> dict[str, Any]:
     raw = synthetic_raw(k, job["seed"], epochs=job["epochs"], batch_size=256, val=0.2, head=32)
     out: dict[str, Any] = {}
     for mode in ("full", "probe"):
-        result = affinity(
-            config_from_dict(raw),
-            frame=frame,
-            probe=mode == "probe",
-            every=1,
-            max_groups=2,
-            quiet=True,
-        )
+        result = measure_synthetic(raw, frame, mode)
         out[mode] = {
             "affinity": result.affinity.tolist(),
             "gradient_cosine": result.gradient_cosine.tolist(),
@@ -203,9 +200,18 @@ def job_ranking(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def measure_synthetic(raw: dict[str, Any], frame: pd.DataFrame, mode: str) -> AffinityResult:
+    """Affinity of a synthetic study: every step measured, 2 groups; ``mode`` full or probe."""
+    from polytask import affinity, config_from_dict
+
+    return affinity(
+        config_from_dict(raw), frame=frame, probe=mode == "probe", every=1, max_groups=2, quiet=True
+    )
+
+
 def job_grouping(job: dict[str, Any]) -> dict[str, Any]:
     """One seed of a grouping case: the exhaustive pair search, full and probe affinity."""
-    from polytask import affinity, config_from_dict
+    from polytask import config_from_dict
     from polytask.data.synthetic import make_correlated_tasks
     from polytask.evaluate.affinity import pair_search
 
@@ -225,14 +231,7 @@ def job_grouping(job: dict[str, Any]) -> dict[str, Any]:
         }
     }
     for mode in ("full", "probe"):
-        result = affinity(
-            config_from_dict(raw),
-            frame=frame,
-            probe=mode == "probe",
-            every=1,
-            max_groups=2,
-            quiet=True,
-        )
+        result = measure_synthetic(raw, frame, mode)
         out[mode] = {"groups": result.grouping.groups, "affinity": result.affinity.tolist()}
     return out
 

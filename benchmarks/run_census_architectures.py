@@ -53,10 +53,10 @@ from typing import Any
 from common import (
     RESULTS_DIR,
     example_config,
-    machine_info,
     machine_lines,
     markdown_table,
     mean_std,
+    worker_run_info,
     write_results,
 )
 from polytask.config import RunConfig, config_from_dict
@@ -336,10 +336,7 @@ def main() -> None:
     add_delta_m(runs)
     runs.sort(key=lambda r: (args.models.index(r["model"]), r["seed"]))
     summary = summarise(runs, args.models)
-    info = machine_info()
-    info["torch_threads"] = 1  # each worker pins itself to one thread
-    info["workers"] = args.workers
-    info["wall_seconds"] = round(wall, 1)
+    info = worker_run_info(args.workers, wall)
     info["load_average_1min"] = {"start": load_start, "end": os.getloadavg()[0]}
     lines = report(summary, runs, counts, info, args)
     load = info["load_average_1min"]

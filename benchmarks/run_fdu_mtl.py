@@ -59,10 +59,10 @@ import numpy as np
 
 from common import (
     RESULTS_DIR,
-    machine_info,
     machine_lines,
     markdown_table,
     mean_std,
+    worker_run_info,
     write_results,
 )
 from polytask.config import config_from_dict
@@ -405,10 +405,7 @@ def main() -> None:
     temp.cleanup()
     runs.sort(key=lambda r: (r["encoder"], r["mode"], r["seed"], list(r["test"])))
     summary = summarise(runs, domains)
-    info = machine_info()
-    info["torch_threads"] = 1  # each worker pins itself to one thread
-    info["workers"] = args.workers
-    info["wall_seconds"] = round(wall, 1)
+    info = worker_run_info(args.workers, wall)
     lines, verdict = report(summary, domains, info, args, embed_seconds)
     lines += ["", f"Wall time: {wall / 60:.1f} min with {args.workers} workers."]
     data = {

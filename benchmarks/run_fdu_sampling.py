@@ -45,10 +45,10 @@ import pandas as pd
 
 from common import (
     RESULTS_DIR,
-    machine_info,
     machine_lines,
     markdown_table,
     mean_std,
+    worker_run_info,
     write_results,
 )
 from run_fdu_mtl import ENCODERS
@@ -218,10 +218,7 @@ def main() -> None:
     small = sorted(domains, key=lambda d: sizes[d])[:N_SMALL]
     summary = {s: summarise([r for r in runs if r["setting"] == s], small) for s in args.settings}
 
-    info = machine_info()
-    info["torch_threads"] = 1
-    info["workers"] = args.workers
-    info["wall_seconds"] = round(wall, 1)
+    info = worker_run_info(args.workers, wall)
     family = ENCODERS["embedding_bag"]
     lines = [
         "# FDU-MTL as 16 data sources: sampling strategies compared",

@@ -41,7 +41,14 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS_DIR, machine_info, machine_lines, markdown_table, mean_std, write_results
+from common import (
+    RESULTS_DIR,
+    machine_lines,
+    markdown_table,
+    mean_std,
+    worker_run_info,
+    write_results,
+)
 from polytask.config import config_from_dict
 from polytask.evaluate.delta import delta_m
 
@@ -294,10 +301,7 @@ def main() -> None:
     wall = time.perf_counter() - started
     runs.sort(key=lambda r: (MODELS.index(r["model"]), r["seed"]))
     summary = summarise(runs)
-    info = machine_info()
-    info["torch_threads"] = 1  # each worker pins itself to one thread
-    info["workers"] = args.workers
-    info["wall_seconds"] = round(wall, 1)
+    info = worker_run_info(args.workers, wall)
     # Run times depend on what else the machine runs: record how busy it was at the end.
     info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     lines = report(summary, counts, info, args)

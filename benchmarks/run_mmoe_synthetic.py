@@ -41,10 +41,10 @@ from typing import Any
 
 from common import (
     RESULTS_DIR,
-    machine_info,
     machine_lines,
     markdown_table,
     mean_std,
+    worker_run_info,
     write_results,
 )
 from polytask.config import config_from_dict
@@ -393,10 +393,7 @@ def main() -> None:
     plot_path = args.out / "mmoe_synthetic.png"
     args.out.mkdir(parents=True, exist_ok=True)
     plot = plot_path.name if make_plot(summary, plot_path) else None
-    info = machine_info()
-    info["torch_threads"] = 1  # each worker pins itself to one thread
-    info["workers"] = args.workers
-    info["wall_seconds"] = round(wall, 1)
+    info = worker_run_info(args.workers, wall)
     lines = report(summary, counts, info, args, holds, why, plot)
     lines += ["", f"Wall time: {wall / 60:.1f} min with {args.workers} workers."]
     data = {

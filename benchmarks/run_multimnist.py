@@ -54,10 +54,10 @@ from typing import Any
 
 from common import (
     RESULTS_DIR,
-    machine_info,
     machine_lines,
     markdown_table,
     mean_std,
+    worker_run_info,
     write_results,
 )
 from polytask.config import config_from_dict
@@ -349,10 +349,7 @@ def save(
     """Write the results of the runs done so far; returns the markdown lines."""
     runs = sorted(runs, key=lambda r: (MODELS.index(r["model"]), r["task"] or "", r["seed"]))
     summary = summarise(runs)
-    info = machine_info()
-    info["torch_threads"] = 1  # each worker pins itself to one thread
-    info["workers"] = args.workers
-    info["wall_seconds"] = round(wall, 1)
+    info = worker_run_info(args.workers, wall)
     lines = report(summary, counts, info, args, runs)
     lines += ["", f"Wall time: {wall / 60:.1f} min with {args.workers} workers."]
     if len(runs) < n_jobs:

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common import RESULTS_DIR, machine_info, machine_lines, markdown_table, write_results
+from common import RESULTS_DIR, machine_lines, markdown_table, worker_run_info, write_results
 
 N_FEATURES = 24
 GROUP_ROWS = 262_144
@@ -152,8 +152,7 @@ def main() -> None:
         best(side["in memory"], "rows_per_s"),
         best(side["streamed"], "rows_per_s"),
     )
-    info = machine_info()
-    info["torch_threads"] = 1  # every run sets train.threads = 1
+    info = worker_run_info()
     size_gb = large.stat().st_size / 1e9
     rows = [
         [

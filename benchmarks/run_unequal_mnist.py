@@ -38,10 +38,10 @@ import pandas as pd
 from common import (
     RESULTS_DIR,
     fmt_mean_std,
-    machine_info,
     machine_lines,
     markdown_table,
     mean_std,
+    worker_run_info,
     write_results,
 )
 
@@ -176,8 +176,7 @@ def main() -> None:
                 f"{mean_std([r['seconds'] for r in mine])[0]:.0f}",
             ]
         )
-    info = machine_info()
-    info["torch_threads"] = 1  # each run sets train.threads = 1
+    info = worker_run_info()
     md = [
         "# Unequal task sizes on MNIST digits: 6,000 / 600 / 60 labels",
         "",

@@ -57,17 +57,12 @@ def make_mmoe_synthetic(
     Raises:
         ValueError: if an argument is outside its range.
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    _check_generator(n_samples, n_sines, noise)
     # Written as a negated range test so that NaN is rejected too.
     if not -1.0 <= correlation <= 1.0:
         raise ValueError(f"correlation must be between -1 and 1, got {correlation}")
     if n_features < 2:
         raise ValueError(f"n_features must be at least 2, got {n_features}")
-    if n_sines < 0:
-        raise ValueError(f"n_sines must be at least 0, got {n_sines}")
-    if not noise >= 0.0:
-        raise ValueError(f"noise must be at least 0, got {noise}")
 
     rng = np.random.default_rng(seed)
 
@@ -102,6 +97,17 @@ def make_mmoe_synthetic(
     )
     result: pd.DataFrame = pd.concat([frame, labels], axis=1)
     return result
+
+
+def _check_generator(n_samples: int, n_sines: int, noise: float) -> None:
+    """The arguments both generators share, checked alike."""
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    if n_sines < 0:
+        raise ValueError(f"n_sines must be at least 0, got {n_sines}")
+    # Negated so that NaN is rejected too.
+    if not noise >= 0.0:
+        raise ValueError(f"noise must be at least 0, got {noise}")
 
 
 def _label(
@@ -202,12 +208,7 @@ def make_correlated_tasks(
     Raises:
         ValueError: if an argument is outside its range.
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-    if n_sines < 0:
-        raise ValueError(f"n_sines must be at least 0, got {n_sines}")
-    if not noise >= 0.0:
-        raise ValueError(f"noise must be at least 0, got {noise}")
+    _check_generator(n_samples, n_sines, noise)
     rng = np.random.default_rng(seed)
     weights = correlated_task_weights(correlations, n_features, scale=scale, rng=rng)
     k = weights.shape[0]

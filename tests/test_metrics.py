@@ -169,6 +169,15 @@ def test_every_metric_has_its_direction() -> None:
         assert higher_is_better(_task_of(kind), name) is up, (kind, name)
 
 
+def test_direction_known_before_the_classes_are() -> None:
+    # A comparison summarises multiclass tasks declared in a config (classes inferred later
+    # from the data); asking for a metric's direction must not need them.
+    for kind in ("multiclass", "segmentation"):
+        bare = Task("t", kind, "y")
+        for name in METRICS[kind]:
+            assert higher_is_better(bare, name) is EXPECTED_DIRECTION[(kind, name)]
+
+
 def test_relative_change_signs() -> None:
     # Lower is better: an AUROC going 0.80 -> 0.84 is a 5% improvement, i.e. -0.05.
     assert relative_change(0.84, 0.80, True) == pytest.approx(-0.05)

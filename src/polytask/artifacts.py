@@ -1,8 +1,8 @@
 """Model directories: save a trained model, load it back, predict from DataFrames.
 
 A model directory holds ``model.safetensors`` (weights) and JSON files: ``model.json``
-(architecture and input shape), ``tasks.json`` (fitted task specs), ``preprocessing.json`` and
-``metrics.json``. Nothing is unpickled on load. Directories are written atomically.
+(architecture and input shape), ``tasks.json`` (fitted task specs), ``preprocessing.json``,
+``metrics.json`` and, for a fine-tuned or distilled model, ``lineage.json``. Nothing is unpickled on load. Directories are written atomically.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class Predictor:
         id_column: str | None = None,
         na_values: list[str] | None = None,
         metrics: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
     ) -> None:
         self.model = model.eval()
         self.tasks = tasks
@@ -59,6 +60,9 @@ class Predictor:
         self.id_column = id_column
         self.na_values = list(na_values or [])
         self.metrics = metrics or {}
+        #: Where the model came from when it was not trained from scratch: the base model of
+        #: a fine-tuning run, the teachers of a distilled one (``lineage.json``; empty else).
+        self.lineage = lineage or {}
         self.batch_size = 8192
 
     @property
@@ -151,6 +155,8 @@ class Predictor:
             write_json(staging / "tasks.json", [t.to_dict() for t in self.tasks])
             write_json(staging / "preprocessing.json", self.preprocessor.to_dict())
             write_json(staging / "metrics.json", self.metrics)
+            if self.lineage:
+                write_json(staging / "lineage.json", self.lineage)
         return target
 
 
@@ -218,6 +224,8 @@ def load(path: str | Path) -> Predictor:
     model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
     metrics_path = directory / "metrics.json"
     metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+    lineage_path = directory / "lineage.json"
+    lineage = read_json(lineage_path) if lineage_path.is_file() else {}
     return Predictor(
         model,
         tasks,
@@ -227,4 +235,5 @@ def load(path: str | Path) -> Predictor:
         id_column=meta.get("id_column"),
         na_values=meta.get("na_values"),
         metrics=metrics,
+        lineage=lineage,
     )

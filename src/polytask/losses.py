@@ -9,10 +9,13 @@ than a zero that would still enter a balancer's statistics.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from polytask.data.tensors import Batch
 from polytask.tasks import Task
 
 
@@ -78,3 +81,25 @@ def task_losses(
         if value is not None:
             result[name] = value
     return result
+
+
+class BatchLoss(Protocol):
+    """What the trainer calls for a training step's per-task losses: the model's ``outputs``
+    on ``batch`` and the fraction of training done (``progress`` in [0, 1], for schedules such
+    as teacher annealing). Tasks without a loss in this batch are left out."""
+
+    def __call__(
+        self, outputs: dict[str, Tensor], batch: Batch, progress: float
+    ) -> dict[str, Tensor]: ...
+
+
+class LabelLoss:
+    """The ordinary :class:`BatchLoss`: each task's loss against its labels."""
+
+    def __init__(self, tasks: list[Task]) -> None:
+        self.losses = {t.name: TaskLoss(t) for t in tasks}
+
+    def __call__(
+        self, outputs: dict[str, Tensor], batch: Batch, progress: float
+    ) -> dict[str, Tensor]:
+        return task_losses(self.losses, outputs, batch.targets, batch.masks)

@@ -20,6 +20,7 @@ from polytask.data.prepare import PreparedData, prepare_data
 from polytask.errors import ConfigError, PolytaskError
 from polytask.evaluate.compare import Comparison, compare
 from polytask.evaluate.evaluation import evaluate_data
+from polytask.losses import BatchLoss
 from polytask.models.model import MultiTaskModel, build_model
 from polytask.state_io import atomic_write_text, to_json, write_json
 from polytask.tasks import Task
@@ -132,11 +133,16 @@ def train_model(
     console: Console | None = None,
     callbacks: Sequence[Callback] = (),
     label: str = "multi-task",
+    model: MultiTaskModel | None = None,
+    loss_fn: BatchLoss | None = None,
+    param_groups: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[MultiTaskModel, FitResult]:
     """Build and train one model on ``tasks`` (all of them, or one for a baseline).
 
-    With ``train.tensorboard`` and a ``run_dir``, the epochs are also logged to
-    ``run_dir/tensorboard/`` (without a run directory there is nowhere to write: no logging).
+    ``model`` trains a given model instead of a new one (fine-tuning); ``loss_fn`` and
+    ``param_groups`` go to the :class:`Trainer`. With ``train.tensorboard`` and a
+    ``run_dir``, the epochs are also logged to ``run_dir/tensorboard/`` (without a run
+    directory there is nowhere to write: no logging).
     """
     names = [t.name for t in tasks]
     logger = None
@@ -146,7 +152,8 @@ def train_model(
         # First, so an epoch is logged even if a later callback stops the run.
         logger = TensorBoardLogger(run_dir / "tensorboard")
         callbacks = [logger, *callbacks]
-    model = build_model(tasks, data.input_spec, cfg.model, seed=cfg.seed)
+    if model is None:
+        model = build_model(tasks, data.input_spec, cfg.model, seed=cfg.seed)
     balancer = build_balancer(cfg.balancer.name, cfg.balancer.params(), tasks)
     trainer = Trainer(
         model,
@@ -159,6 +166,8 @@ def train_model(
         label=label,
         quiet=quiet,
         schedule=cfg.schedule,
+        loss_fn=loss_fn,
+        param_groups=param_groups,
     )
     train = data.training_sources(cfg.sampling).subset_tasks(names)
     try:

@@ -7,13 +7,14 @@ Every check on the user's data happens here, before anything is written to disk.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from polytask.config import RunConfig, source_config
 from polytask.data.files import read_lines, scan_folder
@@ -269,16 +270,34 @@ def _filter_rows(df: pd.DataFrame, where: dict[str, str | list[str]], source: st
     return kept
 
 
+#: Computes soft targets (per task, one tensor row per table row) from the whole table as
+#: read, with the fitted tasks: how distillation attaches a teacher's outputs to the rows.
+SoftTargets = Callable[[pd.DataFrame, str, Path | None, list[Task]], dict[str, Tensor]]
+
+
 def prepare_data(
     cfg: RunConfig,
     frame: pd.DataFrame | None = None,
     frames: Mapping[str, pd.DataFrame] | None = None,
+    *,
+    preprocessor: TablePreprocessor | InputProcessor | None = None,
+    fitted: Mapping[str, Task] | None = None,
+    soft_targets: SoftTargets | None = None,
 ) -> PreparedData:
     """Read, check, split, fit and encode the data of ``cfg`` (or of ``frame``, or of the
-    sources' ``frames`` by source name)."""
+    sources' ``frames`` by source name).
+
+    Fine-tuning passes the base model's ``preprocessor`` (used as fitted: the inputs must
+    mean what they meant to the base) and its ``fitted`` tasks (classes and target scaling
+    kept); distillation passes ``soft_targets``.
+    """
     if cfg.data.stream:
         if frame is not None:
             raise ConfigError("config error: data.stream: streams a file, not a data frame")
+        if preprocessor is not None or fitted or soft_targets is not None:
+            raise ConfigError(
+                "config error: data.stream: fine-tuning and distillation read tables in memory"
+            )
         return _prepare_stream(cfg)
     sources: list[tuple[str, list[str], np.ndarray]] | None = None
     if cfg.data.sources:
@@ -294,20 +313,18 @@ def prepare_data(
     target_cols = list(dict.fromkeys(c for t in tasks for c in t.targets))
     require_columns(df, target_cols, source, "target")
     role_columns = [c for c in (loaded.group, data.id, data.split.column) if c is not None]
-    processor = None
-    if data.input is not None:
+    known = dict(fitted or {})
+    tasks = [known.get(t.name) or fit_task(t, df, train_idx, source, files_root) for t in tasks]
+    pre: TablePreprocessor | InputProcessor
+    if preprocessor is not None:
+        pre = preprocessor
+    elif data.input is not None:
         processor = build_input(data.input.name, data.input.params())
         require_columns(df, processor.columns, source, f"data.input '{data.input.name}'")
-        features: list[str] = []
-    else:
-        features = _feature_columns(cfg, df, source, target_cols, loaded.ignore, role_columns)
-
-    tasks = [fit_task(t, df, train_idx, source, files_root) for t in tasks]
-    pre: TablePreprocessor | InputProcessor
-    if processor is not None:
         processor.fit(df.iloc[train_idx], source, files_root)
         pre = processor
     else:
+        features = _feature_columns(cfg, df, source, target_cols, loaded.ignore, role_columns)
         pre = _fit_table(cfg, df, features, train_idx, source)
     inputs = pre.transform(df, source, files_root)
     encoded = {t.name: encode_targets(t, df, source, files_root) for t in tasks}
@@ -315,6 +332,7 @@ def prepare_data(
         inputs,
         {k: v[0] for k, v in encoded.items()},
         {k: v[1] for k, v in encoded.items()},
+        soft_targets(df, source, files_root, tasks) if soft_targets is not None else {},
     )
 
     def split(rows: np.ndarray) -> TensorData:

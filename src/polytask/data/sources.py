@@ -96,6 +96,7 @@ class SourceSet:
             {k: torch.cat([p.inputs[k] for p in parts]) for k in parts[0].inputs},
             {k: torch.cat([p.targets[k] for p in parts]) for k in parts[0].targets},
             {k: torch.cat([p.masks[k] for p in parts]) for k in parts[0].masks},
+            {k: torch.cat([p.soft[k] for p in parts]) for k in parts[0].soft},
         )
 
     def steps(self, batch_size: int, epoch: int, epochs: int) -> int:

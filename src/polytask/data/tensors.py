@@ -8,7 +8,7 @@ CPU is what keeps the training loop close to a hand-written one.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -16,11 +16,14 @@ from torch import Tensor
 
 @dataclass
 class Batch:
-    """Inputs and, per task, labels and validity masks."""
+    """Inputs and, per task, labels and validity masks (and soft targets, if any)."""
 
     inputs: dict[str, Tensor]
     targets: dict[str, Tensor]
     masks: dict[str, Tensor]
+    #: Per task, a second target for every row besides the label: a teacher's raw outputs in
+    #: distillation (:mod:`polytask.distill`). Empty for ordinary training.
+    soft: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return next(iter(self.inputs.values())).shape[0]
@@ -33,6 +36,8 @@ class TensorData:
     inputs: dict[str, Tensor]
     targets: dict[str, Tensor]
     masks: dict[str, Tensor]
+    #: Per task, soft targets for every row (see :attr:`Batch.soft`).
+    soft: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         sizes = {t.shape[0] for t in self._all()}
@@ -40,7 +45,12 @@ class TensorData:
             raise ValueError(f"tensors disagree on the number of rows: {sorted(sizes)}")
 
     def _all(self) -> list[Tensor]:
-        return [*self.inputs.values(), *self.targets.values(), *self.masks.values()]
+        return [
+            *self.inputs.values(),
+            *self.targets.values(),
+            *self.masks.values(),
+            *self.soft.values(),
+        ]
 
     def __len__(self) -> int:
         return self._all()[0].shape[0]
@@ -51,12 +61,13 @@ class TensorData:
             {k: v.index_select(0, index) for k, v in self.inputs.items()},
             {k: v.index_select(0, index) for k, v in self.targets.items()},
             {k: v.index_select(0, index) for k, v in self.masks.items()},
+            {k: v.index_select(0, index) for k, v in self.soft.items()},
         )
 
     def rows(self, index: Tensor) -> TensorData:
         """The rows at ``index`` as a new :class:`TensorData`."""
         batch = self.take(index)
-        return TensorData(batch.inputs, batch.targets, batch.masks)
+        return TensorData(batch.inputs, batch.targets, batch.masks, batch.soft)
 
     def subset_tasks(self, names: list[str]) -> TensorData:
         """The same rows with only the tasks in ``names`` (for single-task baselines)."""
@@ -64,6 +75,7 @@ class TensorData:
             self.inputs,
             {k: self.targets[k] for k in names},
             {k: self.masks[k] for k in names},
+            {k: v for k, v in self.soft.items() if k in names},
         )
 
     def batches(

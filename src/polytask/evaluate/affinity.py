@@ -50,7 +50,6 @@ from polytask.balance.diagnostics import TaskGramian, gradient_gramian
 from polytask.config import RunConfig, load_config
 from polytask.errors import ConfigError
 from polytask.evaluate.grouping import Grouping, SearchMethod, search_groups
-from polytask.losses import task_losses
 from polytask.state_io import atomic_write_text, to_json
 
 if TYPE_CHECKING:
@@ -190,7 +189,7 @@ class AffinityProbe:
 
         def loss_of() -> dict[str, Tensor]:
             outputs = model(batch.inputs)
-            return task_losses(trainer.losses, outputs, batch.targets, batch.masks)
+            return trainer.loss_fn(outputs, batch, trainer.progress)
 
         self.add(step_affinity(model, loss_of, shared, lr))
 

@@ -7,6 +7,7 @@ dollars), not on the standardised scale the network learns.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -89,7 +90,13 @@ def make_metric(task: Task, name: str) -> Metric:
 
 
 def higher_is_better(task: Task, name: str) -> bool:
-    """Direction of metric ``name`` for ``task``, read from the torchmetrics class."""
+    """Direction of metric ``name`` for ``task``, read from the torchmetrics class.
+
+    Works before the data is read: a class-count metric is built with two placeholder
+    classes when the task's classes are not known yet (the direction does not depend on them).
+    """
+    if task.kind in ("multiclass", "segmentation") and not task.classes:
+        task = dataclasses.replace(task, classes=["0", "1"])
     flag = make_metric(task, name).higher_is_better
     if flag is None:  # pragma: no cover - every metric we register declares it
         raise ValueError(f"metric {name!r} declares no direction")

@@ -20,12 +20,27 @@ class MultiTaskModel(nn.Module):
     def __init__(self, architecture: Architecture, tasks: list[Task]) -> None:
         super().__init__()
         self.architecture = architecture
+        # A plain list, not registered: these modules are the model's own, counted once.
+        self._eval_only: list[nn.Module] = []
         # The single output channel a head produces for these kinds is dropped.
         self._squeeze_dim = {
             t.name: -1 if t.kind in ("binary", "regression") else 1
             for t in tasks
             if t.kind in ("binary", "regression", "dense_regression")
         }
+
+    def keep_in_eval(self, modules: list[nn.Module]) -> None:
+        """Keep ``modules`` in eval mode while the model trains (frozen layers: their batch-norm
+        running statistics must not move and their dropout must not fire, or a frozen part
+        would still change what it computes); an empty list releases them all."""
+        self._eval_only = list(modules)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> MultiTaskModel:
+        super().train(mode)
+        for module in self._eval_only:
+            module.train(False)
+        return self
 
     def _shape(self, task: str, raw: Tensor) -> Tensor:
         dim = self._squeeze_dim.get(task)

@@ -28,7 +28,7 @@ from polytask.config import TrainConfig
 from polytask.data.sources import SourceSet, TrainingData
 from polytask.data.tensors import Batch, TensorData
 from polytask.evaluate.evaluation import evaluate_data
-from polytask.losses import TaskLoss, task_losses
+from polytask.losses import BatchLoss, LabelLoss
 from polytask.state_io import (
     atomic_directory,
     atomic_write_text,
@@ -189,7 +189,15 @@ class Trainer:
         label: str = "multi-task",
         quiet: bool = False,
         schedule: ScheduleConfig | None = None,
+        loss_fn: BatchLoss | None = None,
+        param_groups: Sequence[dict[str, Any]] | None = None,
     ) -> None:
+        """``loss_fn`` replaces the per-task label losses (distillation mixes in a teacher's
+        outputs); ``param_groups`` replaces the single group of every trainable parameter:
+        each a dict with ``params`` and an optional ``lr_scale`` multiplying the learning rate
+        (fine-tuning's per-group rates). A parameter may sit in a group while frozen
+        (``requires_grad`` false): it gets no gradient, so AdamW leaves it alone until it is
+        unfrozen."""
         self.model = model
         self.tasks = tasks
         self.balancer = balancer
@@ -201,11 +209,13 @@ class Trainer:
         self.console = console or Console(stderr=True)
         self.label = label
         self.quiet = quiet
-        self.losses = {t.name: TaskLoss(t) for t in tasks}
+        self.loss_fn: BatchLoss = loss_fn if loss_fn is not None else LabelLoss(tasks)
         self.criterion = Criterion(config.criterion, tasks)
-        groups: list[dict[str, Any]] = [
-            {"params": [p for p in model.parameters() if p.requires_grad]}
-        ]
+        groups: list[dict[str, Any]] = (
+            [dict(g) for g in param_groups]
+            if param_groups is not None
+            else [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        )
         learned = [p for p in balancer.parameters() if p.requires_grad]
         if learned:
             # A balancer's own parameters (e.g. log-variances) are not weights to shrink.
@@ -213,6 +223,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
+        #: Fraction of the training steps done before the current step (schedules read it).
+        self.progress = 0.0
         self.epoch = 0
         self.best_criterion = math.inf
         self.best_epoch = 0
@@ -347,7 +359,12 @@ class Trainer:
         probs = sources.probabilities(self.epoch, cfg.epochs)
         # Clipping bounds the network's step; a balancer's own parameters (log-variances,
         # GradNorm weights) follow their own objective and are not clipped with it.
-        model_params = [p for p in self.model.parameters() if p.requires_grad]
+        # (Parameters frozen now may be unfrozen by a callback later: clipping skips any
+        # parameter without a gradient.)
+        own = {id(p) for p in self.balancer.parameters()}
+        model_params = [
+            p for g in self.optimizer.param_groups for p in g["params"] if id(p) not in own
+        ]
         with self._progress(n_steps) as progress:
             for i, drawn in enumerate(draws):
                 if i < skip:
@@ -357,11 +374,12 @@ class Trainer:
                     stats.source_rows[src] += count
                 factor = lr_factor(self.step, total_steps, cfg.scheduler, cfg.warmup)
                 for group in self.optimizer.param_groups:
-                    group["lr"] = cfg.lr * factor
+                    group["lr"] = cfg.lr * factor * group.get("lr_scale", 1.0)
+                self.progress = self.step / max(total_steps, 1)
                 for hook in self._step_hooks:
                     hook.before_step(self, batch)
                 outputs = self.balancer.forward(self.model, batch.inputs)
-                losses = task_losses(self.losses, outputs, batch.targets, batch.masks)
+                losses = self.loss_fn(outputs, batch, self.progress)
                 if plan is not None:
                     chosen = plan[drawn.step]
                     for name in chosen:

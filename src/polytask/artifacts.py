@@ -2,7 +2,8 @@
 
 A model directory holds ``model.safetensors`` (weights) and JSON files: ``model.json``
 (architecture and input shape), ``tasks.json`` (fitted task specs), ``preprocessing.json``,
-``metrics.json`` and, for a fine-tuned or distilled model, ``lineage.json``. Nothing is unpickled on load. Directories are written atomically.
+``metrics.json`` and, for a fine-tuned or distilled model, ``lineage.json``. Nothing is
+unpickled on load. Directories are written atomically.
 """
 
 from __future__ import annotations

@@ -379,6 +379,71 @@ class AffinityConfig(_Strict):
     )
 
 
+class DistillConfig(_Strict):
+    """``[distill]``: train the run's model (the student) on teachers' outputs as well as the
+    labels (:mod:`polytask.distill`; ``polytask distill``). Without teachers, no distillation."""
+
+    teachers: list[str] = Field(
+        default_factory=list,
+        description="teacher model (or run) directories: one multi-task model, or one per task",
+    )
+    temperature: float = Field(
+        default=2.0, gt=0.0, description="softening of classification outputs (Hinton et al.)"
+    )
+    anneal: bool = Field(
+        default=True,
+        description="teacher annealing (Clark et al., BAM!): the labels' weight rises linearly "
+        "from 0 (teacher only) to 1 (labels only) over training; false: label_weight throughout",
+    )
+    label_weight: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="the labels' share of the loss when not annealing"
+    )
+    fill_missing: bool = Field(
+        default=True,
+        description="rows without a task's label learn that task from the teacher alone; "
+        "false: only labelled rows count",
+    )
+    cache_dir: str | None = Field(
+        default=None,
+        description="keep the teachers' outputs here (keyed by teacher weights and data) so "
+        "later students skip the teachers' forward passes; default: no cache",
+    )
+
+
+class FinetuneConfig(_Strict):
+    """``[finetune]``: how ``polytask finetune BASE CONFIG`` continues from a trained model (and
+    how a run freezes a pretrained encoder): what is frozen, learning rates per group, gradual
+    unfreezing (:mod:`polytask.finetune`)."""
+
+    freeze: Literal["encoder", "layers", "none"] = Field(
+        default="encoder",
+        description="encoder: every shared parameter; layers: the first `layers` shared layers; "
+        "none: everything trains",
+    )
+    layers: int = Field(default=0, ge=0, description="with freeze = 'layers': how many")
+    shared_lr_scale: float = Field(
+        default=1.0, gt=0.0, description="learning rate of the shared parameters, x train.lr"
+    )
+    head_lr_scale: float = Field(
+        default=1.0, gt=0.0, description="learning rate of the task-specific parts, x train.lr"
+    )
+    unfreeze: Literal["none", "gradual"] = Field(
+        default="none",
+        description="gradual: unfreeze one frozen layer every `unfreeze_every` epochs, from the "
+        "top down (Howard & Ruder, ULMFiT, 2018)",
+    )
+    unfreeze_every: int = Field(default=1, ge=1)
+    keep_tasks: bool = Field(
+        default=True,
+        description="keep the base model's tasks that this run does not train (heads frozen)",
+    )
+    reference_data: str | None = Field(
+        default=None,
+        description="a table labelled for the base model's tasks, on which they are re-measured "
+        "before and after fine-tuning (default: the run's own test split, if it has the labels)",
+    )
+
+
 class RunConfig(_Strict):
     """A whole run: data, tasks, model, balancer and training budget."""
 
@@ -394,6 +459,8 @@ class RunConfig(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
     affinity: AffinityConfig = Field(default_factory=AffinityConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     #: Directory that relative paths are resolved against (the config file's folder).
     base_dir: str = "."
 

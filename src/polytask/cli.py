@@ -1,4 +1,4 @@
-"""Command line: ``polytask train | evaluate | predict | demo | list | fetch``.
+"""Command line: ``polytask train | distill | evaluate | predict | demo | list | fetch``.
 
 Each command parses its arguments and calls the Python API; it adds no logic of its own. A
 :class:`~polytask.errors.PolytaskError` is printed as one line on stderr with exit code 2.
@@ -53,6 +53,55 @@ def train(
     target = out or (cfg.resolve(cfg.out) if cfg.out else Path("runs") / config.stem)
     result = run(cfg, out=target, resume=resume, overwrite=overwrite, quiet=quiet)
     out_console.print(result.comparison.table())
+    out_console.print(
+        f"model saved to {target / 'model'}", markup=False, highlight=False, soft_wrap=True
+    )
+
+
+@app.command()
+def distill(
+    config: Annotated[Path, typer.Argument(help="TOML run configuration of the student")],
+    teacher: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--teacher", help="teacher model or run directory (repeat; default: distill.teachers)"
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key: distill.temperature=4")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Distil teachers (one model per task, or one multi-task model) into the config's model,
+    and compare the student with its teachers on the test split."""
+    import json
+
+    from polytask.config import load_config
+    from polytask.pipeline import run
+
+    overrides = list(set_ or [])
+    if teacher:
+        paths = [str(p.resolve()) for p in teacher]
+        overrides.append(f"distill.teachers={json.dumps(paths)}")
+    cfg = load_config(config, overrides)
+    if not cfg.distill.teachers:
+        raise PolytaskError(
+            f"config '{config}': distill.teachers is empty; list the teacher model "
+            "directories there or pass --teacher DIR"
+        )
+    target = out or (cfg.resolve(cfg.out) if cfg.out else Path("runs") / config.stem)
+    result = run(cfg, out=target, resume=resume, overwrite=overwrite, quiet=quiet)
+    out_console.print(result.comparison.table())
+    params = result.predictor.metrics.get("parameters", {})
+    if params:
+        out_console.print(
+            f"parameters: student {params['student']:,}, teachers {params['teachers']:,}",
+            markup=False,
+            highlight=False,
+        )
     out_console.print(
         f"model saved to {target / 'model'}", markup=False, highlight=False, soft_wrap=True
     )

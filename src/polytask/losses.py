@@ -68,6 +68,27 @@ class TaskLoss:
         return F.mse_loss(out, tgt)
 
 
+def unit_losses(loss: TaskLoss, output: Tensor, target: Tensor) -> Tensor:
+    """``loss``'s value for every unit of a batch, unreduced and unmasked: one per row
+    (binary, multiclass, regression), per row and label (multilabel) or per pixel
+    (segmentation ``[B, H, W]``, dense regression). The caller masks and averages; a class
+    weight multiplies its unit's value (so a mean of units is not the weighted mean
+    :class:`TaskLoss` takes)."""
+    kind = loss.kind
+    if kind in ("binary", "multilabel"):
+        pw = loss.pos_weight
+        return F.binary_cross_entropy_with_logits(output, target, pos_weight=pw, reduction="none")
+    if kind in ("multiclass", "segmentation"):
+        # Masked-out entries may hold any placeholder; clamp so the gather stays in range.
+        safe = target.clamp(0, output.shape[1] - 1)
+        return F.cross_entropy(output, safe, weight=loss.class_weights, reduction="none")
+    if loss.name == "l1":
+        return F.l1_loss(output, target, reduction="none")
+    if loss.name == "huber":
+        return F.huber_loss(output, target, reduction="none")
+    return F.mse_loss(output, target, reduction="none")
+
+
 def task_losses(
     losses: dict[str, TaskLoss],
     outputs: dict[str, Tensor],

@@ -207,7 +207,14 @@ def run(
         from polytask.train.tensorboard_log import require_tensorboard
 
         require_tensorboard()  # a missing package fails here, before any data is read
-    data = prepare_data(cfg, frame, frames)
+    distillation = None
+    if cfg.distill.teachers:
+        from polytask.distill import Distillation
+
+        distillation = Distillation.from_config(cfg, console)
+    data = prepare_data(
+        cfg, frame, frames, soft_targets=distillation.outputs if distillation else None
+    )
     tasks = data.tasks
     # A combination no schema can see (an engine mode the architecture cannot serve) must fail
     # here, before the output directory is touched.
@@ -219,13 +226,34 @@ def run(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "config.json", cfg.model_dump(mode="json"))
     model, fit = train_model(
-        cfg, data, tasks, out_dir, resume=resume, quiet=quiet, console=console, callbacks=callbacks
+        cfg,
+        data,
+        tasks,
+        out_dir,
+        resume=resume,
+        quiet=quiet,
+        console=console,
+        callbacks=callbacks,
+        loss_fn=distillation.loss(tasks) if distillation else None,
     )
     eval_split, split_name = (data.test, "test") if data.test is not None else (data.val, "val")
     _, metrics = evaluate_data(model, tasks, eval_split, cfg.train.eval_batch_size)
 
     baselines: dict[str, dict[str, float]] = {}
-    if cfg.baselines and len(tasks) > 1:
+    extra: dict[str, Any] = {}
+    lineage: dict[str, Any] = {}
+    if distillation is not None:
+        # A student is measured against its teachers, on the same rows: no single-task nets.
+        baselines = distillation.teacher_metrics(tasks, eval_split)
+        extra["parameters"] = {
+            "student": sum(p.numel() for p in model.parameters()),
+            "teachers": distillation.teacher_parameters(),
+        }
+        rows = {"train": len(data.train), "val": len(data.val)}
+        if data.test is not None:
+            rows["test"] = len(data.test)
+        lineage = distillation.lineage(data.source, rows)
+    elif cfg.baselines and len(tasks) > 1:
         for task in tasks:
             single = [dataclasses.replace(task, weight=1.0)]
             sub_dir = out_dir / "baselines" / task.name if out_dir is not None else None
@@ -250,13 +278,16 @@ def run(
                 stl_model, single, eval_split.subset_tasks([task.name]), cfg.train.eval_batch_size
             )
             baselines[task.name] = m[task.name]
-    comparison = compare(tasks, metrics, baselines, split_name)
+    reference = "teachers" if distillation is not None else "single-task"
+    comparison = compare(tasks, metrics, baselines, split_name, reference)
     summary = {
         "split": split_name,
         "best_epoch": fit.best_epoch,
         "multi_task": metrics,
-        "single_task": baselines,
+        "single_task": {} if distillation is not None else baselines,
         "comparison": comparison.to_dict(),
+        **({"teachers": baselines} if distillation is not None else {}),
+        **extra,
     }
     predictor = Predictor(
         model,
@@ -267,6 +298,7 @@ def run(
         id_column=cfg.data.id,
         na_values=cfg.data.na_values,
         metrics=summary,
+        lineage=lineage,
     )
     if out_dir is not None:
         predictor.save(out_dir / "model")

@@ -35,6 +35,8 @@ class Comparison:
     split: str
     rows: list[TaskComparison] = field(default_factory=list)
     delta_m_pct: float = math.nan
+    #: What the multi-task model is compared with: single-task nets, or a student's teachers.
+    reference: str = "single-task"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,11 +44,12 @@ class Comparison:
             "delta_m_pct": self.delta_m_pct,
             "delta_m_definition": DELTA_M_DEFINITION,
             "tasks": [r.__dict__ for r in self.rows],
+            "reference": self.reference,
         }
 
     def table(self) -> Table:
-        table = Table(title=f"Per-task {self.split} metrics: multi-task vs single-task")
-        for col in ("task", "metric", "multi-task", "single-task", "rel. change"):
+        table = Table(title=f"Per-task {self.split} metrics: multi-task vs {self.reference}")
+        for col in ("task", "metric", "multi-task", self.reference, "rel. change"):
             table.add_column(col, justify="left" if col in ("task", "metric") else "right")
         for r in self.rows:
             arrow = "↑" if r.higher_is_better else "↓"
@@ -66,9 +69,11 @@ def compare(
     multi: dict[str, dict[str, float]],
     single: dict[str, dict[str, float]],
     split: str,
+    reference: str = "single-task",
 ) -> Comparison:
-    """Compare each task's primary metric between the multi-task and single-task models."""
-    result = Comparison(split)
+    """Compare each task's primary metric between the multi-task model and the ``single``
+    metrics of the ``reference`` models (single-task nets, or a distilled student's teachers)."""
+    result = Comparison(split, reference=reference)
     values, refs, hib = {}, {}, {}
     for t in tasks:
         m = t.primary

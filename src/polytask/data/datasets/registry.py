@@ -24,6 +24,7 @@ import pandas as pd
 from polytask.data.datasets import census, diabetes, fdu_mtl, fsdd, molecules, multimnist
 from polytask.data.datasets.root import ENV_VAR, resolve_data_root
 from polytask.errors import DataError
+from polytask.state_io import file_sha256
 
 TASK_KINDS = ("binary", "regression", "multiclass", "segmentation")
 
@@ -169,14 +170,6 @@ def load_dataset(name: str, root: str | Path | None = None) -> pd.DataFrame:
     return info.loader(base)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _download(remote: RemoteFile, dest: Path) -> None:
     """Download ``remote`` to ``dest`` atomically, or leave ``dest`` untouched on any failure."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +224,7 @@ def fetch_dataset(name: str, root: str | Path) -> Path:
     base = base.resolve()
     for remote in info.files:
         dest = base / remote.relpath
-        if dest.is_file() and _sha256(dest) == remote.sha256.lower():
+        if dest.is_file() and file_sha256(dest) == remote.sha256.lower():
             continue
         _download(remote, dest)
     return base

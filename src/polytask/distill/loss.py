@@ -1,0 +1,119 @@
+"""The distillation loss: each task's labels mixed with a teacher's outputs.
+
+For a task with a teacher, every *unit* of a batch (a row; a row and label for multilabel
+tasks; a pixel for per-pixel kinds) has a label loss ``l`` (the task's own loss, see
+:func:`polytask.losses.unit_losses`) where it is labelled, and a teacher loss ``d``:
+
+* classification kinds: ``T² · KL(p_teacher^T ‖ p_student^T)``, the divergence between the
+  teacher's and the student's distributions softened by the temperature ``T`` (softmax of
+  ``logits / T``; a Bernoulli per output for binary and multilabel tasks), scaled by ``T²``
+  so that its gradients keep their size as ``T`` changes (Hinton, Vinyals & Dean, 2015,
+  "Distilling the Knowledge in a Neural Network");
+* regression kinds: the squared difference to the teacher's prediction, in the student's
+  standardised units.
+
+A labelled unit costs ``λ l + (1 - λ) d``; an unlabelled one ``d`` (when the teacher fills in
+missing labels) or nothing. The task's loss is the mean over the units that cost something.
+With teacher annealing ``λ`` rises linearly from 0 (teacher only) at the first step to 1
+(labels only) at the last (Clark, Luong, Khandelwal, Manning & Le, ACL 2019, "BAM!
+Born-Again Multi-Task Networks for Natural Language Understanding"); otherwise ``λ`` is the
+configured label weight. Tasks without a teacher keep their ordinary label loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from polytask.data.tensors import Batch
+from polytask.losses import TaskLoss, unit_losses
+from polytask.tasks import Task
+
+#: Kinds whose teacher loss is the tempered KL divergence (the others: squared error).
+_CLASSIFICATION = ("binary", "multiclass", "multilabel", "segmentation")
+
+
+def label_weight(progress: float, anneal: bool, constant: float) -> float:
+    """The labels' weight ``λ`` at ``progress`` (fraction of training done, 0 to 1)."""
+    if anneal:
+        return min(max(progress, 0.0), 1.0)
+    return constant
+
+
+def teacher_units(kind: str, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """The teacher loss ``d`` of every unit (unreduced; see the module docstring)."""
+    if kind not in _CLASSIFICATION:
+        return (student - teacher) ** 2
+    t = temperature
+    if kind in ("binary", "multilabel"):
+        # KL between Bernoullis = cross-entropy to the teacher minus the teacher's entropy.
+        target = torch.sigmoid(teacher / t)
+        cross = F.binary_cross_entropy_with_logits(student / t, target, reduction="none")
+        entropy = F.binary_cross_entropy_with_logits(teacher / t, target, reduction="none")
+        return (cross - entropy) * t * t
+    log_p = F.log_softmax(teacher / t, dim=1)
+    log_q = F.log_softmax(student / t, dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1) * t * t
+
+
+class DistillationLoss:
+    """A :class:`polytask.losses.BatchLoss` mixing labels and teacher outputs per task."""
+
+    def __init__(
+        self,
+        tasks: list[Task],
+        taught: Collection[str],
+        *,
+        temperature: float,
+        anneal: bool,
+        label_weight: float,
+        fill_missing: bool,
+    ) -> None:
+        self.losses = {t.name: TaskLoss(t) for t in tasks}
+        self.taught = set(taught)
+        self.temperature = temperature
+        self.anneal = anneal
+        self.constant = label_weight
+        self.fill_missing = fill_missing
+
+    def __call__(
+        self, outputs: dict[str, Tensor], batch: Batch, progress: float
+    ) -> dict[str, Tensor]:
+        lam = label_weight(progress, self.anneal, self.constant)
+        result: dict[str, Tensor] = {}
+        for name, loss in self.losses.items():
+            out, tgt, mask = outputs[name], batch.targets[name], batch.masks[name]
+            if name not in self.taught:
+                value = loss(out, tgt, mask)
+            else:
+                value = self.task_loss(loss, out, tgt, mask, batch.soft[name], lam)
+            if value is not None:
+                result[name] = value
+        return result
+
+    def task_loss(
+        self, loss: TaskLoss, out: Tensor, tgt: Tensor, mask: Tensor, teacher: Tensor, lam: float
+    ) -> Tensor | None:
+        """One task's mixed loss over a batch, or ``None`` when no unit costs anything."""
+        d = teacher_units(loss.kind, out, teacher, self.temperature)
+        labelled = _unit_mask(loss.kind, mask, d)
+        # Unlabelled units' label losses are computed but unused; a placeholder target that is
+        # not finite would still poison the gradient through torch.where, so it is zeroed.
+        safe = torch.where(mask, tgt, torch.zeros_like(tgt))
+        mixed = torch.where(labelled, lam * unit_losses(loss, out, safe) + (1.0 - lam) * d, d)
+        counted = labelled if not self.fill_missing else torch.ones_like(labelled)
+        if not bool(counted.any()):
+            return None
+        return mixed[counted].mean()
+
+
+def _unit_mask(kind: str, mask: Tensor, units: Tensor) -> Tensor:
+    """The label mask broadcast to the units' shape (a row mask for per-row kinds)."""
+    if mask.shape == units.shape:
+        return mask
+    if kind == "segmentation" or mask.dim() == units.dim():
+        return mask.expand_as(units)
+    return mask.reshape(mask.shape + (1,) * (units.dim() - mask.dim())).expand_as(units)

@@ -170,7 +170,12 @@ def fdu_as_sources(raw: dict[str, Any]) -> dict[str, Any]:
     data = out["data"]
     dataset = data.pop("dataset")
     data["sources"] = [
-        {"name": t["name"], "tasks": [t["name"]], "dataset": dataset, "where": {"domain": t["name"]}}
+        {
+            "name": t["name"],
+            "tasks": [t["name"]],
+            "dataset": dataset,
+            "where": {"domain": t["name"]},
+        }
         for t in out["tasks"]
     ]
     out["sampling"] = {**out.get("sampling", {}), "batches": "mixed"}

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import polytask
+from conftest import run_cli, toml_text
 from polytask.balance.base import BALANCERS
 from polytask.config import config_from_dict
 from polytask.data.tensors import Batch
@@ -21,7 +22,6 @@ from polytask.distill import DistillationLoss, label_weight
 from polytask.distill.teachers import to_student_units
 from polytask.errors import ConfigError, PolytaskError
 from polytask.tasks import Task
-from tests.conftest import run_cli, toml_text
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -214,11 +214,15 @@ def test_teacher_fills_missing_labels(teachers: dict[str, Any]) -> None:
 def test_every_balancer_distils(teachers: dict[str, Any], balancer: str) -> None:
     raw = _raw(list(teachers["paths"].values()))
     raw["train"].update(epochs=1)
-    # GradDrop needs the per-example gradient matrix, which only this mode provides.
-    raw["balancer"] = {
-        "name": balancer,
-        **({"mode": "representation"} if balancer == "graddrop" else {}),
+    # Settings some methods cannot run without: GradDrop needs the per-example gradient
+    # matrix (representation mode); EPO a preference; COSMOS a preference-conditioned model.
+    needs: dict[str, dict[str, Any]] = {
+        "graddrop": {"mode": "representation"},
+        "epo": {"preference": [0.5, 0.5]},
     }
+    raw["balancer"] = {"name": balancer, **needs.get(balancer, {})}
+    if balancer == "cosmos":
+        raw["model"]["preference_conditioning"] = "film"
     frame = teachers["frame"].iloc[:400]
     result = polytask.run(config_from_dict(raw), frame=frame, quiet=True)
     losses = result.fit.history[0].train_loss
@@ -227,7 +231,7 @@ def test_every_balancer_distils(teachers: dict[str, Any], balancer: str) -> None
 
 def test_teacher_errors_are_clear(teachers: dict[str, Any], tmp_path: Path) -> None:
     frame, paths = teachers["frame"], teachers["paths"]
-    with pytest.raises(PolytaskError, match="model directory '.*nowhere' not found"):
+    with pytest.raises(PolytaskError, match=r"model directory '.*nowhere' not found"):
         polytask.run(config_from_dict(_raw([str(tmp_path / "nowhere")])), frame=frame)
     with pytest.raises(ConfigError, match="task 'b' is predicted by two teachers"):
         polytask.run(config_from_dict(_raw([paths["b"], paths["b"]])), frame=frame)

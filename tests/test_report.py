@@ -40,6 +40,7 @@ COMPARE_FIGURES = {
     "data_efficiency_per_task",
 }
 AFFINITY_FIGURES = {"affinity_heatmap", "gradient_cosine_heatmap", "relationships_over_training"}
+PARETO_FIGURES = {"pareto_front", "trade_off_by_preference", "hypervolume_and_cost"}
 
 
 # -- fixtures: a real tiny run, and compare/affinity files written to the shared schemas -------
@@ -192,6 +193,69 @@ def write_affinity(directory: Path, with_run: Path | None = None) -> Path:
     return directory
 
 
+def write_pareto(directory: Path, with_run: Path | None = None) -> Path:
+    """A pareto.json as :func:`polytask.pareto.sweep` writes it: a 3-point static sweep, a
+    conditioned model and one balancer, one seed, two tasks (AUROC up, MAE down)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    prefs = [[0.95, 0.05], [0.5, 0.5], [0.05, 0.95]]
+    sweep = [(0.90, 9.0), (0.88, 7.5), (0.80, 7.0)]
+    cosmos = [(0.89, 8.8), (0.87, 7.8), (0.81, 7.2)]
+
+    def points(values: list[tuple[float, float]], run: str) -> list[dict[str, Any]]:
+        return [
+            {"preference": r, "run": run, "test": {"income": a, "age": m}, "val": {}}
+            for r, (a, m) in zip(prefs, values, strict=True)
+        ]
+
+    def entry(name: str, kind: str, pts: list[dict[str, Any]], hv: float) -> dict[str, Any]:
+        return {"name": name, "kind": kind, "seed": 0, "complete": True, "points": pts,
+                "training_seconds": 10.0 if kind == "sweep" else 3.0, "hypervolume": hv,
+                "non_dominated": [True] * len(pts)}  # fmt: skip
+
+    def stat(v: float) -> dict[str, Any]:
+        return {"mean": v, "std": 0.0, "values": [v]}
+
+    equal = [{"preference": None, "run": "balancer-equal/seed0",
+              "test": {"income": 0.85, "age": 8.0}, "val": {}}]  # fmt: skip
+    sets = [
+        entry("static sweep", "sweep", points(sweep, "sweep"), 0.2),
+        entry("cosmos", "conditioned", points(cosmos, "cosmos/seed0"), 0.19),
+        entry("equal", "balancer", equal, 0.1),
+    ]
+    data = {
+        "kind": "polytask-pareto",
+        "tasks": {
+            "income": {"metric": "auroc", "higher_is_better": True},
+            "age": {"metric": "mae", "higher_is_better": False},
+        },
+        "objectives": "test primary metric",
+        "method": "static",
+        "sweep": "static sweep",
+        "seeds": [0],
+        "preferences": prefs,
+        "min_weight": 0.05,
+        "reference": {"rule": "nadir + 10% of the range", "metric": {"income": 0.79, "age": 9.2}},
+        "sets": sets,
+        "summary": [
+            {
+                "name": s["name"],
+                "kind": s["kind"],
+                "n_seeds": 1,
+                "hypervolume": stat(s["hypervolume"]),
+                "hypervolume_ratio": stat(s["hypervolume"] / 0.2),
+                "training_seconds": stat(s["training_seconds"]),
+                "cost_ratio": stat(s["training_seconds"] / 10.0),
+            }
+            for s in sets
+        ],
+    }
+    (directory / "pareto.json").write_text(json.dumps(data), encoding="utf-8")
+    if with_run is not None:
+        (directory / "runs" / "cosmos" / "seed0").mkdir(parents=True, exist_ok=True)
+        shutil.copy(with_run / "metrics.jsonl", directory / "runs/cosmos/seed0/metrics.jsonl")
+    return directory
+
+
 @pytest.fixture(scope="module")
 def pages(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The report page of each kind of directory, made once for the file and browser tests."""
@@ -200,6 +264,7 @@ def pages(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         "run": report(run_dir),
         "compare": report(write_compare(root / "cmp", [0.25, 1.0])),
         "affinity": report(write_affinity(root / "aff", with_run=run_dir)),
+        "pareto": report(write_pareto(root / "pareto", with_run=run_dir)),
     }
 
 
@@ -376,6 +441,19 @@ def test_affinity_report_with_its_run(pages: dict[str, Path]) -> None:
     assert '<td>2</td><td class="text">c, d</td>' in text
 
 
+def test_pareto_report_with_its_conditioned_run(pages: dict[str, Path]) -> None:
+    index = pages["pareto"]
+    expected = PARETO_FIGURES | {f"conditioned_{n}" for n in RUN_FIGURES}
+    assert set(_images(index)) == expected
+    text = _page(index)
+    assert _declared(text) == len(expected)
+    cells = _cells(text)
+    i = cells.index("cosmos")
+    # set, kind, seeds, hypervolume, HV / sweep, train s, cost / sweep
+    assert cells[i : i + 7] == ["cosmos", "conditioned", "1", "0.19", "95.0%", "3", "30.0%"]
+    assert "income 0.79, age 9.2" in text
+
+
 # -- the command line --------------------------------------------------------------------------
 
 
@@ -391,7 +469,7 @@ def test_cli_report(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("setup", "expected"),
     [
-        (lambda d: d.mkdir(), "is not a polytask run, compare or affinity directory"),
+        (lambda d: d.mkdir(), "is not a polytask run, compare, affinity or pareto directory"),
         (lambda d: None, "not found"),
         (
             lambda d: (d.mkdir(), (d / "compare.json").write_text('{"kind": "other"}')),
@@ -413,7 +491,7 @@ def test_cli_bad_dir_one_line_exit_2(tmp_path: Path, setup: Any, expected: str) 
     assert lines[0].startswith("error: report:") and expected in lines[0]
     assert str(target) in lines[0]
     if "not a polytask" in expected:
-        for name in ("metrics.jsonl", "compare.json", "affinity.json"):
+        for name in ("metrics.jsonl", "compare.json", "affinity.json", "pareto.json"):
             assert name in lines[0]
     assert not (target / "report").exists()
 
@@ -486,7 +564,7 @@ return Array.from(document.querySelectorAll('figure')).map(f => {
 """
 
 
-@pytest.mark.parametrize("kind", ["run", "compare", "affinity"])
+@pytest.mark.parametrize("kind", ["run", "compare", "affinity", "pareto"])
 def test_page_renders_every_figure_in_chromium(
     kind: str, pages: dict[str, Path], browser: Any
 ) -> None:

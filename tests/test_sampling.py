@@ -309,12 +309,19 @@ def _per_task_state(balancer: torch.nn.Module, k: int, index: int) -> dict[str, 
 @pytest.mark.parametrize("name", BALANCERS.names())
 def test_every_balancer_leaves_a_task_absent_from_the_batch_alone(name: str) -> None:
     tasks = [Task(f"t{i}", "regression", f"y{i}") for i in range(3)]
+    # COSMOS trains a preference-conditioned model; EPO needs its preference.
+    conditioning = "film" if name == "cosmos" else "none"
     cfg = ModelConfig.model_validate(
-        {"encoder": {"widths": [8, 6], "dropout": 0.0}, "head": {"widths": [4]}}
+        {
+            "encoder": {"widths": [8, 6], "dropout": 0.0},
+            "head": {"widths": [4]},
+            "preference_conditioning": conditioning,
+        }
     )
     model = build_model(tasks, InputSpec(n_numeric=4), cfg, seed=0)
-    params = {"mode": "representation"} if name == "graddrop" else {}
-    balancer = build_balancer(name, params, tasks)
+    needs = {"graddrop": {"mode": "representation"}, "epo": {"preference": [0.2, 0.3, 0.5]}}
+    balancer = build_balancer(name, needs.get(name, {}), tasks)
+    balancer.check_model(model)
     g = torch.Generator().manual_seed(0)
     inputs = {"numeric": torch.randn(16, 4, generator=g)}
     targets = {f"t{i}": torch.randn(16, generator=g) for i in range(3)}

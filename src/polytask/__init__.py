@@ -14,6 +14,7 @@ from polytask.comparison import CompareResult, compare
 from polytask.config import RunConfig, config_from_dict, load_config
 from polytask.errors import ConfigError, DataError, PolytaskError
 from polytask.evaluate.affinity import AffinityResult, affinity
+from polytask.finetune import finetune
 from polytask.pipeline import RunResult, fit, run
 from polytask.report import report
 from polytask.tasks import Task
@@ -32,6 +33,7 @@ __all__ = [
     "affinity",
     "compare",
     "config_from_dict",
+    "finetune",
     "fit",
     "load",
     "load_config",

@@ -8,6 +8,7 @@ unpickled on load. Directories are written atomically.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from polytask.evaluate.evaluation import evaluate_data, predict_outputs
 from polytask.evaluate.metrics import to_original_units
 from polytask.models.encoders import InputSpec
 from polytask.models.model import MultiTaskModel, build_model
+from polytask.pareto.preferences import parse_preference
 from polytask.state_io import atomic_directory, read_json, write_json
 from polytask.tasks import Task
 
@@ -80,17 +82,42 @@ class Predictor:
             )
         return [t for t in self.tasks if t.name in names]
 
+    @property
+    def preference_conditioned(self) -> bool:
+        """Whether the model takes a preference over its tasks (trained by ``cosmos``)."""
+        return self.model.preference_conditioned
+
+    def _preference(self, preference: str | Sequence[float] | None) -> Tensor | None:
+        """A preference checked against this model: one non-negative weight per task (in task
+        order), normalised to sum to 1; None keeps the model's default (uniform)."""
+        if preference is None:
+            return None
+        if not self.preference_conditioned:
+            raise PolytaskError(
+                "this model is not preference-conditioned (it was trained without "
+                "model.preference_conditioning); predict without a preference"
+            )
+        return torch.as_tensor(parse_preference(preference, self.task_names)).float()
+
     def read(self, path: str | Path) -> pd.DataFrame:
         """Read a CSV/Parquet table with the missing-value markers used in training."""
         return read_table(path, na_values=self.na_values)
 
     def outputs(
-        self, df: pd.DataFrame, source: str = "data frame", base_dir: Path | None = None
+        self,
+        df: pd.DataFrame,
+        source: str = "data frame",
+        base_dir: Path | None = None,
+        preference: str | Sequence[float] | None = None,
     ) -> dict[str, Tensor]:
         """Raw outputs (logits / standardised values) for every task; file paths in ``df``
-        (images, recordings) are resolved against ``base_dir``."""
+        (images, recordings) are resolved against ``base_dir``. ``preference``: the trade-off
+        a preference-conditioned model serves (one weight per task, e.g. ``[0.7, 0.3]``;
+        default uniform)."""
+        r = self._preference(preference)
         inputs = self.preprocessor.transform(df, source, base_dir)
-        return predict_outputs(self.model, inputs, self.batch_size)
+        with self.model.preferring(r):
+            return predict_outputs(self.model, inputs, self.batch_size)
 
     def predict(
         self,
@@ -98,11 +125,12 @@ class Predictor:
         tasks: list[str] | None = None,
         source: str = "data frame",
         base_dir: Path | None = None,
+        preference: str | Sequence[float] | None = None,
     ) -> pd.DataFrame:
         """Predictions in the user's labels and units: one or more columns per task (a
-        column of arrays for per-pixel tasks)."""
+        column of arrays for per-pixel tasks). ``preference``: see :meth:`outputs`."""
         chosen = self._select(tasks)
-        outputs = self.outputs(df, source, base_dir)
+        outputs = self.outputs(df, source, base_dir, preference)
         columns: dict[str, Any] = {}
         if self.id_column is not None and self.id_column in df.columns:
             columns[self.id_column] = df[self.id_column].to_numpy()
@@ -117,8 +145,11 @@ class Predictor:
         tasks: list[str] | None = None,
         source: str = "data frame",
         base_dir: Path | None = None,
+        preference: str | Sequence[float] | None = None,
     ) -> dict[str, dict[str, float]]:
-        """Metrics of each task whose target column(s) ``df`` holds (missing labels skipped)."""
+        """Metrics of each task whose target column(s) ``df`` holds (missing labels skipped).
+        ``preference``: see :meth:`outputs`."""
+        r = self._preference(preference)
         chosen = [t for t in self._select(tasks) if all(c in df.columns for c in t.targets)]
         if not chosen:
             wanted = sorted({c for t in self._select(tasks) for c in t.targets})
@@ -129,7 +160,8 @@ class Predictor:
             {k: v[0] for k, v in encoded.items()},
             {k: v[1] for k, v in encoded.items()},
         )
-        _, metrics = evaluate_data(self.model, chosen, data, self.batch_size)
+        with self.model.preferring(r):
+            _, metrics = evaluate_data(self.model, chosen, data, self.batch_size)
         return metrics
 
     # -- persistence ---------------------------------------------------------------------

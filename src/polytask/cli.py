@@ -1,4 +1,4 @@
-"""Command line: ``polytask train | distill | evaluate | predict | demo | list | fetch``.
+"""Command line: ``polytask train | distill | finetune | evaluate | predict | demo | list | fetch``.
 
 Each command parses its arguments and calls the Python API; it adds no logic of its own. A
 :class:`~polytask.errors.PolytaskError` is printed as one line on stderr with exit code 2.
@@ -26,6 +26,11 @@ app = typer.Typer(
 )
 out_console = Console()
 err_console = Console(stderr=True)
+
+PREFERENCE_HELP = (
+    "trade-off served by a preference-conditioned model: one weight per task in task order, "
+    "e.g. 0.7,0.3 (normalised to sum to 1; default: equal weights)"
+)
 
 
 @app.command()
@@ -113,6 +118,7 @@ def evaluate(
     data: Annotated[Path, typer.Argument(help="CSV/Parquet table with target columns")],
     task: Annotated[list[str] | None, typer.Option("--task", help="only these tasks")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    preference: Annotated[str | None, typer.Option(help=PREFERENCE_HELP)] = None,
 ) -> None:
     """Score a trained model on a labelled table."""
     from polytask.artifacts import load
@@ -120,7 +126,11 @@ def evaluate(
 
     predictor = load(model_dir)
     metrics = predictor.evaluate(
-        predictor.read(data), task, source=f"data file '{data}'", base_dir=Path(data).parent
+        predictor.read(data),
+        task,
+        source=f"data file '{data}'",
+        base_dir=Path(data).parent,
+        preference=preference,
     )
     if as_json:
         # NaN (a metric without valid labels) is not JSON: to_json writes null instead.
@@ -141,6 +151,7 @@ def predict(
     data: Annotated[Path, typer.Argument(help="CSV/Parquet table of features")],
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV or Parquet to write")],
     task: Annotated[list[str] | None, typer.Option("--task", help="only these tasks")] = None,
+    preference: Annotated[str | None, typer.Option(help=PREFERENCE_HELP)] = None,
 ) -> None:
     """Predict every task (or a subset) for each row of a table."""
     from polytask.artifacts import load
@@ -149,7 +160,11 @@ def predict(
 
     predictor = load(model_dir)
     frame = predictor.predict(
-        predictor.read(data), task, source=f"data file '{data}'", base_dir=Path(data).parent
+        predictor.read(data),
+        task,
+        source=f"data file '{data}'",
+        base_dir=Path(data).parent,
+        preference=preference,
     )
     if table_format(output) == "parquet":
         tmp = output.with_name(f".{output.name}.tmp")
@@ -311,6 +326,66 @@ def affinity_command(
     out_console.print(
         f"suggested groups: {' | '.join(', '.join(g) for g in result.grouping.groups)}; "
         f"wrote {out / 'affinity.json'}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("finetune")
+def finetune_command(
+    base: Annotated[Path, typer.Argument(help="base model or run directory")],
+    config: Annotated[Path, typer.Argument(help="TOML configuration of the fine-tuning run")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key: finetune.freeze=none")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Fine-tune a trained model: new tasks and/or its own tasks on new data, with its shared
+    encoder frozen, partly frozen or not ([finetune] section)."""
+    from polytask.config import load_config
+    from polytask.finetune import finetune, summary_lines
+
+    cfg = load_config(config, list(set_ or []))
+    target = out or (cfg.resolve(cfg.out) if cfg.out else Path("runs") / config.stem)
+    result = finetune(base, cfg, out=target, resume=resume, overwrite=overwrite, quiet=quiet)
+    out_console.print(result.comparison.table())
+    for line in summary_lines(result.predictor.metrics):
+        out_console.print(line, markup=False, highlight=False, soft_wrap=True)
+    out_console.print(
+        f"model saved to {target / 'model'}", markup=False, highlight=False, soft_wrap=True
+    )
+
+
+@app.command("pareto")
+def pareto_command(
+    config: Annotated[Path, typer.Argument(help="TOML run configuration ([pareto] section)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Pareto directory")],
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="runs trained in parallel (default: config)")
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option(min=1, help="number of seeds (default: config)")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key: pareto.n_points=5")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """The Pareto front of the task trade-off: one run per preference vector (resumable), its
+    non-dominated set and hypervolume, and a preference-conditioned model's front."""
+    from polytask.config import load_config
+    from polytask.pareto import sweep
+
+    cfg = load_config(config, list(set_ or []))
+    result = sweep(cfg, out=out, seeds=seeds, workers=workers, quiet=quiet, console=err_console)
+    out_console.print(result.table())
+    out_console.print(
+        f"wrote {out / 'pareto.json'} and {out / 'pareto.md'} "
+        f"({len(result.trained)} runs trained, {len(result.reused)} already finished)",
         markup=False,
         highlight=False,
         soft_wrap=True,

@@ -206,6 +206,12 @@ class ModelConfig(_Strict):
     encoder: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="mlp"))
     architecture: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="hard"))
     head: HeadParams = Field(default_factory=HeadParams)
+    preference_conditioning: Literal["none", "input", "film"] = Field(
+        default="none",
+        description="a model that takes a preference over the tasks (balancer 'cosmos'; "
+        "predict --preference): input = appended to the input features (COSMOS), film = FiLM "
+        "of the shared representation (polytask.models.conditioning)",
+    )
 
     @field_validator("encoder", "architecture", mode="before")
     @classmethod
@@ -268,14 +274,35 @@ class CompareConfiguration(_Strict):
     )
 
 
-class CompareConfig(_Strict):
-    """``[compare]``: what ``polytask compare`` trains (the other sections are the set-up every
-    run starts from)."""
+class _SeededConfig(_Strict):
+    """A section that repeats its runs over seeds (``[compare]``, ``[pareto]``)."""
 
     seeds: int | list[int] = Field(
         default=5,
         description="a number of seeds (counting up from the config's seed) or the seeds",
     )
+
+    @field_validator("seeds")
+    @classmethod
+    def _check_seeds(cls, value: int | list[int]) -> int | list[int]:
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError("give at least 1 seed")
+        elif not value or len(set(value)) != len(value):
+            raise ValueError("give a non-empty list of distinct seeds")
+        return value
+
+    def seed_list(self, first: int) -> list[int]:
+        """The seeds: the list given, or ``first, first + 1, ...``."""
+        if isinstance(self.seeds, int):
+            return list(range(first, first + self.seeds))
+        return list(self.seeds)
+
+
+class CompareConfig(_SeededConfig):
+    """``[compare]``: what ``polytask compare`` trains (the other sections are the set-up every
+    run starts from)."""
+
     configurations: list[CompareConfiguration] = Field(
         default_factory=list,
         description="multi-task set-ups to compare; default: one, the config as written",
@@ -292,16 +319,6 @@ class CompareConfig(_Strict):
     )
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="level of the verdict test")
     confidence: float = Field(default=0.95, gt=0.0, lt=1.0, description="interval coverage")
-
-    @field_validator("seeds")
-    @classmethod
-    def _check_seeds(cls, value: int | list[int]) -> int | list[int]:
-        if isinstance(value, int):
-            if value < 1:
-                raise ValueError("give at least 1 seed")
-        elif not value or len(set(value)) != len(value):
-            raise ValueError("give a non-empty list of distinct seeds")
-        return value
 
     @field_validator("configurations")
     @classmethod
@@ -340,11 +357,53 @@ class CompareConfig(_Strict):
                 raise ValueError(f"grid key {key!r} is set by the comparison; it cannot be tuned")
         return value
 
-    def seed_list(self, first: int) -> list[int]:
-        """The seeds: the list given, or ``first, first + 1, ...``."""
-        if isinstance(self.seeds, int):
-            return list(range(first, first + self.seeds))
-        return list(self.seeds)
+
+class ParetoConfig(_SeededConfig):
+    """``[pareto]``: what ``polytask pareto`` trains to map the trade-off between the tasks
+    (:mod:`polytask.pareto`): one run per preference vector (and seed), plus, when the balancer
+    is ``cosmos``, one preference-conditioned run evaluated at the same preferences."""
+
+    seeds: int | list[int] = Field(
+        default=1,
+        description="a number of seeds (counting up from the config's seed) or the seeds",
+    )
+    n_points: int = Field(
+        default=11,
+        ge=2,
+        description="preference vectors: a grid on the simplex for 2-3 tasks (at most this "
+        "many points), quasi-random (Halton) points for more",
+    )
+    method: Literal["static", "epo"] = Field(
+        default="static",
+        description="static: weights = preference (weighted sum); epo: exact Pareto optimal "
+        "search on the preference ray (Mahapatra & Rajan 2020)",
+    )
+    min_weight: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=0.5,
+        description="smallest weight of any task in a preference (a weight of 0 leaves a "
+        "task's head untrained); the grid is shrunk onto [min_weight, 1]",
+    )
+    balancers: list[str] = Field(
+        default_factory=list,
+        description="balancing methods also trained once per seed, each giving one point",
+    )
+    conditioned_epochs: int | None = Field(
+        default=None,
+        ge=1,
+        description="train.epochs of the conditioned (cosmos) run; default: train.epochs. One "
+        "model for every preference may need a longer budget than one run for one preference",
+    )
+    reference: dict[str, float] | None = Field(
+        default=None,
+        description="hypervolume reference point in metric units, per task; default: the "
+        "worst value over every evaluated point, moved out by `margin` of the range",
+    )
+    margin: float = Field(
+        default=0.1, ge=0.0, description="default reference: nadir + margin * (nadir - ideal)"
+    )
+    workers: int = Field(default=1, ge=1, description="runs trained in parallel processes")
 
 
 class AffinityConfig(_Strict):
@@ -461,6 +520,7 @@ class RunConfig(_Strict):
     affinity: AffinityConfig = Field(default_factory=AffinityConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    pareto: ParetoConfig = Field(default_factory=ParetoConfig)
     #: Directory that relative paths are resolved against (the config file's folder).
     base_dir: str = "."
 

@@ -122,6 +122,45 @@ def _prepare_out_dir(out: Path | None, resume: bool, overwrite: bool) -> None:
         )
 
 
+def _check_tensorboard(cfg: RunConfig, out_dir: Path | None) -> None:
+    """``train.tensorboard`` needs a run directory and the package: fail before any data is
+    read."""
+    if not cfg.train.tensorboard:
+        return
+    if out_dir is None:
+        raise ConfigError(
+            "config error: train.tensorboard: logs go to <run dir>/tensorboard; "
+            "give an output directory"
+        )
+    from polytask.train.tensorboard_log import require_tensorboard
+
+    require_tensorboard()
+
+
+def _create_out_dir(out: Path | None, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
+    """Create (or, with ``overwrite``, replace) the run directory, once every check passed."""
+    if out is None:
+        return
+    if overwrite and out.exists() and not resume:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", cfg.model_dump(mode="json"))
+
+
+def _tune_new_model(
+    cfg: RunConfig, model: MultiTaskModel, tasks: list[Task]
+) -> tuple[list[dict[str, Any]] | None, list[Callback]]:
+    """The ``[finetune]`` options of a training run applied to its new ``model`` (freezing or
+    gradually unfreezing a pretrained encoder, per-group learning rates): the optimiser groups
+    and callbacks, or ``(None, [])`` when the run sets none."""
+    from polytask.finetune.tuning import tune_training_run  # the package imports this module
+
+    tuning = tune_training_run(cfg, model, tasks)
+    if tuning is None:
+        return None, []
+    return tuning.param_groups, tuning.callbacks
+
+
 def train_model(
     cfg: RunConfig,
     data: PreparedData,
@@ -139,8 +178,9 @@ def train_model(
 ) -> tuple[MultiTaskModel, FitResult]:
     """Build and train one model on ``tasks`` (all of them, or one for a baseline).
 
-    ``model`` trains a given model instead of a new one (fine-tuning); ``loss_fn`` and
-    ``param_groups`` go to the :class:`Trainer`. With ``train.tensorboard`` and a
+    ``model`` trains a given model instead of a new one (fine-tuning); a new one takes the
+    run's ``[finetune]`` options, if any (:func:`polytask.finetune.tuning.tune_training_run`).
+    ``loss_fn`` and ``param_groups`` go to the :class:`Trainer`. With ``train.tensorboard`` and a
     ``run_dir``, the epochs are also logged to ``run_dir/tensorboard/`` (without a run
     directory there is nowhere to write: no logging).
     """
@@ -154,6 +194,9 @@ def train_model(
         callbacks = [logger, *callbacks]
     if model is None:
         model = build_model(tasks, data.input_spec, cfg.model, seed=cfg.seed)
+        tuned_groups, tuning = _tune_new_model(cfg, model, tasks)
+        param_groups = tuned_groups if tuned_groups is not None else param_groups
+        callbacks = [*callbacks, *tuning]
     balancer = build_balancer(cfg.balancer.name, cfg.balancer.params(), tasks)
     trainer = Trainer(
         model,
@@ -198,15 +241,7 @@ def run(
     """
     out_dir = Path(out) if out is not None else (cfg.resolve(cfg.out) if cfg.out else None)
     _prepare_out_dir(out_dir, resume, overwrite)
-    if cfg.train.tensorboard:
-        if out_dir is None:
-            raise ConfigError(
-                "config error: train.tensorboard: logs go to <run dir>/tensorboard; "
-                "give an output directory"
-            )
-        from polytask.train.tensorboard_log import require_tensorboard
-
-        require_tensorboard()  # a missing package fails here, before any data is read
+    _check_tensorboard(cfg, out_dir)
     distillation = None
     if cfg.distill.teachers:
         from polytask.distill import Distillation
@@ -219,12 +254,10 @@ def run(
     # A combination no schema can see (an engine mode the architecture cannot serve) must fail
     # here, before the output directory is touched.
     probe = build_balancer(cfg.balancer.name, cfg.balancer.params(), tasks)
-    probe.check_model(build_model(tasks, data.input_spec, cfg.model, seed=cfg.seed))
-    if out_dir is not None:
-        if overwrite and out_dir.exists() and not resume:
-            shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "config.json", cfg.model_dump(mode="json"))
+    probe_model = build_model(tasks, data.input_spec, cfg.model, seed=cfg.seed)
+    probe.check_model(probe_model)
+    _tune_new_model(cfg, probe_model, tasks)  # a [finetune] policy the model cannot take
+    _create_out_dir(out_dir, cfg, resume, overwrite)
     model, fit = train_model(
         cfg,
         data,

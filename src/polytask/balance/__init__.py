@@ -4,6 +4,7 @@ from polytask.balance import (  # noqa: F401  (importing registers the methods)
     adaptive_weighting,
     gradient_methods,
     loss_weighting,
+    preference_methods,
 )
 from polytask.balance.base import BALANCERS, Balancer, build_balancer
 from polytask.balance.gradient_engine import EngineParams, GradientBalancer

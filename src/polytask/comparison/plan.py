@@ -112,7 +112,8 @@ def _single_task_raw(raw: dict[str, Any], task: str) -> dict[str, Any]:
     return single
 
 
-def _check_test_split(cfg: RunConfig) -> None:
+def check_test_split(cfg: RunConfig, command: str = "compare") -> None:
+    """Raise unless every split of ``cfg`` keeps test rows (``command`` reports on them)."""
     splits: list[tuple[str, SplitConfig]] = [("data.split", cfg.data.split)]
     splits += [
         (f"data.sources.{i}.split", s.split) for i, s in enumerate(cfg.data.sources) if s.split
@@ -123,15 +124,15 @@ def _check_test_split(cfg: RunConfig) -> None:
         )
         if empty:
             raise ConfigError(
-                f"config error: {where}: compare reports test metrics (checkpoints and tuning "
-                "use validation only) and needs a test split"
+                f"config error: {where}: {command} reports test metrics (checkpoints and "
+                "tuning use validation only) and needs a test split"
             )
 
 
 def build_plan(cfg: RunConfig) -> Plan:
     """Every run of the comparison described by ``cfg`` (its ``[compare]`` section)."""
     cmp = cfg.compare
-    _check_test_split(cfg)
+    check_test_split(cfg)
     configurations = {c.name: list(c.set) for c in cmp.configurations} or {"multi-task": []}
     grid_keys = set(cmp.grid)
     for name, overrides in configurations.items():

@@ -43,8 +43,9 @@ _COSMETIC = (
     ("train", "progress"),
     ("train", "threads"),
     ("train", "tensorboard"),
-    # Settings of `polytask affinity`, which a compare run never reads.
+    # Settings of `polytask affinity` and `polytask pareto`, which a compare run never reads.
     ("affinity",),
+    ("pareto",),
 )
 
 

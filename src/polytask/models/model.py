@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
 from polytask.config import ModelConfig
 from polytask.models.architectures import ARCHITECTURES, Architecture
+from polytask.models.conditioning import PreferenceConditioning
 from polytask.models.encoders import ENCODERS, Encoder, InputSpec
 from polytask.models.heads import HeadFactory, HeadParams, HeadSpec
 from polytask.tasks import Task
@@ -17,9 +21,20 @@ class MultiTaskModel(nn.Module):
     binary, ``[B, C]`` multiclass, ``[B, L]`` multilabel, ``[B, C, H, W]`` segmentation) and
     standardised values (``[B]`` regression, ``[B, H, W]`` dense regression)."""
 
-    def __init__(self, architecture: Architecture, tasks: list[Task]) -> None:
+    def __init__(
+        self,
+        architecture: Architecture,
+        tasks: list[Task],
+        conditioning: PreferenceConditioning | None = None,
+    ) -> None:
         super().__init__()
         self.architecture = architecture
+        #: How a preference over the tasks enters (None: the model takes none); see
+        #: :mod:`polytask.models.conditioning`.
+        self.conditioning = conditioning
+        #: The preference the next forward passes use (``[K]`` or ``[B, K]``); None = uniform.
+        #: Set by the training method each step and by the predictor; not saved.
+        self.preference: Tensor | None = None
         # A plain list, not registered: these modules are the model's own, counted once.
         self._eval_only: list[nn.Module] = []
         # The single output channel a head produces for these kinds is dropped.
@@ -46,18 +61,40 @@ class MultiTaskModel(nn.Module):
         dim = self._squeeze_dim.get(task)
         return raw if dim is None else raw.squeeze(dim)
 
+    @property
+    def preference_conditioned(self) -> bool:
+        return self.conditioning is not None
+
+    @contextmanager
+    def preferring(self, preference: Sequence[float] | Tensor | None) -> Iterator[None]:
+        """Forward passes inside the block use ``preference`` (a conditioned model only)."""
+        before = self.preference
+        self.preference = None if preference is None else torch.as_tensor(preference).float()
+        try:
+            yield
+        finally:
+            self.preference = before
+
+    def _conditioned(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.conditioning is None:
+            return inputs
+        return self.conditioning.prepare(inputs, self.preference)
+
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        raw = self.architecture(inputs)
+        raw = self.architecture(self._conditioned(inputs))
         return {k: self._shape(k, v) for k, v in raw.items()}
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        return self.architecture.shared_parameters()
+        # The FiLM generator modulates the shared layers: its parameters are shared.
+        extra = list(self.conditioning.parameters()) if self.conditioning is not None else []
+        return self.architecture.shared_parameters() + extra
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         return self.architecture.task_parameters(task)
 
     def shared_modules(self) -> list[nn.Module]:
-        return self.architecture.shared_modules()
+        extra = [self.conditioning] if self.conditioning is not None else []
+        return self.architecture.shared_modules() + [m for m in extra if any(m.parameters())]
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
         return self.architecture.last_shared_parameters()
@@ -71,8 +108,9 @@ class MultiTaskModel(nn.Module):
         return self.architecture.single_representation
 
     def represent(self, inputs: dict[str, Tensor]) -> Tensor:
-        """The shared representation (architectures with ``single_representation`` only)."""
-        return self.architecture.represent(inputs)
+        """The shared representation (architectures with ``single_representation`` only),
+        conditioned on :attr:`preference` for a preference-conditioned model."""
+        return self.architecture.represent(self._conditioned(inputs))
 
     def task_output(self, task: str, z: Tensor) -> Tensor:
         """Task ``task``'s output from the representation ``z``, shaped like ``forward``'s."""
@@ -88,8 +126,13 @@ def build_model(tasks: list[Task], spec: InputSpec, cfg: ModelConfig, seed: int)
         cfg.architecture.name, cfg.architecture.params(), "model.architecture"
     )
 
+    conditioning = None
+    if cfg.preference_conditioning != "none":
+        conditioning = PreferenceConditioning(cfg.preference_conditioning, len(tasks), spec)
+    enc_spec = conditioning.encoder_spec(spec) if conditioning is not None else spec
+
     def make_encoder() -> Encoder:
-        return enc_entry.factory(spec, enc_params)
+        return enc_entry.factory(enc_spec, enc_params)
 
     head = HeadParams.model_validate(cfg.head.model_dump())
     specs = {t.name: HeadSpec(t.n_outputs, t.dense) for t in tasks}
@@ -97,7 +140,9 @@ def build_model(tasks: list[Task], spec: InputSpec, cfg: ModelConfig, seed: int)
     heads = HeadFactory(specs, head, size)
     with _seeded(seed):
         architecture = arch_entry.factory(make_encoder, heads, arch_params)
-    return MultiTaskModel(architecture, tasks)
+        if conditioning is not None:
+            conditioning.attach(architecture)
+    return MultiTaskModel(architecture, tasks, conditioning)
 
 
 class _seeded:

@@ -2,8 +2,10 @@
 
 DIR is a run directory (``metrics.jsonl``: learning curves, task weights, gradient norms,
 gradient conflict, dominance), a compare directory (``compare.json``: per-task metrics and Δm
-with 95% confidence intervals, data-efficiency curves, verdicts) or an affinity directory
-(``affinity.json``: affinity and gradient-cosine heat maps, suggested grouping). The page goes
+with 95% confidence intervals, data-efficiency curves, verdicts), an affinity directory
+(``affinity.json``: affinity and gradient-cosine heat maps, suggested grouping) or a Pareto
+directory (``pareto.json``: the front with dominated points greyed, the trade-off against the
+preference, hypervolume and training cost per method). The page goes
 to ``DIR/report/index.html`` next to the PNGs; both are written atomically, replacing an earlier
 report as a whole.
 
@@ -23,12 +25,19 @@ INDEX = "index.html"
 
 
 def report(path: str | Path, *, out: str | Path | None = None) -> Path:
-    """Write the report of run, compare or affinity directory ``path``; return the page's path.
+    """Write the report of run, compare, affinity or Pareto directory ``path``; return the
+    page's path.
 
     ``out`` is the folder that receives ``index.html`` and the PNG files (default
     ``path/report``); it is replaced as a whole, so no figure of an earlier report lingers.
     """
-    from polytask.report.loading import detect, load_affinity, load_compare, load_run
+    from polytask.report.loading import (
+        detect,
+        load_affinity,
+        load_compare,
+        load_pareto,
+        load_run,
+    )
 
     directory = Path(path)
     kind = detect(directory)
@@ -50,6 +59,9 @@ def report(path: str | Path, *, out: str | Path | None = None) -> Path:
     elif kind == "compare":
         parts = sections.compare_sections(directory, load_compare(directory))
         title = "Multi-task vs single-task comparison"
+    elif kind == "pareto":
+        parts = sections.pareto_sections(directory, load_pareto(directory))
+        title = "Pareto front of the task trade-off"
     else:
         parts = sections.affinity_sections(directory, load_affinity(directory))
         title = "Task affinity"

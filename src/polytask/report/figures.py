@@ -285,3 +285,56 @@ def stacked_shares(
     ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.grid(True, alpha=0.3)
     return Figure(name, title, caption, _png(fig))
+
+
+@dataclass
+class PointSet:
+    """Points in objective space: the non-dominated ones (``front``) in colour, joined in x
+    order when ``line``; the dominated ones grey, so a reader sees at once which trade-offs
+    another point beats."""
+
+    label: str
+    x: Sequence[float]
+    y: Sequence[float]
+    front: Sequence[bool]
+    color: str
+    line: bool = True
+    marker: str = "o"
+
+
+@dataclass
+class ScatterPanel:
+    title: str
+    xlabel: str
+    ylabel: str
+    sets: list[PointSet]
+
+
+_DOMINATED = "#b1b7bf"
+
+
+def scatter_panels(
+    name: str, title: str, caption: str, panels: list[ScatterPanel], *, ncols: int = 2
+) -> Figure:
+    """Point sets per panel (fronts in objective space, or their pairwise projections)."""
+    fig, axes = _grid(len(panels), ncols, 4.2 if len(panels) > 1 else 5.2)
+    for ax, panel in zip(axes, panels, strict=True):
+        for s in panel.sets:
+            x, y = _finite(s.x), _finite(s.y)
+            front = np.asarray(s.front, dtype=bool)
+            ax.scatter(x[~front], y[~front], color=_DOMINATED, marker=s.marker, s=26, zorder=2)
+            if s.line and front.sum() > 1:
+                order = np.argsort(x[front])
+                ax.plot(x[front][order], y[front][order], "-", color=s.color, lw=1.4, zorder=3)
+            ax.scatter(
+                x[front], y[front], color=s.color, marker=s.marker, s=40, label=s.label, zorder=4
+            )
+        if any(not all(s.front) for s in panel.sets):
+            ax.scatter([], [], color=_DOMINATED, s=26, label="dominated")
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_xlabel(panel.xlabel, fontsize=9)
+        ax.set_ylabel(panel.ylabel, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7.5, loc="best", framealpha=0.85)
+    return Figure(name, title, caption, _png(fig))

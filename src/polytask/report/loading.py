@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from polytask.errors import PolytaskError
 
-Kind = Literal["run", "compare", "affinity"]
+Kind = Literal["run", "compare", "affinity", "pareto"]
 
 #: Per-epoch fields keyed by task (or by "a|b" task pair): one level of nesting.
 _KEYED_FIELDS = (
@@ -48,11 +48,14 @@ def detect(directory: Path) -> Kind:
         return "compare"
     if (directory / "affinity.json").is_file():
         return "affinity"
+    if (directory / "pareto.json").is_file():
+        return "pareto"
     if (directory / "metrics.jsonl").is_file() or (directory / "metrics.csv").is_file():
         return "run"
     raise PolytaskError(
-        f"report: '{directory}' is not a polytask run, compare or affinity directory "
-        "(expected metrics.jsonl or metrics.csv, compare.json, or affinity.json in it)"
+        f"report: '{directory}' is not a polytask run, compare, affinity or pareto directory "
+        "(expected metrics.jsonl or metrics.csv, compare.json, affinity.json or pareto.json "
+        "in it)"
     )
 
 
@@ -271,3 +274,10 @@ def load_affinity(directory: Path) -> dict[str, Any]:
         ):
             raise PolytaskError(f"report: '{path}': {key!r} is not a {k}×{k} matrix")
     return data
+
+
+def load_pareto(directory: Path) -> dict[str, Any]:
+    """``pareto.json``: the points of the sweep, conditioned model and balancers per seed, their
+    non-dominated masks and hypervolumes (possibly partial: rewritten after each run)."""
+    path = directory / "pareto.json"
+    return _require(read_json_file(path), path, "polytask-pareto", ("tasks", "sets", "summary"))

@@ -805,3 +805,200 @@ def affinity_sections(directory: Path, data: dict[str, Any]) -> list[Section]:
     if read_records(run_dir) if run_dir.is_dir() else []:
         sections += run_sections(load_run(run_dir), "Measured run: ", "run_")
     return sections
+
+
+# -- Pareto directories ----------------------------------------------------------------------
+
+
+def _pareto_points(data: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    from polytask.pareto.summary import mean_points
+
+    return mean_points(data, name)
+
+
+def _front_mask(points: list[dict[str, Any]], tasks: dict[str, Any]) -> list[bool]:
+    """Non-dominated mask of seed-mean points (NaN points count as dominated)."""
+    from polytask.pareto.front import non_dominated, to_minimisation
+
+    names = list(tasks)
+    rows = [[number(p["test"].get(k)) for k in names] for p in points]
+    hib = [bool(tasks[k].get("higher_is_better")) for k in names]
+    ok = [all(math.isfinite(v) for v in row) for row in rows]
+    mask = [False] * len(rows)
+    finite = [r for r, good in zip(rows, ok, strict=True) if good]
+    if finite:
+        flags = iter(non_dominated(to_minimisation(finite, hib)).tolist())
+        mask = [bool(next(flags)) if good else False for good in ok]
+    return mask
+
+
+def pareto_sections(directory: Path, data: dict[str, Any]) -> list[Section]:
+    tasks: dict[str, Any] = dict(data.get("tasks") or {})
+    names = list(tasks)
+    sets = [e for e in data.get("sets") or [] if isinstance(e, dict)]
+    set_names = list(dict.fromkeys(str(e.get("name")) for e in sets))
+    palette = F.colors(set_names)
+    kinds = {str(e.get("name")): e.get("kind") for e in sets}
+
+    def label(task: str) -> str:
+        info = tasks.get(task) or {}
+        return f"{task} {info.get('metric', '')}{_arrow(info.get('higher_is_better'))} (test)"
+
+    setup = Section("Set-up")
+    ref = data.get("reference") or {}
+    ref_text = (
+        ", ".join(f"{k} {_fmt(v)}" for k, v in (ref.get("metric") or {}).items()) or "not yet"
+    )
+    setup.items.append(
+        Note(
+            f"{len(names)} tasks ({', '.join(names)}); {data.get('sweep', 'sweep')} over "
+            f"{len(data.get('preferences') or [])} preference vectors (each weight at least "
+            f"{_fmt(data.get('min_weight'))}); seeds {data.get('seeds')}. "
+            f"Objectives: {data.get('objectives', 'not stated')}."
+        )
+    )
+    setup.items.append(
+        Note(f"Hypervolume reference (metric units): {ref_text}. Rule: {ref.get('rule', '–')}.")
+    )
+    incomplete = [f"{e.get('name')} (seed {e.get('seed')})" for e in sets if not e.get("complete")]
+    if incomplete:
+        setup.items.append(
+            Note(f"Partial sweep: still running or missing: {', '.join(incomplete)}.", True)
+        )
+    from polytask.pareto.summary import SUMMARY_HEADER, summary_rows
+
+    setup.items.append(
+        Table(
+            "Hypervolume (higher is better) and training cost per set of points, mean ± sd "
+            "over seeds; ratios against the sweep of the same seed",
+            list(SUMMARY_HEADER),
+            [list[Cell](row) for row in summary_rows(data)],
+        )
+    )
+
+    front = Section("Pareto front")
+    averaged = {n: _pareto_points(data, n) for n in set_names}
+    panels = []
+    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+    for i, j in pairs[:6]:
+        point_sets = []
+        for n in set_names:
+            points = averaged[n]
+            if not points:
+                continue
+            point_sets.append(
+                F.PointSet(
+                    n,
+                    [number(p["test"].get(names[i])) for p in points],
+                    [number(p["test"].get(names[j])) for p in points],
+                    _front_mask(points, tasks),
+                    palette[n],
+                    # A curve only where it is one: in 2-D, and not for one point per seed.
+                    line=len(names) == 2 and kinds[n] != "balancer",
+                    marker="D" if kinds[n] == "balancer" else "o",
+                )
+            )
+        if point_sets:
+            panels.append(
+                F.ScatterPanel(
+                    f"{names[i]} vs {names[j]}", label(names[i]), label(names[j]), point_sets
+                )
+            )
+    if panels:
+        what = (
+            "the front in objective space"
+            if len(names) == 2
+            else f"pairwise projections of the {len(names)}-task front"
+            + (f" (first 6 of {len(pairs)} pairs)" if len(pairs) > 6 else "")
+        )
+        front.items.append(
+            F.scatter_panels(
+                "pareto_front",
+                "Pareto front",
+                f"Test metrics of every point, {what}; mean over complete seeds, per preference "
+                "(sweep, conditioned model) or per method (balancers, diamonds). Coloured points "
+                "are non-dominated within their set, grey ones are beaten on every task by "
+                "another point of the same set (dominance in all tasks at once, also in a "
+                "projection).",
+                panels,
+            )
+        )
+    else:
+        front.items.append(Note("Pareto front: no finished run yet.", True))
+
+    trade = [n for n in set_names if kinds[n] in ("sweep", "conditioned") and averaged[n]]
+    trade_panels = []
+    for k, task in enumerate(names):
+        series = []
+        for n in trade:
+            points = sorted(
+                averaged[n], key=lambda p: number((p["preference"] or [0.0] * len(names))[k])
+            )
+            series.append(
+                F.Series(
+                    n,
+                    [number(p["preference"][k]) for p in points],
+                    [number(p["test"].get(task)) for p in points],
+                    palette[n],
+                )
+            )
+        if series:
+            trade_panels.append(F.Panel(task, series, label(task), f"preference weight of {task}"))
+    if trade_panels:
+        front.items.append(
+            F.line_panels(
+                "trade_off_by_preference",
+                "Each task's metric against its preference weight",
+                "Test metric of each task against the weight the preference gives that task "
+                "(sweep: one run per preference; conditioned model: one run evaluated at every "
+                "preference). A model that follows the preference moves monotonically: more "
+                "weight, better metric.",
+                trade_panels,
+                ncols=min(3, len(trade_panels)),
+            )
+        )
+    else:
+        front.items.append(Note("Trade-off against the preference: no sweep points yet.", True))
+
+    cost = Section("Hypervolume and cost")
+    summary = [r for r in data.get("summary") or [] if isinstance(r, dict)]
+    stats = []
+    for key, title, ylabel in (
+        ("hypervolume", "hypervolume of each set", "hypervolume"),
+        ("training_seconds", "training cost", "seconds (sum of epochs)"),
+    ):
+        cats, mean, low, high = [], [], [], []
+        for row in summary:
+            values = [number(v) for v in (row.get(key) or {}).get("values") or []]
+            finite = [v for v in values if math.isfinite(v)]
+            if not finite:
+                continue
+            cats.append(str(row.get("name")))
+            mean.append(_mean(finite))
+            low.append(min(finite) if len(finite) > 1 else math.nan)
+            high.append(max(finite) if len(finite) > 1 else math.nan)
+        if cats:
+            stats.append(F.Points(title, cats, mean, low, high, [palette[c] for c in cats], ylabel))
+    if stats:
+        cost.items.append(
+            F.point_panels(
+                "hypervolume_and_cost",
+                "Hypervolume and training cost",
+                "Mean over seeds (bars: min–max when there are several seeds). The hypervolume "
+                "is the area (volume) of objective space a set dominates up to the reference "
+                "point; the cost is the sum of the training epochs' seconds of all its runs.",
+                stats,
+                ncols=2,
+            )
+        )
+    else:
+        cost.items.append(Note("Hypervolume and cost: no complete set yet.", True))
+    out = [setup, front, cost]
+    conditioned = next(
+        (e for e in sets if e.get("kind") == "conditioned" and e.get("points")), None
+    )
+    if conditioned is not None:
+        run_dir = directory / "runs" / str(conditioned["points"][0].get("run"))
+        if read_records(run_dir) if run_dir.is_dir() else []:
+            out += run_sections(load_run(run_dir), "Conditioned run: ", "conditioned_")
+    return out

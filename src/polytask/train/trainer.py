@@ -410,11 +410,12 @@ class Trainer:
         self.balancer.step_gramian = None
         # Loss-level methods never see gradients; measure them once per epoch (K extra
         # backward passes on one batch) so every run logs them. An architecture sharing no
-        # parameters (soft sharing) has none to log.
+        # parameters (soft sharing) has none to log, nor has a fine-tuning run whose shared
+        # encoder is frozen (autograd cannot differentiate with respect to nothing).
         if (
             first
             and not self.balancer.needs_gradients
-            and (shared := self.model.shared_parameters())
+            and (shared := [p for p in self.model.shared_parameters() if p.requires_grad])
         ):
             measured = task_gradient_gramian(losses, shared)
             self.balancer.step_gramian = measured

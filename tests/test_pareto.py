@@ -221,7 +221,7 @@ def test_epo_reaches_the_preference_ray(preference: list[float]) -> None:
 def test_epo_rejects_bad_preferences() -> None:
     with pytest.raises(ConfigError, match=r"balancer\.preference: 3 weights for 2 tasks"):
         build_balancer("epo", {"preference": [0.2, 0.3, 0.5]}, TWO)
-    with pytest.raises(ConfigError, match="every weight must be positive"):
+    with pytest.raises(ConfigError, match="every one of the weights must be positive"):
         build_balancer("epo", {"preference": [1.0, 0.0]}, TWO)
 
 
@@ -437,7 +437,7 @@ def test_pareto_plan_errors() -> None:
         plan_sweep(config_from_dict(raw))
     raw["data"]["split"]["test"] = 0.2
     raw["pareto"] = {"method": "epo", "min_weight": 0.0}
-    with pytest.raises(ConfigError, match="every weight must be positive"):
+    with pytest.raises(ConfigError, match="every one of the weights must be positive"):
         plan_sweep(config_from_dict(raw))
     # EPO sweep: one run per preference, the preference handed to the balancer; the cosmos
     # config's conditioning is switched off for the sweep's runs.

@@ -104,7 +104,7 @@ def _declared(task: Task) -> dict[str, Any]:
     return {k: v for k, v in task.to_dict().items() if v is not None and k not in fitted}
 
 
-def _prepare_out_dir(out: Path | None, resume: bool, overwrite: bool) -> None:
+def prepare_out_dir(out: Path | None, resume: bool, overwrite: bool) -> None:
     if out is None:
         if resume:
             raise PolytaskError("resume needs an output directory holding checkpoints")
@@ -122,7 +122,7 @@ def _prepare_out_dir(out: Path | None, resume: bool, overwrite: bool) -> None:
         )
 
 
-def _check_tensorboard(cfg: RunConfig, out_dir: Path | None) -> None:
+def check_tensorboard(cfg: RunConfig, out_dir: Path | None) -> None:
     """``train.tensorboard`` needs a run directory and the package: fail before any data is
     read."""
     if not cfg.train.tensorboard:
@@ -137,7 +137,7 @@ def _check_tensorboard(cfg: RunConfig, out_dir: Path | None) -> None:
     require_tensorboard()
 
 
-def _create_out_dir(out: Path | None, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
+def create_out_dir(out: Path | None, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
     """Create (or, with ``overwrite``, replace) the run directory, once every check passed."""
     if out is None:
         return
@@ -221,6 +221,29 @@ def train_model(
     return model, fit
 
 
+def run_predictor(
+    cfg: RunConfig,
+    model: MultiTaskModel,
+    tasks: list[Task],
+    data: PreparedData,
+    summary: dict[str, Any],
+    lineage: dict[str, Any] | None = None,
+) -> Predictor:
+    """The predictor of a model trained on ``data`` as ``cfg`` describes (its preprocessing,
+    id column and missing-value markers), carrying the run's ``summary`` as its metrics."""
+    return Predictor(
+        model,
+        tasks,
+        data.preprocessor,
+        cfg.model,
+        data.input_spec,
+        id_column=cfg.data.id,
+        na_values=cfg.data.na_values,
+        metrics=summary,
+        lineage=lineage,
+    )
+
+
 def run(
     cfg: RunConfig,
     *,
@@ -240,8 +263,8 @@ def run(
     directory is touched, so bad input leaves nothing behind.
     """
     out_dir = Path(out) if out is not None else (cfg.resolve(cfg.out) if cfg.out else None)
-    _prepare_out_dir(out_dir, resume, overwrite)
-    _check_tensorboard(cfg, out_dir)
+    prepare_out_dir(out_dir, resume, overwrite)
+    check_tensorboard(cfg, out_dir)
     distillation = None
     if cfg.distill.teachers:
         from polytask.distill import Distillation
@@ -257,7 +280,7 @@ def run(
     probe_model = build_model(tasks, data.input_spec, cfg.model, seed=cfg.seed)
     probe.check_model(probe_model)
     _tune_new_model(cfg, probe_model, tasks)  # a [finetune] policy the model cannot take
-    _create_out_dir(out_dir, cfg, resume, overwrite)
+    create_out_dir(out_dir, cfg, resume, overwrite)
     model, fit = train_model(
         cfg,
         data,
@@ -322,17 +345,7 @@ def run(
         **({"teachers": baselines} if distillation is not None else {}),
         **extra,
     }
-    predictor = Predictor(
-        model,
-        tasks,
-        data.preprocessor,
-        cfg.model,
-        data.input_spec,
-        id_column=cfg.data.id,
-        na_values=cfg.data.na_values,
-        metrics=summary,
-        lineage=lineage,
-    )
+    predictor = run_predictor(cfg, model, tasks, data, summary, lineage)
     if out_dir is not None:
         predictor.save(out_dir / "model")
         atomic_write_text(out_dir / "results.json", to_json(summary) + "\n")

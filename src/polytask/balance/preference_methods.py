@@ -141,20 +141,23 @@ class EPOParams(EngineParams):
 )
 def build_epo(tasks: list[Task], params: BaseModel) -> Balancer:
     assert isinstance(params, EPOParams)
-    names = [t.name for t in tasks]
-    r = params.preference
-    if len(r) != len(tasks):
-        raise ConfigError(
-            f"balancer.preference: {len(r)} weights for {len(tasks)} tasks ({', '.join(names)})"
-        )
-    if not all(math.isfinite(v) and v > 0 for v in r):
-        # r_k = 0 puts log(0) in the balancing direction; EPO's ray needs every task.
-        raise ConfigError(f"balancer.preference: every weight must be positive, got {r}")
+    # r_k = 0 puts log(0) in the balancing direction; EPO's ray needs every task.
+    r = _positive_per_task(params.preference, tasks, "balancer.preference", "weights")
     engine = EngineParams.model_validate({k: getattr(params, k) for k in EngineParams.model_fields})
     total = sum(r)
     return GradientBalancer(
         tasks, ExactParetoOptimal([v / total for v in r], params.eps), engine, "epo"
     )
+
+
+def _positive_per_task(values: list[float], tasks: list[Task], key: str, what: str) -> list[float]:
+    """``values``, one per task in task order, checked finite and positive."""
+    if len(values) != len(tasks):
+        names = ", ".join(t.name for t in tasks)
+        raise ConfigError(f"{key}: {len(values)} {what} for {len(tasks)} tasks ({names})")
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"{key}: every one of the {what} must be positive, got {values}")
+    return [float(v) for v in values]
 
 
 # -- COSMOS ----------------------------------------------------------------------------------
@@ -309,8 +312,5 @@ class COSMOS(Balancer):
 def build_cosmos(tasks: list[Task], params: BaseModel) -> Balancer:
     assert isinstance(params, COSMOSParams)
     alpha = params.alpha if isinstance(params.alpha, list) else [params.alpha] * len(tasks)
-    if len(alpha) != len(tasks):
-        raise ConfigError(f"balancer.alpha: {len(alpha)} values for {len(tasks)} tasks")
-    if not all(math.isfinite(a) and a > 0 for a in alpha):
-        raise ConfigError(f"balancer.alpha: Dirichlet concentrations must be positive, got {alpha}")
-    return COSMOS(tasks, [float(a) for a in alpha], params.lam, params.ray, params.sampling)
+    alpha = _positive_per_task(alpha, tasks, "balancer.alpha", "Dirichlet concentrations")
+    return COSMOS(tasks, alpha, params.lam, params.ray, params.sampling)

@@ -26,14 +26,13 @@ import pandas as pd
 from pydantic import ValidationError
 from rich.console import Console
 
-from polytask.artifacts import Predictor
 from polytask.comparison.plan import RunSpec
 from polytask.config import RunConfig
 from polytask.data.prepare import PreparedData, prepare_data
 from polytask.errors import PolytaskError
 from polytask.evaluate.compare import compare as compare_metrics
 from polytask.evaluate.evaluation import evaluate_data
-from polytask.pipeline import run, train_model
+from polytask.pipeline import run, run_predictor, train_model
 from polytask.state_io import atomic_write_text, read_json, to_json, write_json
 
 #: Settings that change how a run is shown or where it lives, not what it computes.
@@ -181,16 +180,7 @@ def _train_single_task(
         "single_task": {},
         "comparison": comparison.to_dict(),
     }
-    predictor = Predictor(
-        model,
-        single,
-        data.preprocessor,
-        cfg.model,
-        data.input_spec,
-        id_column=cfg.data.id,
-        na_values=cfg.data.na_values,
-        metrics=summary,
-    )
+    predictor = run_predictor(cfg, model, single, data, summary)
     predictor.save(run_dir / "model")
     atomic_write_text(run_dir / "results.json", to_json(summary) + "\n")
 

@@ -43,9 +43,9 @@ from polytask.finetune.tuning import Tuning, tune
 from polytask.models.model import build_model
 from polytask.pipeline import (
     RunResult,
-    _check_tensorboard,
-    _create_out_dir,
-    _prepare_out_dir,
+    check_tensorboard,
+    create_out_dir,
+    prepare_out_dir,
     train_model,
 )
 from polytask.state_io import atomic_write_text, to_json
@@ -193,8 +193,8 @@ def finetune(
     if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg)
     out_dir = Path(out) if out is not None else (cfg.resolve(cfg.out) if cfg.out else None)
-    _prepare_out_dir(out_dir, resume, overwrite)
-    _check_tensorboard(cfg, out_dir)
+    prepare_out_dir(out_dir, resume, overwrite)
+    check_tensorboard(cfg, out_dir)
     source = load_base(base)
     plan = check_run_config(cfg, source)
     reference = _reference_table(cfg, source, plan)
@@ -217,7 +217,7 @@ def finetune(
     tuning = tune(cfg, model, tasks, model_cfg.architecture.name, fixed_tasks=plan.kept)
     frozen_at_start = tuning.plan.frozen_names()
     # Every check passed: from here on the output directory may be written.
-    _create_out_dir(out_dir, cfg, resume, overwrite)
+    create_out_dir(out_dir, cfg, resume, overwrite)
     model, fit = train_model(
         cfg,
         data,

@@ -347,6 +347,23 @@ def test_bad_data_fails_before_training(base: Path, table: pd.DataFrame) -> None
         finetune(base, config_from_dict(raw), frame=table, quiet=True)
 
 
+@pytest.mark.parametrize(
+    ("balancer", "message"),
+    [
+        ("gradnorm", "balancer 'gradnorm' weighs the tasks by their gradients on the last shared "
+         "layer, which is frozen"),
+        ("upgrad", "'upgrad' balances the tasks' gradients of the shared parameters"),
+    ],
+)  # fmt: skip
+def test_gradient_balancers_on_a_frozen_encoder_fail_before_writing(
+    base: Path, table: pd.DataFrame, tmp_path: Path, balancer: str, message: str
+) -> None:
+    raw = ft_raw(balancer={"name": balancer})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        finetune(base, config_from_dict(raw), frame=table, out=tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
 def test_cross_stitch_cannot_take_a_new_task(tmp_path: Path, table: pd.DataFrame) -> None:
     raw = base_raw(architecture={"name": "cross_stitch"})
     raw["model"]["encoder"]["widths"] = [8]

@@ -357,6 +357,14 @@ class GradNorm(_IndexedBalancer):
             raise ConfigError(f"balancer 'gradnorm' needs a last shared layer: {exc}") from exc
         if not layer:
             raise ConfigError("balancer 'gradnorm' needs a last shared layer; the model has none")
+        # A frozen encoder (fine-tuning) leaves GradNorm nothing to measure: fail now, before a
+        # run directory is written, rather than at the first step.
+        if not any(p.requires_grad for p in layer):
+            raise ConfigError(
+                "balancer 'gradnorm' weighs the tasks by their gradients on the last shared "
+                "layer, which is frozen; use a loss-level balancer (e.g. 'static') or leave "
+                "that layer trainable"
+            )
 
     def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         """The present tasks' weights, floored and renormalised to sum to their number."""

@@ -63,6 +63,7 @@ def _check_balancer(
     cfg: RunConfig, tasks: list[Task], model: MultiTaskModel, policy: FinetuneConfig
 ) -> None:
     balancer = build_balancer(cfg.balancer.name, cfg.balancer.params(), tasks)
+    balancer.check_model(model)  # e.g. GradNorm's layer frozen: the trainer would fail later
     if balancer.needs_gradients and not any(p.requires_grad for p in model.shared_parameters()):
         raise ConfigError(
             f"config error: balancer.name: {cfg.balancer.name!r} balances the tasks' gradients "

@@ -293,6 +293,32 @@ def test_learning_rate_scales_reach_the_optimizer(base: Path, table: pd.DataFram
     assert not kept & (groups[0][1] | groups[1][1])  # the kept heads never train
 
 
+def test_layer_lr_decay_gives_each_lower_layer_a_smaller_rate(
+    base: Path, table: pd.DataFrame
+) -> None:
+    lrs: list[tuple[float, set[int]]] = []
+
+    def record(trainer: Trainer, record: EpochRecord) -> None:
+        if not lrs:
+            lrs.extend(
+                (g["lr"], {id(p) for p in g["params"]}) for g in trainer.optimizer.param_groups
+            )
+
+    policy = {"freeze": "none", "shared_lr_scale": 0.1, "layer_lr_decay": 0.5}
+    raw = ft_raw(finetune=policy)
+    result = finetune(base, config_from_dict(raw), frame=table, quiet=True, callbacks=[record])
+    model = result.predictor.model
+    layers = layer_groups(model)
+    assert len(layers) == 3 and len(lrs) == 4  # one group per shared layer, then the head
+    for layer, (lr, params) in zip(layers, lrs, strict=False):
+        assert params == {id(p) for p in layer.parameters.values()}
+        assert lr == pytest.approx(0.01 * 0.1 * 0.5 ** (2 - layer.index))
+    assert set().union(*(p for _, p in lrs[:3])) == {id(p) for p in model.shared_parameters()}
+    assert lrs[3][0] == pytest.approx(0.01)
+    assert result.predictor.lineage is not None
+    assert result.predictor.lineage["learning_rates"]["layer_lr_decay"] == 0.5
+
+
 def test_continued_task_keeps_the_base_fit(base: Path, tmp_path: Path) -> None:
     shifted = toy_table(400, seed=5)
     shifted["c"] = shifted["c"] * 3 + 10  # new data, other scale: the head's scale stays

@@ -486,6 +486,14 @@ class FinetuneConfig(_Strict):
     head_lr_scale: float = Field(
         default=1.0, gt=0.0, description="learning rate of the task-specific parts, x train.lr"
     )
+    layer_lr_decay: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="discriminative fine-tuning (Howard & Ruder, ULMFiT, 2018): the top shared "
+        "layer learns at shared_lr_scale, each layer below at layer_lr_decay x the one above "
+        "(ULMFiT: 1/2.6 = 0.38); 1: one rate for the whole encoder",
+    )
     unfreeze: Literal["none", "gradual"] = Field(
         default="none",
         description="gradual: unfreeze one frozen layer every `unfreeze_every` epochs, from the "

@@ -247,9 +247,11 @@ def parameter_groups(
     model: MultiTaskModel, plan: FreezePlan, policy: FinetuneConfig, trained: list[str]
 ) -> list[dict[str, Any]]:
     """The optimiser's groups: shared parameters at ``shared_lr_scale`` x the learning rate,
-    the trained tasks' own parameters at ``head_lr_scale`` (ULMFiT's discriminative rates, per
-    group); parameters that never train (frozen without gradual unfreezing, fixed heads) are
-    left out."""
+    the trained tasks' own parameters at ``head_lr_scale``; with ``layer_lr_decay < 1`` one
+    group per shared layer, the top one at ``shared_lr_scale`` and each below at
+    ``layer_lr_decay`` x the one above (ULMFiT's discriminative fine-tuning, Howard & Ruder
+    2018: lower layers hold more general features, which should move less). Parameters that
+    never train (frozen without gradual unfreezing, fixed heads) are left out."""
     shared = plan.trainable_shared(policy.unfreeze == "gradual")
     seen = {id(p) for p in shared}
     own: list[nn.Parameter] = []
@@ -258,8 +260,16 @@ def parameter_groups(
             if id(param) not in seen:
                 seen.add(id(param))
                 own.append(param)
-    groups = [
-        {"params": shared, "lr_scale": policy.shared_lr_scale},
-        {"params": own, "lr_scale": policy.head_lr_scale},
-    ]
+    if policy.layer_lr_decay == 1.0:
+        groups = [{"params": shared, "lr_scale": policy.shared_lr_scale}]
+    else:
+        top = len(plan.groups) - 1
+        groups = [
+            {
+                "params": [p for p in g.parameters.values() if id(p) in seen],
+                "lr_scale": policy.shared_lr_scale * policy.layer_lr_decay ** (top - g.index),
+            }
+            for g in plan.groups
+        ]
+    groups.append({"params": own, "lr_scale": policy.head_lr_scale})
     return [g for g in groups if g["params"]]

@@ -164,6 +164,7 @@ def _lineage(
             "lr": cfg.train.lr,
             "shared_lr_scale": policy.shared_lr_scale,
             "head_lr_scale": policy.head_lr_scale,
+            "layer_lr_decay": policy.layer_lr_decay,
         },
         "data": _data_lineage(cfg, data),
     }

@@ -23,6 +23,7 @@ TRAINING_KEYS = (
     "layers",
     "shared_lr_scale",
     "head_lr_scale",
+    "layer_lr_decay",
     "unfreeze",
     "unfreeze_every",
 )

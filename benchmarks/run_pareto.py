@@ -15,7 +15,9 @@ re-implemented here. For each dataset and seed:
     (``[pareto] conditioned_epochs``; early stopping still applies), and evaluated at the same
     11 preferences;
 (c) one run of each balancing method: equal weights, uncertainty weighting (Kendall et al.
-    2018), DB-MTL (Lin et al. 2023), Nash-MTL (Navon et al. 2022), FAMO (Liu et al. 2023).
+    2018), DB-MTL (Lin et al. 2023), Nash-MTL (Navon et al. 2022), FAMO (Liu et al. 2023);
+(d) the budget control: equal weights trained for the conditioned model's (doubled) epochs
+    (``[pareto] budget_control``), so what COSMOS gains from its longer budget alone is visible.
 
 Objectives: each task's primary test metric (checkpoints selected on validation). Every
 hypervolume of a dataset is taken against one reference point: the nadir of every evaluated

@@ -422,7 +422,7 @@ def test_pareto_cli_sweep_resumes_and_measures_the_front(tmp_path: Path) -> None
 
 
 def test_pareto_plan_errors() -> None:
-    from polytask.pareto.driver import plan_sweep
+    from polytask.pareto.driver import BUDGET_CONTROL, plan_sweep
 
     raw = _conflict_raw(epochs=1)
     raw["pareto"] = {"reference": {"a": 1.0}}
@@ -455,3 +455,14 @@ def test_pareto_plan_errors() -> None:
     assert [r.spec.path for r in conditioned] == ["cosmos/seed3", "cosmos/seed5"]
     assert [r.spec.cfg.train.epochs for r in conditioned] == [7, 7]
     assert {r.spec.cfg.train.epochs for r in sweep_runs} == {1}
+    # The budget control: equal weights, unconditioned, for the conditioned run's epochs.
+    control = [r for r in plan.runs if r.group == BUDGET_CONTROL]
+    assert [r.spec.path for r in control] == ["budget-control/seed3", "budget-control/seed5"]
+    for r in control:
+        assert r.kind == "balancer" and r.spec.cfg.train.epochs == 7
+        assert r.spec.cfg.balancer.name == "equal"
+        assert r.spec.cfg.model.preference_conditioning == "none"
+    raw["pareto"]["budget_control"] = False
+    assert not [r for r in plan_sweep(config_from_dict(raw)).runs if r.group == BUDGET_CONTROL]
+    raw["pareto"] |= {"budget_control": True, "conditioned_epochs": 1}  # same budget: no control
+    assert not [r for r in plan_sweep(config_from_dict(raw)).runs if r.group == BUDGET_CONTROL]

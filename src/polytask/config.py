@@ -395,6 +395,12 @@ class ParetoConfig(_SeededConfig):
         description="train.epochs of the conditioned (cosmos) run; default: train.epochs. One "
         "model for every preference may need a longer budget than one run for one preference",
     )
+    budget_control: bool = Field(
+        default=True,
+        description="when conditioned_epochs differs from train.epochs: also train equal "
+        "weights for conditioned_epochs (one point per seed), so a conditioned model that beats "
+        "the sweep only because it trained longer shows it",
+    )
     reference: dict[str, float] | None = Field(
         default=None,
         description="hypervolume reference point in metric units, per task; default: the "

@@ -8,7 +8,11 @@ The runs (all planned and validated before anything trains):
 * when the config's balancer is ``cosmos``: one **conditioned** run per seed (the config as
   written), evaluated afterwards at every preference of the sweep, so its front costs one
   training run;
-* one run per seed for each balancing method in ``[pareto] balancers``: one point each.
+* one run per seed for each balancing method in ``[pareto] balancers``: one point each;
+* when the conditioned run trains for other epochs than the sweep (``[pareto]
+  conditioned_epochs``, with ``budget_control`` on, the default): one run per seed of equal
+  weights for those epochs, so the conditioned model's front can be told apart from what its
+  longer budget alone buys.
 
 Every run is an ordinary run directory under ``OUT/runs/``, trained or read back by the compare
 command's runner (:func:`polytask.comparison.runner.ensure_run`): a run directory with
@@ -47,6 +51,9 @@ from polytask.pareto.preferences import preference_points
 from polytask.state_io import atomic_write_text, read_json, to_json
 
 RunKind = Literal["sweep", "conditioned", "balancer"]
+
+#: The set of equal-weight runs trained for the conditioned run's epochs (``budget_control``).
+BUDGET_CONTROL = "equal, conditioned epochs"
 
 #: Where a conditioned run keeps its evaluation at the sweep's preferences.
 POINTS_FILE = "preference_points.json"
@@ -169,6 +176,18 @@ def plan_sweep(cfg: RunConfig) -> SweepPlan:
             path = _dir_name(f"balancer-{name}/seed{seed}")
             spec = RunSpec(fraction, name, None, seed, (), built, path)
             runs.append(SweepRun(spec, name, "balancer"))
+        epochs = section.conditioned_epochs
+        if conditioned and section.budget_control and epochs not in (None, cfg.train.epochs):
+            # Same budget as the conditioned run, no conditioning: what the epochs alone buy.
+            one = json.loads(json.dumps(raw))
+            one["seed"] = seed
+            one["model"]["preference_conditioning"] = "none"
+            one["balancer"] = {"name": "equal"}
+            one["train"]["epochs"] = epochs
+            built = _build(one, cfg, "the budget control")
+            path = f"budget-control/seed{seed}"
+            spec = RunSpec(fraction, BUDGET_CONTROL, None, seed, (), built, path)
+            runs.append(SweepRun(spec, BUDGET_CONTROL, "balancer"))
     groups = [r.group for r in runs]
     if len(set(zip(groups, [r.spec.path for r in runs], strict=True))) != len(runs):
         raise ConfigError("config error: pareto.balancers: a balancer is listed twice")

@@ -38,31 +38,23 @@ Data (``examples/<dataset>.toml``, the tuned recipes otherwise unchanged):
   [8, 16, 32], 6 epochs instead of the example's 3 (after 3 every model is still improving,
   ``multimnist.md``), patience 3.
 
-What trial runs showed (1 seed, smaller settings, so a guide, not the result): on MultiMNIST
-(6-epoch sweep, 12-epoch conditioned model) COSMOS reached 128% of the sweep's hypervolume at
-22% of its cost with λ = 0.5 (128% with λ = 0), being better at every preference (left/right
-accuracy ~0.92/0.90, against 0.90/0.19 ... 0.84/0.69 ... 0.25/0.81 along the sweep) while
-ignoring the preference: the 6-epoch static runs are still improving, and their trade-off is
-largely one of budget. With one preference per batch (the paper's sampling) the same model
-collapsed away from r = (0.5, 0.5) (33-68%). On Census (a quarter of the rows, 6 epochs) the
-tasks barely trade off: the sweep spans 0.92-0.94 income AUROC and 0.990-0.993 never-married
-AUROC, equal weights alone reach 99% of its hypervolume, and the conditioned model, 0.001 AUROC
-below equal weights, 55-92% depending on λ (a reference point 10% beyond so small a front
-magnifies such gaps).
+Besides hypervolume and cost, the results say whether each front follows its preference: a
+task's test metric where the preference weights it most and least, next to the seed noise
+(:func:`preference_response`). Measured (``pareto.md``): on MultiMNIST the 6-epoch sweep's
+trade-off is large (left accuracy 0.89 to 0.25 along it) while the COSMOS model is nearly the
+same at every preference (and better than any sweep point); on Census every set lies within
+a few thousandths of AUROC, about the seed noise.
 
 Runs live in ``benchmarks/.cache/pareto/<dataset>/runs/`` and are never retrained (``polytask
 pareto`` is resumable: an interrupted benchmark continues where it stopped). Results:
 ``benchmarks/results/pareto.md`` / ``.json`` and the front of each dataset
 (``pareto_<dataset>_front.png``, from the ``polytask report`` of its directory).
 
-Wall time (one torch thread per run, ``--workers 2``, the shared 2-core machine with other
-benchmarks running, load average 5-6): the ``--quick`` run (census on 10% of the training rows
-for 2 epochs, MultiMNIST for 1 epoch, 3 preferences, COSMOS and equal weights, 1 seed) took
-3.4 min. Epoch times there and in trial runs: census ~1.5 s per sweep epoch on a quarter of the
-rows (~6 s on all of them), COSMOS 1.5-1.8× that; MultiMNIST ~22 s per sweep epoch, COSMOS
-~28 s. The full benchmark (per seed and dataset 11 sweep runs, one COSMOS run, 5 balancers; 3
-seeds; census runs stopping after ~10-13 epochs) is estimated at **~1.5-2 hours** on such a
-loaded machine (census ~40 min, MultiMNIST ~65 min), less on an idle one.
+Wall time (one torch thread per run, ``--workers 1``, the 2-core machine with one other
+one-thread benchmark running): 64.4 min for both datasets and 3 seeds (census 17 min), plus
+5.5 min when the budget-control runs were added to the finished cache. Per run: a census sweep
+run ~20 s (early stopping at ~10-13 epochs), MultiMNIST ~45 s for 6 epochs, its COSMOS run
+~108 s for 12. The ``--quick`` run takes ~3 min.
 
 Usage::
 

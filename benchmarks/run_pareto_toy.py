@@ -17,7 +17,9 @@ runs through polytask's own balancers (``polytask.balance``): the parameter is a
 "shared network" whose output the two losses read, so the gradient engine builds the Gramian
 exactly as for a real model. Methods: every registered balancer that applies to a shared
 parameter with no data (DWA and GradNorm need epochs or a representation layer, GradDrop a
-representation, COSMOS a conditioned model: left out), plus EPO at the preferences 0.2/0.8,
+representation, COSMOS a conditioned model: left out), Nash-MTL also as its authors' code
+runs it (``nash_mtl:previous``: a step without a bargaining solution reuses the previous
+weights), plus EPO at the preferences 0.2/0.8,
 0.5/0.5 and 0.8/0.2.
 
 The Pareto front is computed numerically: the non-dominated points of the objective on a
@@ -27,6 +29,16 @@ plane. A trajectory *reaches the front* when its end point lies within 1% of the
 (objectives normalised by the front's extent, Euclidean distance to the nearest front point).
 For EPO the table also gives ``r1 L1 / (r2 L2)`` at the end (1 on the preference ray; the
 losses being the shifted ones).
+
+Two things the protocol adds. A trajectory that has *settled* (its objectives moved less than
+1e-5, in units of each objective's scale, over the last 1,000 steps) stops there: Adam at
+learning rate 1e-3 would not move its end point measurably in the remaining steps, and the
+benchmark fits the session (the table says how many settled, and by which step). A method that
+*cannot take a step* (polytask raises, e.g. Nash-MTL's bargaining problem has no solution
+where the two gradients point exactly against each other, which is what Pareto stationarity
+means for two objectives of a 2-D parameter) ends its trajectory there and the failure is
+reported with its step; the authors' code would silently reuse the previous weights. Finished
+methods are kept in ``benchmarks/.cache/pareto_toy/``: an interrupted run resumes.
 
 Output: ``benchmarks/results/pareto_toy.md`` / ``.json`` / ``.png`` (one panel per method:
 trajectories in objective space over the front).
@@ -49,6 +61,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tempfile
 import time
@@ -62,7 +75,7 @@ from torch import Tensor, nn
 
 from common import RESULTS_DIR, machine_lines, markdown_table, worker_run_info, write_results
 from polytask.balance import build_balancer
-from polytask.errors import ConfigError
+from polytask.errors import ConfigError, PolytaskError
 from polytask.pareto import non_dominated
 from polytask.tasks import Task
 
@@ -72,10 +85,13 @@ LOWER = 5e-6
 INITS = [(-8.5, 7.5), (0.0, 0.0), (9.0, 9.0), (-7.5, -0.5), (9.0, -1.0)]
 METHODS = [
     "equal", "uncertainty", "imtl_l", "rlw", "gls", "famo", "stch",
-    "mgda", "pcgrad", "gradvac", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl", "upgrad",
+    "mgda", "pcgrad", "gradvac", "cagrad", "imtl_g", "nash_mtl", "nash_mtl:previous", "aligned_mtl", "upgrad",
     "dualproj", "fairgrad", "db_mtl", "epo:0.2", "epo:0.5", "epo:0.8",
 ]  # fmt: skip
 TOLERANCE = 0.01
+SETTLE, SETTLE_EVERY = 1e-5, 1000  # stationarity test: objective movement per 1,000 steps
+RUN_KEYS = ("x_end", "end", "distance", "reached", "seconds", "steps", "settled", "failed")
+CACHE_DIR = Path(__file__).resolve().parent / ".cache" / "pareto_toy"
 TASKS = [
     Task(name="f1", kind="regression", target="f1"),
     Task(name="f2", kind="regression", target="f2"),
@@ -137,6 +153,8 @@ def make_balancer(method: str) -> nn.Module:
     if name == "epo":
         r = float(pref)
         params = {"preference": [r, 1.0 - r]}
+    elif name == "nash_mtl" and pref:
+        params = {"on_failure": pref}  # nash_mtl:previous, the authors' behaviour
     return build_balancer(name, params, TASKS)
 
 
@@ -152,20 +170,44 @@ def trajectory(method: str, x0: tuple[float, float], steps: int, every: int) -> 
         params.append({"params": own})
     optimiser = torch.optim.Adam(params, lr=1e-3)
     path = []
+    failed, settled, taken = None, None, steps
+    last = objectives(model.point.x).detach()
     started = time.perf_counter()
     for step in range(steps):
         if step % every == 0:
             with torch.no_grad():
                 path.append(objectives(model.point.x).tolist())
+        if step > 0 and step % SETTLE_EVERY == 0:
+            # Stationary: the objectives moved less than SETTLE (in units of each objective's
+            # scale) over the last SETTLE_EVERY Adam steps; the rest of the run would not move
+            # the end point measurably, so it is skipped (it only saves time).
+            now = objectives(model.point.x).detach()
+            moved = float(((now - last).abs() / torch.tensor([SCALE, 1.0])).sum())
+            if moved < SETTLE:
+                settled = taken = step
+                break
+            last = now
         optimiser.zero_grad(set_to_none=True)
-        losses = balancer.forward(model, {})  # type: ignore[arg-type]
-        balancer.backward(losses, model)  # type: ignore[arg-type]
+        try:
+            losses = balancer.forward(model, {})  # type: ignore[arg-type]
+            balancer.backward(losses, model)  # type: ignore[arg-type]
+        except PolytaskError as exc:  # a method that cannot take a step: a result, recorded
+            failed, taken = str(exc), step
+            break
         optimiser.step()
     seconds = time.perf_counter() - started
     with torch.no_grad():
         end = objectives(model.point.x).tolist()
     path.append(end)
-    return {"x_end": model.point.x.detach().tolist(), "end": end, "path": path, "seconds": seconds}
+    return {
+        "x_end": model.point.x.detach().tolist(),
+        "end": end,
+        "path": path,
+        "seconds": seconds,
+        "steps": taken,
+        "settled": settled,
+        "failed": failed,
+    }
 
 
 def run_method(method: str, inits: list[tuple[float, float]], steps: int) -> dict[str, Any]:
@@ -251,11 +293,27 @@ def main() -> None:
     started = time.perf_counter()
     front = numerical_front()
     results: dict[str, dict[str, Any]] = {}
+    # One file per method and protocol: an interrupted benchmark keeps what it finished.
+    cache = (
+        args.out / "cache"
+        if args.quick
+        else CACHE_DIR / f"steps{args.steps}-settle{SETTLE:g}-inits{len(inits)}"
+    )
+    cache.mkdir(parents=True, exist_ok=True)
+    todo = []
+    for m in args.methods:
+        stored = cache / f"{m.replace(':', '_')}.json"
+        if stored.is_file():
+            results[m] = json.loads(stored.read_text(encoding="utf-8"))
+        else:
+            todo.append(m)
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = [pool.submit(run_method, m, inits, args.steps) for m in args.methods]
+        futures = [pool.submit(run_method, m, inits, args.steps) for m in todo]
         for future in as_completed(futures):
             result = future.result()
             results[result["method"]] = result
+            stored = cache / f"{result['method'].replace(':', '_')}.json"
+            stored.write_text(json.dumps(result), encoding="utf-8")
             print(f"{result['method']}: done", flush=True)
     ordered = [results[m] for m in args.methods]
     for result in ordered:
@@ -270,12 +328,20 @@ def main() -> None:
             continue
         runs = result["runs"]
         dist = [r["distance"] for r in runs]
-        ms = 1000 * sum(r["seconds"] for r in runs) / (args.steps * len(runs))
-        note = ""
+        ms = 1000 * sum(r["seconds"] for r in runs) / max(sum(r["steps"] for r in runs), 1)
+        notes = []
         if result["method"].startswith("epo:"):
             r1 = float(result["method"].partition(":")[2])
             ratios = [r1 * r["end"][0] / ((1 - r1) * r["end"][1]) for r in runs]
-            note = "r1 L1 / r2 L2 = " + ", ".join(f"{v:.3g}" for v in ratios)
+            notes.append("r1 L1 / r2 L2 = " + ", ".join(f"{v:.3g}" for v in ratios))
+        failed = [(i, r) for i, r in enumerate(runs) if r["failed"]]
+        if failed:
+            starts = ", ".join(f"start {i + 1} at step {r['steps']}" for i, r in failed)
+            notes.append(f"failed ({starts}): {failed[0][1]['failed']}")
+        settled = [r["settled"] for r in runs if r["settled"] is not None]
+        if settled:
+            notes.append(f"{len(settled)} settled by step {max(settled)}")
+        note = "; ".join(notes)
         rows.append(
             [
                 result["method"],
@@ -316,12 +382,7 @@ def main() -> None:
                 **(
                     {"skipped": r["skipped"]}
                     if "skipped" in r
-                    else {
-                        "runs": [
-                            {k: run[k] for k in ("x_end", "end", "distance", "reached", "seconds")}
-                            for run in r["runs"]
-                        ]
-                    }
+                    else {"runs": [{k: run[k] for k in RUN_KEYS} for run in r["runs"]]}
                 ),
             }
             for r in ordered

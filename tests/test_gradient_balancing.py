@@ -34,6 +34,7 @@ from polytask.balance.gradient_engine import (
     GramianWeighting,
     MatrixAggregator,
 )
+from polytask.balance.gradient_methods import NashBargaining
 from polytask.config import ModelConfig, TrainConfig
 from polytask.data.synthetic import make_mmoe_synthetic
 from polytask.errors import ConfigError, PolytaskError
@@ -312,6 +313,22 @@ def test_nash_mtl_zero_gradient_task_raises() -> None:
     jac[2] = 0.0
     with pytest.raises(PolytaskError, match="zero gradient"):
         _weights("nash_mtl", jac)
+
+
+def test_nash_mtl_without_a_solution_raises_or_reuses_the_previous_weights() -> None:
+    solvable = _seeded_jacobian(2, 6, seed=1, conflict=0.5)
+    opposed = solvable.clone()
+    opposed[1] = -2.0 * opposed[0]  # gradients cancel: G α = 1/α has no positive solution
+    with pytest.raises(PolytaskError, match="did not converge"):
+        _weights("nash_mtl", opposed, max_norm=0.0)
+    method = _method("nash_mtl", 2, max_norm=0.0, on_failure="previous")
+    assert isinstance(method, NashBargaining)
+    with pytest.raises(PolytaskError, match="did not converge"):  # nothing to reuse yet
+        method(opposed @ opposed.T, torch.ones(2, dtype=F64), [0, 1])
+    first = method(solvable @ solvable.T, torch.ones(2, dtype=F64), [0, 1])
+    again = method(opposed @ opposed.T, torch.ones(2, dtype=F64), [0, 1])
+    torch.testing.assert_close(again, first, rtol=0.0, atol=0.0)
+    assert method.reused == 1
 
 
 def test_aligned_mtl_is_the_mean_of_the_aligned_gradients() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, Field
@@ -136,22 +136,45 @@ class NashBargaining(GramianWeighting):
     The bargaining solution is the ``α > 0`` with ``G α = 1/α`` (element-wise), ``G`` the Gramian
     normalised by its Frobenius norm as in the authors' code. That is the stationary point of the
     strictly convex ``½ αᵀGα − Σ log α_k``, found here by damped Newton steps in float64 from the
-    Gramian alone (no cvxpy, no K × P Jacobian). If the iteration does not converge, e.g. a task
-    whose gradient is exactly zero has no finite solution, the step fails with that message; the
-    authors' code would silently reuse the previous weights. The update norm ``‖Jᵀα‖`` is clipped
-    to ``max_norm`` (0 disables), as in the paper's implementation.
+    Gramian alone (no cvxpy, no K × P Jacobian). The problem has no solution when a task's
+    gradient is zero or when the gradients cancel exactly (two tasks' gradients pointing against
+    each other: Pareto stationarity for two objectives of a small parameter), and the Newton
+    iteration does not converge near such points. ``on_failure = "raise"`` (the default) stops
+    the step with that message; ``"previous"`` reuses the last solved weights of the same task
+    set, as the authors' code does silently (the first step still raises). The update norm
+    ``‖Jᵀα‖`` is clipped to ``max_norm`` (0 disables), as in the paper's implementation.
     """
 
-    def __init__(self, max_norm: float, max_iter: int = 100, tol: float = 1e-8) -> None:
+    def __init__(
+        self,
+        max_norm: float,
+        max_iter: int = 100,
+        tol: float = 1e-8,
+        on_failure: Literal["raise", "previous"] = "raise",
+    ) -> None:
         super().__init__()
         self.max_norm, self.max_iter, self.tol = max_norm, max_iter, tol
+        self.on_failure = on_failure
+        #: The last solved weights per task set (``on_failure = "previous"``).
+        self._previous: dict[tuple[int, ...], Tensor] = {}
+        #: Steps whose weights were reused because the bargaining problem had no solution.
+        self.reused = 0
 
     def forward(self, gramian: Tensor, losses: Tensor, tasks: list[int]) -> Tensor:
         g = gramian.detach().double()
-        scale = torch.linalg.matrix_norm(g)
-        if not bool(scale > 0):
-            raise PolytaskError("nash_mtl: every task gradient is zero")
-        alpha = solve_bargaining(g / scale, self.max_iter, self.tol)
+        key = tuple(tasks)
+        try:
+            scale = torch.linalg.matrix_norm(g)
+            if not bool(scale > 0):
+                raise PolytaskError("nash_mtl: every task gradient is zero")
+            alpha = solve_bargaining(g / scale, self.max_iter, self.tol)
+        except PolytaskError:
+            if self.on_failure == "raise" or key not in self._previous:
+                raise
+            alpha = self._previous[key]
+            self.reused += 1
+        else:
+            self._previous[key] = alpha
         if self.max_norm > 0:
             norm = torch.sqrt(alpha @ g @ alpha)
             if norm > self.max_norm:
@@ -174,7 +197,10 @@ def solve_bargaining(gramian: Tensor, max_iter: int = 100, tol: float = 1e-8) ->
         if float(residual.norm()) <= tol * float((1.0 / alpha).norm()):
             return alpha
         hessian = gramian + torch.diag(1.0 / alpha**2)
-        step = torch.linalg.solve(hessian, residual)
+        try:
+            step = torch.linalg.solve(hessian, residual)
+        except RuntimeError:  # torch.linalg.LinAlgError: α diverging, gradients cancel
+            break
         t = 1.0
         while bool((alpha - t * step <= 0).any()):
             t *= 0.5  # stay inside the positive orthant, where the objective is defined
@@ -242,6 +268,11 @@ class GradVacParams(EngineParams):
 
 class NashParams(EngineParams):
     max_norm: float = Field(default=1.0, ge=0, description="clip ‖update‖ to this; 0 = off")
+    on_failure: Literal["raise", "previous"] = Field(
+        default="raise",
+        description="when the bargaining problem has no solution (a zero gradient, gradients "
+        "cancelling exactly): raise, or reuse the previous step's weights (the authors' code)",
+    )
 
 
 class AlignedParams(EngineParams):
@@ -287,7 +318,7 @@ _METHODS: list[tuple[str, type[EngineParams], str, Maker]] = [
     ("imtl_g", EngineParams, "impartial gradient weighting, IMTL-G (Liu et al. 2021)",
      _stateless(lambda p: IMTLGWeighting())),
     ("nash_mtl", NashParams, "Nash bargaining solution, Nash-MTL (Navon et al. 2022)",
-     lambda tasks, p: NashBargaining(p.max_norm)),
+     lambda tasks, p: NashBargaining(p.max_norm, on_failure=p.on_failure)),
     ("aligned_mtl", AlignedParams, "aligned gradients, Aligned-MTL (Senushkin et al. 2023)",
      _stateless(lambda p: AlignedMTLWeighting(scale_mode=p.scale_mode))),
     ("upgrad", EngineParams, "unconflicting projections, UPGrad (Quinton & Rey 2024)",

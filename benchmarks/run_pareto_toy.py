@@ -85,8 +85,8 @@ LOWER = 5e-6
 INITS = [(-8.5, 7.5), (0.0, 0.0), (9.0, 9.0), (-7.5, -0.5), (9.0, -1.0)]
 METHODS = [
     "equal", "uncertainty", "imtl_l", "rlw", "gls", "famo", "stch",
-    "mgda", "pcgrad", "gradvac", "cagrad", "imtl_g", "nash_mtl", "nash_mtl:previous", "aligned_mtl", "upgrad",
-    "dualproj", "fairgrad", "db_mtl", "epo:0.2", "epo:0.5", "epo:0.8",
+    "mgda", "pcgrad", "gradvac", "cagrad", "imtl_g", "nash_mtl", "nash_mtl:previous",
+    "aligned_mtl", "upgrad", "dualproj", "fairgrad", "db_mtl", "epo:0.2", "epo:0.5", "epo:0.8",
 ]  # fmt: skip
 TOLERANCE = 0.01
 SETTLE, SETTLE_EVERY = 1e-5, 1000  # stationarity test: objective movement per 1,000 steps

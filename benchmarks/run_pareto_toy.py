@@ -43,13 +43,11 @@ methods are kept in ``benchmarks/.cache/pareto_toy/``: an interrupted run resume
 Output: ``benchmarks/results/pareto_toy.md`` / ``.json`` / ``.png`` (one panel per method:
 trajectories in objective space over the front).
 
-Wall time (one torch thread per process, ``--workers 2``, measured on the shared 2-core
-machine while other benchmarks kept both cores busy, load average 5-6): the ``--quick`` run
-(2 starting points, 2,000 steps, 5 methods) took 96 s, a third of it computing the front; per
-step, equal weights cost 2.5 ms, FAMO 4 ms, Nash-MTL 7 ms, EPO 9-11 ms (its linear program)
-and MGDA 15 ms (Frank-Wolfe). ``--methods equal epo:0.5`` at the full 25,000 steps from the 5
-starting points took 22 min. The full run (21 methods) is estimated at **~2-2.5 hours** with 2
-workers on such a loaded machine, roughly half on an idle one.
+Wall time (one torch thread per process, idle 2-core machine): per step, equal weights
+0.7 ms, FAMO 1.2, Nash-MTL 2.3 (4.1 reusing weights), MGDA 2.9, EPO 3.6, CAGrad 8.2, FairGrad
+10.2. All 21 methods from the 5 starts took 3,077 s with ``--workers 2`` (the results file of a
+run that reads every method back from the cache shows only that run's wall time), and
+``nash_mtl:previous`` 255 s on one worker. ``--quick`` takes ~35 s, most of it the front.
 
 Usage::
 

@@ -112,6 +112,15 @@ def _build(raw: dict[str, Any], cfg: RunConfig, what: str) -> RunConfig:
         raise ConfigError(f"pareto, {what}: {exc}") from None
 
 
+def _unconditioned(raw: dict[str, Any], seed: int, balancer: str) -> dict[str, Any]:
+    """A copy of ``raw`` for one unconditioned run of ``balancer`` (default parameters)."""
+    one: dict[str, Any] = json.loads(json.dumps(raw))
+    one["seed"] = seed
+    one["model"]["preference_conditioning"] = "none"
+    one["balancer"] = {"name": balancer}
+    return one
+
+
 def plan_sweep(cfg: RunConfig) -> SweepPlan:
     """Every run of the sweep described by ``cfg`` (its ``[pareto]`` section)."""
     section = cfg.pareto
@@ -168,25 +177,19 @@ def plan_sweep(cfg: RunConfig) -> SweepPlan:
             spec = RunSpec(fraction, "cosmos", None, seed, (), built, f"cosmos/seed{seed}")
             runs.append(SweepRun(spec, "cosmos", "conditioned"))
         for name in section.balancers:
-            one = json.loads(json.dumps(raw))
-            one["seed"] = seed
-            one["model"]["preference_conditioning"] = "none"
-            one["balancer"] = {"name": name}
-            built = _build(one, cfg, f"balancer {name!r}")
+            built = _build(_unconditioned(raw, seed, name), cfg, f"balancer {name!r}")
             path = _dir_name(f"balancer-{name}/seed{seed}")
             spec = RunSpec(fraction, name, None, seed, (), built, path)
             runs.append(SweepRun(spec, name, "balancer"))
         epochs = section.conditioned_epochs
         if conditioned and section.budget_control and epochs not in (None, cfg.train.epochs):
             # Same budget as the conditioned run, no conditioning: what the epochs alone buy.
-            one = json.loads(json.dumps(raw))
-            one["seed"] = seed
-            one["model"]["preference_conditioning"] = "none"
-            one["balancer"] = {"name": "equal"}
+            one = _unconditioned(raw, seed, "equal")
             one["train"]["epochs"] = epochs
             built = _build(one, cfg, "the budget control")
-            path = f"budget-control/seed{seed}"
-            spec = RunSpec(fraction, BUDGET_CONTROL, None, seed, (), built, path)
+            spec = RunSpec(
+                fraction, BUDGET_CONTROL, None, seed, (), built, f"budget-control/seed{seed}"
+            )
             runs.append(SweepRun(spec, BUDGET_CONTROL, "balancer"))
     groups = [r.group for r in runs]
     if len(set(zip(groups, [r.spec.path for r in runs], strict=True))) != len(runs):

@@ -5,7 +5,7 @@ Task Groupings for Multi-Task Learning", NeurIPS 2021), as measured by
 :func:`polytask.affinity` (``Z[i, j]``: how a step of the shared layers on task i's loss alone
 changes task j's loss on the same batch; pairs scored by ``(Z_ij + Z_ji) / 2``), the mean
 pairwise gradient cosine measured on the same steps, and the suggested grouping
-(:mod:`polytask.evaluate.grouping`, the paper's network selection). Three checks:
+(:mod:`polytask.studies.affinity.grouping`, the paper's network selection). Three checks:
 
 1. **Ranking** (synthetic, :func:`polytask.data.synthetic.make_correlated_tasks`): six
    regression tasks whose weight vectors have a known correlation matrix, two blocks of three
@@ -15,7 +15,7 @@ pairwise gradient cosine measured on the same steps, and the suggested grouping
    rank correlation of the 15 pair scores with the true correlations, per seed, its mean, and
    that of the pair scores averaged over seeds. The 2-group suggestion is compared with the
    two blocks of the construction.
-2. **Grouping vs the exhaustive pair search** (:func:`polytask.evaluate.affinity.pair_search`:
+2. **Grouping vs the exhaustive pair search** (:func:`polytask.studies.affinity.study.pair_search`:
    every task trained alone and every pair together, gains = relative reduction of the
    partner's validation loss, the same grouping objective on the gains; Standley et al., ICML
    2020): on 4 tasks in two blocks of identical tasks (the small case: 10 trainings) and on the
@@ -73,7 +73,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-    from polytask.evaluate.affinity import AffinityResult
+    from polytask.studies.affinity.study import AffinityResult
 
 from common import (
     BENCH_DIR,
@@ -213,7 +213,7 @@ def job_grouping(job: dict[str, Any]) -> dict[str, Any]:
     """One seed of a grouping case: the exhaustive pair search, full and probe affinity."""
     from polytask import config_from_dict
     from polytask.data.synthetic import make_correlated_tasks
-    from polytask.evaluate.affinity import pair_search
+    from polytask.studies.affinity.study import pair_search
 
     case = GROUPING_CASES[job["case"]]
     k = case["k"]
@@ -258,7 +258,7 @@ def job_tox21_affinity(job: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from polytask import affinity
-    from polytask.evaluate.grouping import search_groups
+    from polytask.studies.affinity.grouping import search_groups
 
     cfg = _tox21_config(tox21_raw(job))
     result = affinity(cfg, out=job["out"], probe=job["probe"], quiet=True)

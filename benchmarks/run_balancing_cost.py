@@ -90,10 +90,10 @@ from common import REPO_DIR, RESULTS_DIR, machine_info, machine_lines, markdown_
 from polytask.balance import BALANCERS, Balancer, EngineParams, GradientBalancer, build_balancer
 from polytask.balance.gradient_engine import GRADIENT_MODES, GramianWeighting
 from polytask.balance.gradient_methods import MGDAParams
-from polytask.config import ModelConfig
+from polytask.data.spec import InputSpec
 from polytask.errors import ConfigError, PolytaskError
 from polytask.losses import TaskLoss, task_losses
-from polytask.models.encoders import InputSpec
+from polytask.models.config import ModelConfig
 from polytask.models.model import MultiTaskModel, build_model
 from polytask.state_io import atomic_write_text
 from polytask.tasks import Task

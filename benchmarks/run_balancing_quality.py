@@ -52,7 +52,7 @@ from polytask.balance import BALANCERS, GradientBalancer, build_balancer
 from polytask.errors import ConfigError
 from polytask.evaluate.delta import delta_m, relative_change
 from polytask.evaluate.metrics import higher_is_better
-from polytask.pipeline import run
+from polytask.run.pipeline import run
 from polytask.tasks import Task
 
 DATASETS = ("tox21", "qm8")

@@ -14,8 +14,8 @@ chosen so the multi-task models have about the same number of parameters, counte
 reported):
 
 * ``single``: the pipeline's baselines, one net per task with the tuned encoder [256, 128] and
-  a tower, trained on that task alone by :func:`polytask.pipeline.train_model` exactly as
-  :func:`polytask.pipeline.run` trains its baselines, on the same split;
+  a tower, trained on that task alone by :func:`polytask.run.pipeline.train_model` exactly as
+  :func:`polytask.run.pipeline.run` trains its baselines, on the same split;
 * ``hard`` (shared-bottom): the tuned encoder [256, 128], one tower per task;
 * ``mmoe4`` / ``mmoe8``: 4 experts of [72, 36] / 8 experts of [32, 16], a linear softmax gate
   per task on the input;
@@ -132,14 +132,14 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     from polytask.data.prepare import prepare_data
     from polytask.evaluate.evaluation import evaluate_data
-    from polytask.pipeline import run, train_model
+    from polytask.run.pipeline import run, train_model
 
     torch.set_num_threads(1)
     cfg = build_config(job)
     started = time.perf_counter()
     if job["model"] == "single":
         # The pipeline's baseline for one task: train_model on that task alone, evaluated on
-        # the test split (polytask.pipeline.run does exactly this when baselines = true).
+        # the test split (polytask.run.pipeline.run does exactly this when baselines = true).
         data = prepare_data(cfg)
         task = next(t for t in data.tasks if t.name == job["task"])
         single = [dataclasses.replace(task, weight=1.0)]

@@ -97,7 +97,8 @@ from common import (
     subset_tasks,
     write_results,
 )
-from polytask.config import SINGLE_TASK, RunConfig, config_from_dict
+from polytask.config import RunConfig, config_from_dict
+from polytask.studies.compare.config import SINGLE_TASK
 
 DATASETS: dict[str, dict[str, Any]] = {
     "census": {

@@ -160,7 +160,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """One training run (in a worker process, on one torch thread)."""
     import torch
 
-    from polytask.pipeline import run
+    from polytask.run.pipeline import run
 
     torch.set_num_threads(1)
     frame = load_dataset("fdu_mtl")

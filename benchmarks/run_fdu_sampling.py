@@ -128,7 +128,7 @@ def run_job(
 ) -> dict[str, Any]:
     """One training run (in a worker process, on one torch thread)."""
     from polytask.config import config_from_dict
-    from polytask.pipeline import run
+    from polytask.run.pipeline import run
 
     frames = domain_frames(setting, domains)
     started = time.perf_counter()

@@ -112,7 +112,7 @@ def raw_config(job: dict[str, Any]) -> dict[str, Any]:
 
 def parameter_count(model: str) -> int:
     """Trainable parameters of ``model`` (built on the FSDD input spec, no data read)."""
-    from polytask.models.encoders import InputSpec
+    from polytask.data.spec import InputSpec
     from polytask.models.model import build_model
     from polytask.tasks import Task
 
@@ -128,7 +128,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """One training run (in a worker process, on one torch thread)."""
     import torch
 
-    from polytask.pipeline import run
+    from polytask.run.pipeline import run
 
     torch.set_num_threads(1)
     cfg = config_from_dict(raw_config(job))
@@ -274,7 +274,7 @@ def main() -> None:
 
     # Import the whole training stack before the workers fork: every run then uses the same
     # code, even if the source tree changes while the benchmark runs.
-    import polytask.pipeline  # noqa: F401
+    import polytask.run.pipeline  # noqa: F401
 
     counts = {model: parameter_count(model) for model in args.models}
     print(f"parameter counts: {counts}")

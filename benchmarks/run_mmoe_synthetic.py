@@ -15,7 +15,7 @@ Architectures, sized as in the paper (Section 3.2's parameter budget):
   the input, a tower of 8 units per task.
 
 Both with ReLU, no batch norm and no dropout (the paper's networks have neither). Every run
-trains through :func:`polytask.pipeline.run` with equal task weights, selects its epoch on the
+trains through :func:`polytask.run.pipeline.run` with equal task weights, selects its epoch on the
 validation loss and is scored on the test split. Reported: test MSE of each task in the label's
 own unit (``rmse²``) and their average (the paper's metric is the average regression loss of the
 two tasks), mean ± std over seeds; each seed draws fresh data (new weight vectors, sine
@@ -122,7 +122,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """One training run (in a worker process, on one torch thread)."""
     import torch
 
-    from polytask.pipeline import run
+    from polytask.run.pipeline import run
 
     torch.set_num_threads(1)
     frame = make_mmoe_synthetic(

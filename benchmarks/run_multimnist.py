@@ -134,7 +134,7 @@ def load_frame(quick: bool) -> Any:
 
 def parameter_count(model: str, task: str | None = None) -> int:
     """Trainable parameters of ``model`` (of the ``task`` net for ``single``)."""
-    from polytask.models.encoders import InputSpec
+    from polytask.data.spec import InputSpec
     from polytask.models.model import build_model
     from polytask.tasks import Task
 
@@ -158,7 +158,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """One training run (in a worker process, on one torch thread)."""
     import torch
 
-    from polytask.pipeline import run
+    from polytask.run.pipeline import run
 
     torch.set_num_threads(1)
     frame = load_frame(job["quick"])

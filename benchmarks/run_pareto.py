@@ -1,7 +1,7 @@
 """The Pareto front of two tasks from a sweep, from one preference-conditioned model, and from
 each balancing method's single point: hypervolume and training cost (issue 8, benchmark 2).
 
-Everything runs through ``polytask pareto`` (:func:`polytask.pareto.sweep`), nothing is
+Everything runs through ``polytask pareto`` (:func:`polytask.studies.pareto.sweep`), nothing is
 re-implemented here. For each dataset and seed:
 
 (a) an 11-point sweep of static weights: ``balancer = static`` with weights ``r`` for 11
@@ -22,7 +22,7 @@ re-implemented here. For each dataset and seed:
 Objectives: each task's primary test metric (checkpoints selected on validation). Every
 hypervolume of a dataset is taken against one reference point: the nadir of every evaluated
 point of every set and seed, moved out by 10% of the range
-(:data:`polytask.pareto.front.REFERENCE_RULE`), so the sets' hypervolumes divide. Reported:
+(:data:`polytask.studies.pareto.front.REFERENCE_RULE`), so the sets' hypervolumes divide. Reported:
 hypervolume (mean ± sd over seeds), its ratio to the sweep's of the same seed, training cost
 (sum of the epochs' seconds of all the set's runs) and its ratio to the sweep's. Target: the
 conditioned model reaches ≥ 95% of the sweep's hypervolume at ≤ 25% of its cost.
@@ -86,8 +86,8 @@ from common import (
     write_results,
 )
 from polytask.config import RunConfig, config_from_dict
-from polytask.pareto import sweep
-from polytask.pareto.summary import mean_points, summary_rows
+from polytask.studies.pareto import sweep
+from polytask.studies.pareto.summary import mean_points, summary_rows
 
 DATASETS: dict[str, dict[str, Any]] = {
     "census": {"title": "Census-Income (KDD): income vs never married", "tasks": None},

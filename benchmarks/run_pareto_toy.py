@@ -74,7 +74,7 @@ from torch import Tensor, nn
 from common import RESULTS_DIR, machine_lines, markdown_table, worker_run_info, write_results
 from polytask.balance import build_balancer
 from polytask.errors import ConfigError, PolytaskError
-from polytask.pareto import non_dominated
+from polytask.studies.pareto import non_dominated
 from polytask.tasks import Task
 
 SCALE = 0.1  # the first objective's scale (Nash-MTL, FAMO)

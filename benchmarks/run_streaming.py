@@ -95,7 +95,7 @@ def _config(path: Path, stream: bool, val: float) -> dict[str, Any]:
 
 def _child(raw: dict[str, Any], out: Any) -> None:
     from polytask.config import config_from_dict
-    from polytask.pipeline import run
+    from polytask.run.pipeline import run
 
     started = time.perf_counter()
     result = run(config_from_dict(raw), quiet=True)

@@ -2,7 +2,7 @@
 
 For each dataset (the example configs ``examples/<name>.toml``) and each seed:
 
-* ``polytask.pipeline.run`` with ``baselines = true`` trains the multi-task net and one
+* ``polytask.run.pipeline.run`` with ``baselines = true`` trains the multi-task net and one
   single-task net per task with the same encoder, heads and training budget, and evaluates
   them on the test split;
 * scikit-learn's ``HistGradientBoostingClassifier``/``Regressor`` is trained per task on the
@@ -54,7 +54,7 @@ from polytask.data.tensors import TensorData
 from polytask.evaluate.delta import delta_m
 from polytask.evaluate.evaluation import evaluate_data
 from polytask.evaluate.metrics import compute_metrics, higher_is_better
-from polytask.pipeline import run
+from polytask.run.pipeline import run
 from polytask.tasks import Task
 
 DATASETS = ("census", "diabetes")
@@ -340,7 +340,7 @@ def report(
         lines += ["**Quick smoke run (1 epoch, few boosting rounds): not a benchmark.**", ""]
     lines += [*machine_lines(info), f"- wall time of the whole benchmark: {info['wall_time']}", ""]
     lines += [
-        "Nets: `examples/<dataset>.toml` through `polytask.pipeline.run` with "
+        "Nets: `examples/<dataset>.toml` through `polytask.run.pipeline.run` with "
         "`baselines = true` (single-task nets: same encoder, heads and budget, one task each). "
         "HGB: scikit-learn HistGradientBoosting, one model per task, on the nets' prepared "
         "tensors (same split, rows and preprocessing; embedded categoricals as native "

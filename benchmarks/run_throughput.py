@@ -41,12 +41,13 @@ from common import (
     write_results,
 )
 from polytask.balance.base import BALANCERS
-from polytask.config import RunConfig, TrainConfig, config_from_dict
+from polytask.config import RunConfig, config_from_dict
 from polytask.data.datasets import data_available
 from polytask.data.prepare import PreparedData, prepare_data
 from polytask.data.tensors import TensorData
 from polytask.models.model import MultiTaskModel, build_model
 from polytask.tasks import Task
+from polytask.train.config import TrainConfig
 from polytask.train.trainer import Trainer
 
 TARGET_RATIO = 0.8

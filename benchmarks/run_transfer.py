@@ -116,7 +116,7 @@ def base_job(seed: int, domains: list[str], epochs: int | None, work: str) -> di
     import torch
 
     from polytask.config import config_from_dict
-    from polytask.pipeline import run
+    from polytask.run.pipeline import run
 
     torch.set_num_threads(1)
     job = {"encoder": "embedding_bag", "mode": "multi", "seed": seed, "domains": domains}
@@ -195,8 +195,8 @@ def mr_job(setting: str, seed: int, fraction: float, args: dict[str, Any]) -> di
     import torch
 
     from polytask.config import config_from_dict
-    from polytask.finetune import finetune
-    from polytask.pipeline import run
+    from polytask.run.pipeline import run
+    from polytask.studies.finetune import finetune
 
     torch.set_num_threads(1)
     cfg = config_from_dict(_settings_config(setting, seed, fraction, args), base_dir=args["work"])
@@ -240,9 +240,9 @@ def _train_rows(frame: pd.DataFrame, fraction: float, seed: int) -> int:
 def oov_rates(base_dir: str) -> dict[str, float]:
     """Share of MR test tokens unknown to the base's vocabulary and to MR's own (the scratch
     model's, fitted on all of MR's training rows)."""
-    from polytask.artifacts import load
     from polytask.data.inputs.base import build_input
     from polytask.data.inputs.text import UNKNOWN_ID, TextInput
+    from polytask.run.predictor import load
 
     frame = _frame([NEW_DOMAIN])
     train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]

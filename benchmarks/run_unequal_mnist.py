@@ -120,7 +120,7 @@ def _raw(sampling: dict[str, Any], seed: int, epochs: int, baselines: bool) -> d
 
 def one_run(name: str, seed: int, epochs: int, baselines: bool) -> dict[str, Any]:
     from polytask.config import config_from_dict
-    from polytask.pipeline import run
+    from polytask.run.pipeline import run
 
     frames = build_sources()
     started = time.perf_counter()

@@ -21,7 +21,7 @@ import torch
 from polytask import config_from_dict, run
 from polytask.data.datasets import DATASETS, data_available, resolve_data_root
 from polytask.errors import DataError
-from polytask.pipeline import RunResult
+from polytask.run.pipeline import RunResult
 
 
 def _absent(message: str) -> NoReturn:

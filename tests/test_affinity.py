@@ -26,8 +26,8 @@ from polytask.data.synthetic import (
     make_mmoe_synthetic,
 )
 from polytask.errors import ConfigError
-from polytask.evaluate.affinity import AffinityProbe, affinity, pair_search, step_affinity
-from polytask.evaluate.grouping import grouping_score, search_groups
+from polytask.studies.affinity.grouping import grouping_score, search_groups
+from polytask.studies.affinity.study import AffinityProbe, affinity, pair_search, step_affinity
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -17,7 +17,7 @@ from conftest import run_interrupted_and_resumed, synthetic_raw
 from polytask import config_from_dict, run
 from polytask.balance import build_balancer
 from polytask.balance.gradient_engine import EngineParams, GradientBalancer, GramianWeighting
-from polytask.config import ModelConfig, TrainConfig
+from polytask.data.spec import InputSpec
 from polytask.data.synthetic import make_mmoe_synthetic
 from polytask.data.tensors import TensorData
 from polytask.errors import ConfigError, PolytaskError
@@ -27,10 +27,12 @@ from polytask.models.architectures import (
     MMoEParams,
     SoftSharing,
 )
-from polytask.models.encoders import Encoder, InputSpec
+from polytask.models.config import ModelConfig
+from polytask.models.encoders import Encoder
 from polytask.models.heads import HeadFactory, HeadParams, HeadSpec
 from polytask.models.model import MultiTaskModel, build_model
 from polytask.tasks import Task
+from polytask.train.config import TrainConfig
 from polytask.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")  # 2 shared cores: threads only wait

@@ -19,6 +19,7 @@ from polytask import config_from_dict, load, run
 from polytask.config import load_config
 from polytask.data.inputs import InputProcessor, input_from_dict
 from polytask.data.inputs.base import build_input
+from polytask.data.spec import InputSpec
 from polytask.errors import ConfigError, DataError
 from polytask.models.audio import (
     AudioCNNParams,
@@ -28,7 +29,7 @@ from polytask.models.audio import (
     mel_to_hz,
     spec_augment,
 )
-from polytask.models.encoders import ENCODERS, InputSpec
+from polytask.models.encoders import ENCODERS
 
 SR = 8000
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

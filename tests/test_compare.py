@@ -16,13 +16,13 @@ import pytest
 import polytask
 from conftest import run_cli, synthetic_raw, toml_text
 from polytask import ConfigError, PolytaskError, config_from_dict
-from polytask.comparison.plan import build_plan
-from polytask.comparison.runner import Outcome
-from polytask.comparison.summary import summarise
 from polytask.data.prepare import prepare_data, train_subset
 from polytask.data.synthetic import make_mmoe_synthetic
 from polytask.evaluate.delta import delta_m, delta_m_all_metrics
 from polytask.evaluate.statistics import mean_ci, paired_p_value, paired_verdict
+from polytask.studies.compare.plan import build_plan
+from polytask.studies.compare.runner import Outcome
+from polytask.studies.compare.summary import summarise
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

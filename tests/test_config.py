@@ -63,8 +63,8 @@ def test_valid_config_and_defaults() -> None:
         (
             "colour=1",
             "config error: colour: unknown key; valid keys: seed, out, baselines, data, tasks, "
-            "model, balancer, train, sampling, schedule, compare, affinity, distill, finetune, "
-            "pareto",
+            "model, balancer, train, sampling, schedule, finetune, compare, pareto, affinity, "
+            "distill",
         ),
         (
             "model.encoder.widthz=[3]",

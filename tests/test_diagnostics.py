@@ -22,13 +22,13 @@ from conftest import run_interrupted_and_resumed, synthetic_raw
 from polytask import config_from_dict, run
 from polytask.balance import build_balancer
 from polytask.balance.diagnostics import TaskGramian, task_gradient_gramian
-from polytask.config import TrainConfig
 from polytask.data.synthetic import make_mmoe_synthetic
 from polytask.data.tensors import TensorData
 from polytask.models.architectures import Architecture
 from polytask.models.model import MultiTaskModel
 from polytask.state_io import load_state
 from polytask.tasks import Task
+from polytask.train.config import TrainConfig
 from polytask.train.trainer import EpochRecord, Trainer
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

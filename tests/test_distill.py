@@ -18,9 +18,9 @@ from conftest import run_cli, toml_text
 from polytask.balance.base import BALANCERS
 from polytask.config import config_from_dict
 from polytask.data.tensors import Batch
-from polytask.distill import DistillationLoss, label_weight
-from polytask.distill.teachers import to_student_units
 from polytask.errors import ConfigError, PolytaskError
+from polytask.studies.distill import DistillationLoss, label_weight
+from polytask.studies.distill.teachers import to_student_units
 from polytask.tasks import Task
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -17,7 +17,7 @@ import pytest
 
 from polytask.config import load_config
 from polytask.data.datasets import DATASETS
-from polytask.pipeline import run
+from polytask.run.pipeline import run
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FAST = ["train.epochs=1", "baselines=false", "train.progress=false"]

@@ -21,13 +21,13 @@ import torch
 import polytask
 from conftest import run_cli, toml_text
 from polytask import config_from_dict, run
-from polytask.config import FinetuneConfig
 from polytask.errors import ConfigError, DataError
-from polytask.finetune import finetune, layer_groups, plan_freeze
-from polytask.finetune.unfreeze import GradualUnfreezing
 from polytask.models.model import build_model
-from polytask.pipeline import RunResult
+from polytask.run.pipeline import RunResult
+from polytask.studies.finetune import finetune, layer_groups, plan_freeze
+from polytask.train.config import FinetuneConfig
 from polytask.train.trainer import EpochRecord, Trainer
+from polytask.train.unfreeze import GradualUnfreezing
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

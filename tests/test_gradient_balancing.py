@@ -35,13 +35,14 @@ from polytask.balance.gradient_engine import (
     MatrixAggregator,
 )
 from polytask.balance.gradient_methods import NashBargaining
-from polytask.config import ModelConfig, TrainConfig
+from polytask.data.spec import InputSpec
 from polytask.data.synthetic import make_mmoe_synthetic
 from polytask.errors import ConfigError, PolytaskError
 from polytask.models.architectures import Architecture
-from polytask.models.encoders import InputSpec
+from polytask.models.config import ModelConfig
 from polytask.models.model import MultiTaskModel, build_model
 from polytask.tasks import Task
+from polytask.train.config import TrainConfig
 from polytask.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")  # 2 shared cores: threads only wait

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from polytask.balance.base import BALANCERS
-from polytask.config import ModelConfig
+from polytask.data.spec import InputSpec
 from polytask.losses import TaskLoss, task_losses
-from polytask.models.encoders import InputSpec
+from polytask.models.config import ModelConfig
 from polytask.models.model import build_model
 from polytask.tasks import Task
 
@@ -241,8 +241,8 @@ def one_thread() -> Iterator[None]:
 @pytest.mark.usefixtures("one_thread")
 def test_unlabelled_task_head_unchanged_by_training() -> None:
     """Through the real trainer (AdamW with weight decay): a head with no label never moves."""
-    from polytask.config import TrainConfig
     from polytask.data.tensors import TensorData
+    from polytask.train.config import TrainConfig
     from polytask.train.trainer import Trainer
 
     tasks, model = _two_task_model()

@@ -24,7 +24,7 @@ from polytask.config import config_from_dict
 from polytask.data.datasets import DATASETS, load_dataset
 from polytask.data.datasets import molecules as mol
 from polytask.errors import DataError
-from polytask.pipeline import run
+from polytask.run.pipeline import run
 
 Chem = pytest.importorskip("rdkit.Chem")
 from rdkit.Chem import Descriptors, rdFingerprintGenerator  # noqa: E402

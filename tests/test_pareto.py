@@ -19,7 +19,7 @@ from conftest import run_cli, run_interrupted_and_resumed, toml_text
 from polytask import config_from_dict, load, run
 from polytask.balance import build_balancer
 from polytask.errors import ConfigError, PolytaskError
-from polytask.pareto import (
+from polytask.studies.pareto import (
     closest_to_preference,
     default_reference,
     dominates,
@@ -422,7 +422,7 @@ def test_pareto_cli_sweep_resumes_and_measures_the_front(tmp_path: Path) -> None
 
 
 def test_pareto_plan_errors() -> None:
-    from polytask.pareto.driver import BUDGET_CONTROL, plan_sweep
+    from polytask.studies.pareto.driver import BUDGET_CONTROL, plan_sweep
 
     raw = _conflict_raw(epochs=1)
     raw["pareto"] = {"reference": {"a": 1.0}}

@@ -194,7 +194,7 @@ def write_affinity(directory: Path, with_run: Path | None = None) -> Path:
 
 
 def write_pareto(directory: Path, with_run: Path | None = None) -> Path:
-    """A pareto.json as :func:`polytask.pareto.sweep` writes it: a 3-point static sweep, a
+    """A pareto.json as :func:`polytask.studies.pareto.sweep` writes it: a 3-point static sweep, a
     conditioned model and one balancer, one seed, two tasks (AUROC up, MAE down)."""
     directory.mkdir(parents=True, exist_ok=True)
     prefs = [[0.95, 0.05], [0.5, 0.5], [0.05, 0.95]]

@@ -14,18 +14,19 @@ import torch
 from torch import Tensor
 
 from polytask.balance import BALANCERS, build_balancer
-from polytask.config import ModelConfig, config_from_dict
+from polytask.config import config_from_dict
 from polytask.data.sampling import (
     SamplingConfig,
     SourceSampler,
     sampling_exponent,
     source_probabilities,
 )
+from polytask.data.spec import InputSpec
 from polytask.errors import ConfigError
 from polytask.losses import TaskLoss, task_losses
-from polytask.models.encoders import InputSpec
+from polytask.models.config import ModelConfig
 from polytask.models.model import build_model
-from polytask.pipeline import fit, run
+from polytask.run.pipeline import fit, run
 from polytask.state_io import load_state
 from polytask.tasks import Task
 from polytask.train.task_schedule import ScheduleConfig, TaskScheduler

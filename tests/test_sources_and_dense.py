@@ -10,18 +10,19 @@ import pandas as pd
 import pytest
 import torch
 
-from polytask.config import ModelConfig, config_from_dict
+from polytask.config import config_from_dict
 from polytask.data.arrays import stack_column
 from polytask.data.files import read_lines, scan_folder
 from polytask.data.prepare import prepare_data
 from polytask.data.preprocess import TablePreprocessor
+from polytask.data.spec import InputSpec
 from polytask.data.split import column_split
 from polytask.data.targets import encode_targets, fit_task
 from polytask.errors import ConfigError, DataError
 from polytask.losses import TaskLoss
-from polytask.models.encoders import InputSpec
+from polytask.models.config import ModelConfig
 from polytask.models.model import build_model
-from polytask.pipeline import run
+from polytask.run.pipeline import run
 from polytask.tasks import Task
 
 # -- sources -------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from polytask.data.streaming import (
     stream_preprocessor,
 )
 from polytask.errors import ConfigError
-from polytask.pipeline import run
+from polytask.run.pipeline import run
 
 
 @pytest.fixture(autouse=True)

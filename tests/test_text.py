@@ -20,8 +20,9 @@ from polytask.config import load_config
 from polytask.data.inputs import input_from_dict
 from polytask.data.inputs.base import build_input
 from polytask.data.inputs.text import TextInput, tokenize
+from polytask.data.spec import InputSpec
 from polytask.errors import ConfigError
-from polytask.models.encoders import ENCODERS, InputSpec
+from polytask.models.encoders import ENCODERS
 from polytask.models.text import EmbeddingBagEncoder, EmbeddingBagParams
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

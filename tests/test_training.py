@@ -16,11 +16,11 @@ import torch
 from sklearn.metrics import r2_score, roc_auc_score
 
 from conftest import synthetic_raw
-from polytask.artifacts import load
 from polytask.config import RunConfig, config_from_dict
 from polytask.data.split import random_split
 from polytask.data.synthetic import make_mmoe_synthetic
-from polytask.pipeline import RunResult, run
+from polytask.run.pipeline import RunResult, run
+from polytask.run.predictor import load
 from polytask.state_io import load_state
 from polytask.train.trainer import EpochRecord, Trainer
 

@@ -19,15 +19,16 @@ from torch import Tensor, nn
 import polytask
 from polytask import ConfigError, DataError, Task, config_from_dict, fit, run
 from polytask.balance.gradient_engine import EngineParams, GradientBalancer, GramianWeighting
-from polytask.config import ModelConfig, load_config
+from polytask.config import load_config
 from polytask.data.datasets import DATASETS, load_dataset
 from polytask.data.datasets import multimnist as mm
+from polytask.data.spec import InputSpec
 from polytask.models.cnn import CNNEncoder, CNNParams
-from polytask.models.encoders import InputSpec
+from polytask.models.config import ModelConfig
 from polytask.models.heads import DenseDecoder, PooledTower
 from polytask.models.model import MultiTaskModel, build_model
 from polytask.models.mtan import MTAN, AttentionModule
-from polytask.pipeline import RunResult
+from polytask.run.pipeline import RunResult
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")  # 2 shared cores: threads only wait
 

@@ -7,16 +7,18 @@ comparison against single-task models trained under the same budget.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from polytask.artifacts import Predictor, load
-from polytask.comparison import CompareResult, compare
+from polytask._version import __version__
 from polytask.config import RunConfig, config_from_dict, load_config
 from polytask.errors import ConfigError, DataError, PolytaskError
-from polytask.evaluate.affinity import AffinityResult, affinity
-from polytask.finetune import finetune
-from polytask.pipeline import RunResult, fit, run
 from polytask.report import report
+
+# ``polytask.run`` names the function below, not the package polytask/run/: the package is
+# imported first, then the name is rebound (import its modules as ``from polytask.run.x``).
+from polytask.run.pipeline import RunResult, fit, run  # noqa: I001
+from polytask.run.predictor import Predictor, load
+from polytask.studies.affinity import AffinityResult, affinity
+from polytask.studies.compare import CompareResult, compare
+from polytask.studies.finetune import finetune
 from polytask.tasks import Task
 
 __all__ = [

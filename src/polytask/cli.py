@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from polytask.errors import PolytaskError
+from polytask.studies.distill.config import DistillConfig
 
 app = typer.Typer(
     name="polytask",
@@ -49,7 +50,7 @@ def train(
 ) -> None:
     """Train a multi-task model (and single-task baselines) from a config file."""
     from polytask.config import load_config
-    from polytask.pipeline import run
+    from polytask.run.pipeline import run
 
     overrides = list(set_ or [])
     if baselines is not None:
@@ -85,14 +86,14 @@ def distill(
     import json
 
     from polytask.config import load_config
-    from polytask.pipeline import run
+    from polytask.run.pipeline import run
 
     overrides = list(set_ or [])
     if teacher:
         paths = [str(p.resolve()) for p in teacher]
         overrides.append(f"distill.teachers={json.dumps(paths)}")
     cfg = load_config(config, overrides)
-    if not cfg.distill.teachers:
+    if not cfg.section("distill", DistillConfig).teachers:
         raise PolytaskError(
             f"config '{config}': distill.teachers is empty; list the teacher model "
             "directories there or pass --teacher DIR"
@@ -121,7 +122,7 @@ def evaluate(
     preference: Annotated[str | None, typer.Option(help=PREFERENCE_HELP)] = None,
 ) -> None:
     """Score a trained model on a labelled table."""
-    from polytask.artifacts import load
+    from polytask.run.predictor import load
     from polytask.state_io import to_json
 
     predictor = load(model_dir)
@@ -154,8 +155,8 @@ def predict(
     preference: Annotated[str | None, typer.Option(help=PREFERENCE_HELP)] = None,
 ) -> None:
     """Predict every task (or a subset) for each row of a table."""
-    from polytask.artifacts import load
     from polytask.data.tables import table_format
+    from polytask.run.predictor import load
     from polytask.state_io import atomic_write_text
 
     predictor = load(model_dir)
@@ -249,8 +250,8 @@ def compare(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Single-task baselines vs multi-task configurations over seeds: is multi-task worth it?"""
-    from polytask.comparison import compare as run_compare
     from polytask.config import load_config
+    from polytask.studies.compare import compare as run_compare
 
     overrides = list(set_ or [])
     if seeds is not None:
@@ -307,7 +308,7 @@ def affinity_command(
 
     The options other than --probe and --epochs override the keys of the config's affinity
     section (as --set affinity.KEY=VALUE would)."""
-    from polytask.evaluate.affinity import affinity
+    from polytask.studies.affinity.study import affinity
 
     overrides = list(set_ or [])
     options = {
@@ -347,7 +348,7 @@ def finetune_command(
     """Fine-tune a trained model: new tasks and/or its own tasks on new data, with its shared
     encoder frozen, partly frozen or not ([finetune] section)."""
     from polytask.config import load_config
-    from polytask.finetune import finetune, summary_lines
+    from polytask.studies.finetune import finetune, summary_lines
 
     cfg = load_config(config, list(set_ or []))
     target = out or (cfg.resolve(cfg.out) if cfg.out else Path("runs") / config.stem)
@@ -378,7 +379,7 @@ def pareto_command(
     """The Pareto front of the task trade-off: one run per preference vector (resumable), its
     non-dominated set and hypervolume, and a preference-conditioned model's front."""
     from polytask.config import load_config
-    from polytask.pareto import sweep
+    from polytask.studies.pareto import sweep
 
     cfg = load_config(config, list(set_ or []))
     result = sweep(cfg, out=out, seeds=seeds, workers=workers, quiet=quiet, console=err_console)

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 #: Keys polytask sets itself; a config file may not set them, so they are never suggested.
-_INTERNAL_KEYS = frozenset({"base_dir"})
+_INTERNAL_KEYS = frozenset({"base_dir", "sections"})
 
 
 def _valid_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
@@ -40,15 +40,23 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def validation_message(exc: Exception, where: str, model: type[BaseModel] | None = None) -> str:
-    """One line describing the first problem in ``exc``, prefixed by the config path ``where``."""
+def validation_message(
+    exc: Exception,
+    where: str,
+    model: type[BaseModel] | None = None,
+    more_keys: tuple[str, ...] = (),
+) -> str:
+    """One line describing the first problem in ``exc``, prefixed by the config path ``where``.
+
+    ``more_keys`` are valid top-level keys that are not fields of ``model`` (the sections
+    registered by studies)."""
     if not isinstance(exc, ValidationError):
         return f"config error: {where}: {exc}"
     err = exc.errors()[0]
     loc = tuple(err.get("loc", ()))
     path = ".".join(str(p) for p in ((where,) if where else ()) + loc)
     if err.get("type") == "extra_forbidden":
-        keys = _valid_keys(model, loc)
+        keys = _valid_keys(model, loc) + (list(more_keys) if len(loc) == 1 else [])
         hint = f"; valid keys: {', '.join(keys)}" if keys else ""
         return f"config error: {path}: unknown key{hint}"
     msg = str(err.get("msg", "invalid value"))

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from polytask.config import config_from_dict
 from polytask.data.synthetic import make_mmoe_synthetic
-from polytask.pipeline import RunResult, run
+from polytask.run.pipeline import RunResult, run
 
 
 def demo_config(epochs: int = 12, seed: int = 0, **train: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from polytask.config_errors import validation_message
 from polytask.errors import ConfigError
 
 T = TypeVar("T")
@@ -72,15 +73,42 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
+    def check_section(self, section: ComponentConfig, where: str) -> BaseModel:
+        """Validate a config section naming one of this registry's components: an unknown
+        name fails naming ``<where>.name`` and the choices, a bad parameter ``<where>.<key>``."""
+        if section.name not in self:
+            raise ConfigError(
+                f"config error: {where}.name: unknown {self.kind} {section.name!r}; "
+                f"valid choices: {', '.join(self.names())}"
+            )
+        return self.validate_params(section.name, section.params(), where)
+
     def validate_params(self, name: str, params: dict[str, Any], where: str) -> BaseModel:
         """Validate ``params`` against the schema of component ``name``.
 
         ``where`` is the config path shown in error messages (e.g. ``model.encoder``).
         """
-        from polytask.config_errors import validation_message  # local: avoids an import cycle
-
         entry = self.get(name)
         try:
             return entry.params.model_validate(params)
         except Exception as exc:  # pydantic.ValidationError
             raise ConfigError(validation_message(exc, where, entry.params)) from None
+
+
+class ComponentConfig(BaseModel):
+    """A config section naming a registered component, plus that component's own parameters
+    (checked against the component's schema by :meth:`Registry.check_section`)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def with_default_name(value: Any, default: str) -> Any:
+    """A component section without ``name`` (e.g. from ``--set model.encoder.widths=[8]``)
+    configures the default component."""
+    if isinstance(value, dict) and "name" not in value:
+        return {"name": default, **value}
+    return value

@@ -37,6 +37,8 @@ class Balancer(nn.Module):
 
     def __init__(self, tasks: list[Task]) -> None:
         super().__init__()
+        #: The registered name it was built under (set by :func:`build_balancer`; messages).
+        self.name = type(self).__name__
         self.task_names = [t.name for t in tasks]
         #: Per-task gradient norms measured by the last step that measured them (gradient-level
         #: methods measure at every weight update; the trainer reads them for its log).
@@ -81,7 +83,9 @@ BALANCERS: Registry[BalancerFactory] = Registry("balancer")
 def build_balancer(name: str, params: dict[str, Any], tasks: list[Task]) -> Balancer:
     """The balancer ``name`` for ``tasks``; bad parameters fail naming ``balancer.<key>``."""
     validated = BALANCERS.validate_params(name, params, "balancer")
-    return BALANCERS.get(name).factory(tasks, validated)
+    balancer = BALANCERS.get(name).factory(tasks, validated)
+    balancer.name = name
+    return balancer
 
 
 class StaticParams(BaseModel):

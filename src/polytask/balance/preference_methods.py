@@ -216,7 +216,7 @@ class COSMOS(Balancer):
     70 % on task A would get a model worse on A. polytask's default (``ray = "epo"``) takes
     ``cos(r⊙L, 1)``, largest when ``r_k L_k`` is equal for every task: the EPO preference ray,
     along which more weight means a lower loss, as in the weighted sum (and the point
-    :func:`polytask.pareto.closest_to_preference` picks). ``ray = "paper"`` restores the
+    :func:`polytask.studies.pareto.closest_to_preference` picks). ``ray = "paper"`` restores the
     authors' term.
 
     **One preference per example** (``sampling = "example"``, the default), as in loss-

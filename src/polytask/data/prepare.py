@@ -16,13 +16,14 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from polytask.config import RunConfig, source_config
+from polytask.data.config import DataJob, DataRequest
 from polytask.data.files import read_lines, scan_folder
 from polytask.data.inputs import InputProcessor
 from polytask.data.inputs.base import build_input
 from polytask.data.preprocess import PreprocessOptions, TablePreprocessor, infer_types
 from polytask.data.sampling import SamplingConfig
 from polytask.data.sources import Source, SourceSet, TrainingData
+from polytask.data.spec import InputSpec
 from polytask.data.split import column_split, group_split, random_split
 from polytask.data.streaming import (
     ParquetStream,
@@ -34,7 +35,6 @@ from polytask.data.tables import read_table, require_columns
 from polytask.data.targets import encode_targets, fit_task
 from polytask.data.tensors import TensorData
 from polytask.errors import ConfigError, DataError
-from polytask.models.encoders import InputSpec
 from polytask.tasks import Task
 
 
@@ -69,7 +69,7 @@ class PreparedData:
         return self.preprocessor.input_spec
 
 
-def _read_path(cfg: RunConfig, path: Path) -> tuple[pd.DataFrame, str, Path]:
+def _read_path(cfg: DataJob, path: Path) -> tuple[pd.DataFrame, str, Path]:
     """The table at ``path`` (a file, a folder of files or a text file of lines), its name
     for messages and the folder its relative file paths start from."""
     data = cfg.data
@@ -85,7 +85,7 @@ def _read_path(cfg: RunConfig, path: Path) -> tuple[pd.DataFrame, str, Path]:
 
 
 def _read_sources(
-    cfg: RunConfig, frame: pd.DataFrame | None
+    cfg: DataJob, frame: pd.DataFrame | None
 ) -> tuple[pd.DataFrame, str, list[np.ndarray] | None, str | None, list[str], Path | None]:
     """The table, its name for messages, preset split indices (files), group, ignore and the
     folder relative file paths start from."""
@@ -176,7 +176,7 @@ def train_subset(train_idx: np.ndarray, fraction: float, seed: int, salt: int = 
     return train_idx[chosen]
 
 
-def _load_and_split(cfg: RunConfig, frame: pd.DataFrame | None, salt: int = 0) -> _Loaded:
+def _load_and_split(cfg: DataJob, frame: pd.DataFrame | None, salt: int = 0) -> _Loaded:
     df, source, preset, group, ignore, files_root = _read_sources(cfg, frame)
     data = cfg.data
     role_columns = [c for c in (group, data.id, data.split.column) if c is not None]
@@ -202,7 +202,7 @@ def _load_and_split(cfg: RunConfig, frame: pd.DataFrame | None, salt: int = 0) -
 
 
 def _load_sources(
-    cfg: RunConfig, frames: Mapping[str, pd.DataFrame]
+    cfg: DataJob, frames: Mapping[str, pd.DataFrame]
 ) -> tuple[_Loaded, list[tuple[str, list[str], np.ndarray]]]:
     """Every ``[[data.sources]]`` table read, split and stacked into one, each task's labels
     kept only on the rows of the sources declaring it; plus each source's training rows."""
@@ -225,7 +225,7 @@ def _load_sources(
                 "(from Python) a data frame"
             )
         # Each source keeps its own data.train_fraction of its training rows.
-        loaded = _load_and_split(source_config(cfg, sc), frame, zlib.crc32(sc.name.encode()))
+        loaded = _load_and_split(cfg.for_source(sc), frame, zlib.crc32(sc.name.encode()))
         df = loaded.df.copy()
         for task in tasks:
             for col in task.targets:
@@ -276,7 +276,7 @@ SoftTargets = Callable[[pd.DataFrame, str, Path | None, list[Task]], dict[str, T
 
 
 def prepare_data(
-    cfg: RunConfig,
+    request: DataRequest,
     frame: pd.DataFrame | None = None,
     frames: Mapping[str, pd.DataFrame] | None = None,
     *,
@@ -291,6 +291,7 @@ def prepare_data(
     mean what they meant to the base) and its ``fitted`` tasks (classes and target scaling
     kept); distillation passes ``soft_targets``.
     """
+    cfg = DataJob.of(request)
     if cfg.data.stream:
         if frame is not None:
             raise ConfigError("config error: data.stream: streams a file, not a data frame")
@@ -350,7 +351,7 @@ def prepare_data(
 
 
 def _feature_columns(
-    cfg: RunConfig,
+    cfg: DataJob,
     df: pd.DataFrame,
     source: str,
     target_cols: list[str],
@@ -375,14 +376,14 @@ def _feature_columns(
 
 
 def _fit_table(
-    cfg: RunConfig, df: pd.DataFrame, features: list[str], train_idx: np.ndarray, source: str
+    cfg: DataJob, df: pd.DataFrame, features: list[str], train_idx: np.ndarray, source: str
 ) -> TablePreprocessor:
     data = cfg.data
     numeric, categorical = infer_types(df, features, data.numeric, data.categorical)
     return TablePreprocessor.fit(df.iloc[train_idx], numeric, categorical, _options(cfg), source)
 
 
-def _options(cfg: RunConfig) -> PreprocessOptions:
+def _options(cfg: DataJob) -> PreprocessOptions:
     data = cfg.data
     return PreprocessOptions(
         categorical_encoding=data.categorical_encoding,
@@ -396,7 +397,7 @@ def _options(cfg: RunConfig) -> PreprocessOptions:
     )
 
 
-def _prepare_stream(cfg: RunConfig) -> PreparedData:
+def _prepare_stream(cfg: DataJob) -> PreparedData:
     """A Parquet table streamed in chunks: one pass fits the preprocessing and collects the
     validation and test rows; training rows are read again every epoch."""
     data = cfg.data

@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from polytask.data.spec import InputSpec
 from polytask.errors import DataError
-from polytask.models.encoders import InputSpec
 
 MISSING_TOKEN = "__missing__"
 Encoding = Literal["auto", "onehot", "embedding"]

@@ -22,7 +22,7 @@ class Batch:
     targets: dict[str, Tensor]
     masks: dict[str, Tensor]
     #: Per task, a second target for every row besides the label: a teacher's raw outputs in
-    #: distillation (:mod:`polytask.distill`). Empty for ordinary training.
+    #: distillation (:mod:`polytask.studies.distill`). Empty for ordinary training.
     soft: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:

@@ -31,9 +31,10 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from polytask.data.spec import InputSpec
 from polytask.errors import ConfigError
 from polytask.models.cnn import CNNBackbone, CNNParams
-from polytask.models.encoders import ENCODERS, Encoder, InputSpec
+from polytask.models.encoders import ENCODERS, Encoder
 
 
 def hz_to_mel(hz: Tensor) -> Tensor:

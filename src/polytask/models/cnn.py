@@ -14,7 +14,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from polytask.models.encoders import ENCODERS, Encoder, InputSpec
+from polytask.data.spec import InputSpec
+from polytask.models.encoders import ENCODERS, Encoder
 
 
 class CNNParams(BaseModel):

@@ -46,8 +46,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from polytask.data.spec import InputSpec
 from polytask.errors import ConfigError
-from polytask.models.encoders import InputSpec
 
 if TYPE_CHECKING:
     from polytask.models.architectures import Architecture

@@ -8,10 +8,11 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from polytask.config import ModelConfig
+from polytask.data.spec import InputSpec
 from polytask.models.architectures import ARCHITECTURES, Architecture
 from polytask.models.conditioning import PreferenceConditioning
-from polytask.models.encoders import ENCODERS, Encoder, InputSpec
+from polytask.models.config import ModelConfig
+from polytask.models.encoders import ENCODERS, Encoder
 from polytask.models.heads import HeadFactory, HeadParams, HeadSpec
 from polytask.tasks import Task
 

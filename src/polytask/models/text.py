@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from polytask.data.spec import InputSpec
 from polytask.errors import ConfigError
-from polytask.models.encoders import ENCODERS, Activation, Encoder, InputSpec, Norm, mlp_layers
+from polytask.models.encoders import ENCODERS, Activation, Encoder, Norm, mlp_layers
 
 #: Word-piece vocabulary size and width of all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT).
 MINILM_VOCAB_SIZE = 30522

@@ -12,7 +12,7 @@ import html
 import struct
 from dataclasses import dataclass, field
 
-from polytask import __version__
+from polytask._version import __version__
 
 
 @dataclass

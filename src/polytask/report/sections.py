@@ -811,14 +811,14 @@ def affinity_sections(directory: Path, data: dict[str, Any]) -> list[Section]:
 
 
 def _pareto_points(data: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    from polytask.pareto.summary import mean_points
+    from polytask.studies.pareto.summary import mean_points
 
     return mean_points(data, name)
 
 
 def _front_mask(points: list[dict[str, Any]], tasks: dict[str, Any]) -> list[bool]:
     """Non-dominated mask of seed-mean points (NaN points count as dominated)."""
-    from polytask.pareto.front import non_dominated, to_minimisation
+    from polytask.studies.pareto.front import non_dominated, to_minimisation
 
     names = list(tasks)
     rows = [[number(p["test"].get(k)) for k in names] for p in points]
@@ -865,7 +865,7 @@ def pareto_sections(directory: Path, data: dict[str, Any]) -> list[Section]:
         setup.items.append(
             Note(f"Partial sweep: still running or missing: {', '.join(incomplete)}.", True)
         )
-    from polytask.pareto.summary import SUMMARY_HEADER, summary_rows
+    from polytask.studies.pareto.summary import SUMMARY_HEADER, summary_rows
 
     setup.items.append(
         Table(

@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 from polytask.balance.base import Balancer
 from polytask.balance.diagnostics import TaskGramian, pair_key, task_gradient_gramian
-from polytask.config import TrainConfig
 from polytask.data.sources import SourceSet, TrainingData
 from polytask.data.tensors import Batch, TensorData
 from polytask.evaluate.evaluation import evaluate_data
@@ -39,6 +38,7 @@ from polytask.state_io import (
     to_json,
 )
 from polytask.tasks import Task
+from polytask.train.config import TrainConfig
 from polytask.train.criterion import Criterion
 from polytask.train.schedule import lr_factor
 from polytask.train.task_schedule import ScheduleConfig, TaskScheduler

@@ -30,8 +30,8 @@ from torch import Tensor
 
 from polytask.data.arrays import is_missing, resolve_path
 from polytask.data.inputs.base import INPUTS, InputProcessor
+from polytask.data.spec import InputSpec
 from polytask.errors import ConfigError, DataError
-from polytask.models.encoders import InputSpec
 
 
 class AudioParams(BaseModel):

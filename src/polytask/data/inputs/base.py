@@ -19,8 +19,8 @@ import pandas as pd
 from pydantic import BaseModel
 from torch import Tensor
 
+from polytask.data.spec import InputSpec
 from polytask.errors import DataError
-from polytask.models.encoders import InputSpec
 from polytask.registry import Registry
 
 FORMAT = "polytask.input/1"

@@ -20,8 +20,8 @@ from torch import Tensor
 
 from polytask.data.arrays import cell_array, stack_column
 from polytask.data.inputs.base import INPUTS, InputProcessor
+from polytask.data.spec import InputSpec
 from polytask.errors import DataError
-from polytask.models.encoders import InputSpec
 
 
 class ImageParams(BaseModel):

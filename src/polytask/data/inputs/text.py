@@ -61,7 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from polytask.data.inputs.base import INPUTS, InputProcessor
-from polytask.models.encoders import InputSpec
+from polytask.data.spec import InputSpec
 
 #: Words (inner apostrophes kept), apostrophe-led clitics, any other single non-space char.
 TOKEN_PATTERN = r"\w+(?:['’]\w+)*|['’]\w+|[^\w\s]"

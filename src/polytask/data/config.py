@@ -1,0 +1,290 @@
+"""The ``[data]`` section (with ``[data.split]``, ``[data.input]`` and ``[[data.sources]]``)
+and ``[sampling]``: where the tables are, what role each column plays, how rows are split and
+how batches are drawn from several sources; and the checks that span those keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from polytask.data.datasets import DATASETS
+from polytask.data.inputs import INPUTS
+from polytask.data.sampling import SamplingConfig
+from polytask.errors import ConfigError
+from polytask.registry import ComponentConfig
+from polytask.tasks import Task
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitConfig(_Strict):
+    """How rows are split into train / validation / test."""
+
+    method: Literal["random", "group", "files", "column"] = "random"
+    val: float = Field(default=0.15, ge=0.0, lt=1.0)
+    test: float = Field(default=0.15, ge=0.0, lt=1.0)
+    seed: int | None = None
+    val_path: str | None = None
+    test_path: str | None = None
+    column: str | None = Field(
+        default=None, description="method 'column': the column holding train / val / test"
+    )
+
+
+class DataConfig(_Strict):
+    """Where the table is and what role each column plays."""
+
+    path: str | None = None
+    dataset: str | None = None
+    root: str | None = None
+    format: Literal["auto", "csv", "parquet", "folder", "lines"] = "auto"
+    pattern: str = Field(default="**/*", description="folder: glob of the files to read")
+    regex: str | None = Field(
+        default=None, description="folder: named groups read from each relative file path"
+    )
+    path_column: str = Field(default="path", description="folder: column of the file paths")
+    columns: list[str] = Field(default_factory=list, description="lines: fields of a line")
+    separator: str = Field(default="\t", min_length=1, description="lines: field separator")
+    encoding: str = Field(default="utf-8", description="lines: text encoding")
+    files_root: str | None = Field(
+        default=None,
+        description="folder that relative file paths in the table are resolved against; "
+        "default: the folder of data.path",
+    )
+    input: ComponentConfig | None = Field(
+        default=None,
+        description="a non-tabular input processor (image, audio, text, ...) and its "
+        "parameters; default: the table's columns are the features",
+    )
+    na_values: list[str] = Field(default_factory=list)
+    features: list[str] | None = None
+    ignore: list[str] = Field(default_factory=list)
+    group: str | None = None
+    id: str | None = None
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    categorical_encoding: Literal["auto", "onehot", "embedding"] = "auto"
+    onehot_max_categories: int = Field(default=10, ge=1)
+    max_categories: int = Field(default=1000, ge=1)
+    min_frequency: int = Field(default=1, ge=1)
+    unseen: Literal["unknown", "error"] = "unknown"
+    missing_numeric: Literal["median", "mean", "zero"] = "median"
+    missing_indicator: bool = True
+    scale_binary: bool = Field(
+        default=True,
+        description="standardise numeric columns whose training values are all 0 or 1; "
+        "false keeps them as 0/1 (fingerprint bits, flags)",
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    where: dict[str, str | list[str]] = Field(
+        default_factory=dict,
+        description="keep only rows whose column holds this value (or one of these values)",
+    )
+    sources: list[SourceConfig] = Field(
+        default_factory=list,
+        description="one table per task (or group of tasks); replaces data.path/dataset",
+    )
+    train_fraction: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="keep this fraction of the training rows (a random subset drawn with the "
+        "run seed; validation and test rows are all kept)",
+    )
+    stream: bool = Field(
+        default=False,
+        description="stream a Parquet data.path in chunks instead of loading it (tables "
+        "larger than memory)",
+    )
+    stream_chunk: int = Field(default=65536, ge=1, description="stream: rows read at a time")
+    stream_buffer: int = Field(
+        default=262144, ge=1, description="stream: rows shuffled together before batching"
+    )
+    stream_sample: int = Field(
+        default=100000, ge=100, description="stream: training rows sampled for medians/tasks"
+    )
+
+
+#: The [data] keys a source may set for itself; the others (features, input, preprocessing)
+#: are the run's and shared by every source, since one encoder reads them all.
+SOURCE_KEYS = (
+    "path",
+    "dataset",
+    "root",
+    "format",
+    "na_values",
+    "pattern",
+    "regex",
+    "path_column",
+    "columns",
+    "separator",
+    "encoding",
+    "files_root",
+    "split",
+    "where",
+)
+
+
+class SourceConfig(_Strict):
+    """One ``[[data.sources]]`` entry: a table and the tasks it labels."""
+
+    name: str = Field(min_length=1)
+    tasks: list[str] = Field(min_length=1)
+    path: str | None = None
+    dataset: str | None = None
+    root: str | None = None
+    format: Literal["auto", "csv", "parquet", "folder", "lines"] | None = None
+    na_values: list[str] | None = None
+    pattern: str | None = None
+    regex: str | None = None
+    path_column: str | None = None
+    columns: list[str] | None = None
+    separator: str | None = None
+    encoding: str | None = None
+    files_root: str | None = None
+    split: SplitConfig | None = None
+    where: dict[str, str | list[str]] | None = None
+
+
+DataConfig.model_rebuild()
+
+
+def source_data(data: DataConfig, source: SourceConfig) -> DataConfig:
+    """``[data]`` as seen by one source: the run's keys with the source's own ones."""
+    own = {k: getattr(source, k) for k in SOURCE_KEYS if getattr(source, k) is not None}
+    if "path" in own or "dataset" in own:
+        own.setdefault("path", None)
+        own.setdefault("dataset", None)
+    return data.model_copy(update={**own, "sources": []})
+
+
+def check_data(data: DataConfig, sampling: SamplingConfig, tasks: list[Task]) -> None:
+    """The checks no single key's schema can make: split methods and the keys they need, the
+    input processor's name and parameters, streaming, sources and the sampler."""
+    _check_sources(data, sampling, tasks)
+    if data.split.method == "group" and data.group is None and _dataset_group(data) is None:
+        raise ConfigError("config error: data.group: split method 'group' needs a group column")
+    if data.split.method == "files" and data.split.val_path is None:
+        raise ConfigError("config error: data.split.val_path: split method 'files' needs it")
+    if data.split.method == "column" and data.split.column is None:
+        raise ConfigError("config error: data.split.column: split method 'column' needs it")
+    if data.input is not None:
+        INPUTS.check_section(data.input, "data.input")
+    if data.split.method not in ("files", "column") and data.split.val <= 0:
+        raise ConfigError("config error: data.split.val: must be > 0 (validation drives training)")
+
+
+def _check_stream(data: DataConfig) -> None:
+    if not data.stream:
+        return
+    where = "config error: data.stream"
+    if data.path is None or data.sources:
+        raise ConfigError(f"{where}: streaming reads one Parquet file given as data.path")
+    if data.format not in ("auto", "parquet"):
+        raise ConfigError(f"{where}: streaming reads Parquet files (data.format = 'parquet')")
+    if data.split.method != "random":
+        raise ConfigError(f"{where}: a streamed table is split at random (data.split.method)")
+    if data.input is not None:
+        raise ConfigError(f"{where}: streaming reads table features; remove data.input")
+    if data.train_fraction < 1.0:
+        raise ConfigError(
+            "config error: data.train_fraction: a streamed table keeps every training row; "
+            "remove data.train_fraction or data.stream"
+        )
+
+
+def _check_sources(data: DataConfig, sampling: SamplingConfig, tasks: list[Task]) -> None:
+    _check_stream(data)
+    if not data.sources:
+        if sampling.strategy == "round_robin" and sampling.batches == "mixed":
+            raise ConfigError(
+                "config error: sampling.batches: round_robin draws whole batches; use homogeneous"
+            )
+        return
+    if data.path is not None or data.dataset is not None:
+        raise ConfigError(
+            "config error: data.sources: give the tables in the sources, not data.path/dataset"
+        )
+    names = {t.name for t in tasks}
+    seen: set[str] = set()
+    for i, src in enumerate(data.sources):
+        where = f"config error: data.sources.{i}"
+        if src.name in seen:
+            raise ConfigError(f"{where}.name: source name {src.name!r} is used twice")
+        seen.add(src.name)
+        if src.path is not None and src.dataset is not None:
+            raise ConfigError(f"{where}: give exactly one of path or dataset")
+        unknown = [t for t in src.tasks if t not in names]
+        if unknown:
+            raise ConfigError(
+                f"{where}.tasks: unknown task {unknown[0]!r}; declared tasks: "
+                f"{', '.join(sorted(names))}"
+            )
+        split = src.split or data.split
+        if split.method == "column" and split.column is None:
+            raise ConfigError(f"{where}.split.column: split method 'column' needs it")
+    labelled = {t for src in data.sources for t in src.tasks}
+    orphans = [t.name for t in tasks if t.name not in labelled]
+    if orphans:
+        raise ConfigError(
+            f"config error: data.sources: no source labels task {orphans[0]!r}; list it in "
+            "the tasks of the source that holds its labels"
+        )
+    if sampling.strategy == "round_robin" and sampling.batches == "mixed":
+        raise ConfigError(
+            "config error: sampling.batches: round_robin draws whole batches; use homogeneous"
+        )
+    if sampling.epoch == "steps" and sampling.steps is None:
+        raise ConfigError("config error: sampling.steps: epoch = 'steps' needs it")
+
+
+def _dataset_group(data: DataConfig) -> str | None:
+    """The group column a registered dataset declares (used when data.group is not set)."""
+    if data.dataset is None:
+        return None
+    info = DATASETS.get(data.dataset)
+    return info.group if info is not None else None
+
+
+class DataRequest(Protocol):
+    """What the data layer reads of a run's configuration (a :class:`polytask.RunConfig` is
+    one): the ``[data]`` section, the tasks, the seed and the folder paths are relative to."""
+
+    data: DataConfig
+    seed: int
+    base_dir: str
+
+    def task_objects(self) -> list[Task]: ...
+
+
+@dataclass(frozen=True)
+class DataJob:
+    """A :class:`DataRequest` taken apart: the data to prepare, for which tasks, under which
+    seed, with relative paths resolved against ``base_dir``."""
+
+    data: DataConfig
+    seed: int
+    base_dir: str
+    tasks: list[Task] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, request: DataRequest) -> DataJob:
+        if isinstance(request, DataJob):
+            return request
+        return cls(request.data, request.seed, request.base_dir, request.task_objects())
+
+    def task_objects(self) -> list[Task]:
+        return list(self.tasks)
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def for_source(self, source: SourceConfig) -> DataJob:
+        """The job as seen by one source: ``[data]`` with the source's own keys."""
+        return replace(self, data=source_data(self.data, source))

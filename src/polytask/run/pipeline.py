@@ -1,0 +1,214 @@
+"""A whole run from a configuration: data -> multi-task model -> single-task baselines ->
+comparison -> model directory. The CLI and the Python API both call :func:`run`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+
+from polytask.config import RunConfig, config_from_dict
+from polytask.data.prepare import PreparedData, prepare_data
+from polytask.errors import ConfigError
+from polytask.evaluate.compare import Comparison, compare
+from polytask.evaluate.evaluation import evaluate_data
+from polytask.models.model import MultiTaskModel
+from polytask.run.baselines import train_baselines
+from polytask.run.build import build_run, train_built
+from polytask.run.directory import check_out_dir, create_out_dir, model_dir, write_results
+from polytask.run.predictor import Predictor
+from polytask.run.variant import RunVariant, variant_for
+from polytask.tasks import Task
+from polytask.train.tensorboard_log import require_tensorboard
+from polytask.train.trainer import Callback, FitResult
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the predictor, its fit history, metrics and the comparison."""
+
+    predictor: Predictor
+    fit: FitResult
+    metrics: dict[str, dict[str, float]]
+    baseline_metrics: dict[str, dict[str, float]]
+    comparison: Comparison
+    out_dir: Path | None
+
+
+def fit(
+    data: pd.DataFrame | str | Path | None,
+    tasks: Sequence[Task],
+    *,
+    sources: Mapping[str, tuple[pd.DataFrame | str | Path, Sequence[str]]] | None = None,
+    out: str | Path | None = None,
+    seed: int = 0,
+    baselines: bool = True,
+    data_options: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
+    balancer: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    sampling: dict[str, Any] | None = None,
+    schedule: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> RunResult:
+    """Keras-style entry point: a table (DataFrame or CSV/Parquet path) and a list of tasks.
+
+    With one table per task (or group of tasks), pass ``data=None`` and
+    ``sources={"books": (books_df, ["books"]), "dvd": ("dvd.csv", ["dvd"])}``: each source's
+    table and the tasks it labels; ``sampling`` chooses how batches are drawn from them.
+    The keyword sections are the config file's sections as dicts (``train={"epochs": 5}``);
+    they are validated exactly as a TOML file would be, then :func:`run` trains.
+    """
+    raw: dict[str, Any] = {
+        "seed": seed,
+        "baselines": baselines,
+        "data": dict(data_options or {}),
+        "tasks": [_declared(t) for t in tasks],
+    }
+    sections = {
+        "model": model,
+        "balancer": balancer,
+        "train": train,
+        "sampling": sampling,
+        "schedule": schedule,
+    }
+    raw.update({key: section for key, section in sections.items() if section is not None})
+    frame = None
+    frames: dict[str, pd.DataFrame] = {}
+    if (data is None) == (sources is None):
+        raise ConfigError("fit: give either data (one table) or sources (one per task group)")
+    if isinstance(data, pd.DataFrame):
+        frame = data
+    elif data is not None:
+        raw["data"]["path"] = str(Path(data).resolve())
+    for name, (table, labelled) in (sources or {}).items():
+        entry: dict[str, Any] = {"name": name, "tasks": list(labelled)}
+        if isinstance(table, pd.DataFrame):
+            frames[name] = table
+        else:
+            entry["path"] = str(Path(table).resolve())
+        raw["data"].setdefault("sources", []).append(entry)
+    cfg = config_from_dict(raw)
+    return run(cfg, frame=frame, frames=frames, out=out, overwrite=overwrite, quiet=quiet)
+
+
+def _declared(task: Task) -> dict[str, Any]:
+    """What the user declared of a task (fitted fields and unset options left out)."""
+    fitted = {"target_mean", "target_std"}
+    return {k: v for k, v in task.to_dict().items() if v is not None and k not in fitted}
+
+
+def check_tensorboard(cfg: RunConfig, out_dir: Path | None) -> None:
+    """``train.tensorboard`` needs a run directory and the package: fail before any data is
+    read."""
+    if not cfg.train.tensorboard:
+        return
+    if out_dir is None:
+        raise ConfigError(
+            "config error: train.tensorboard: logs go to <run dir>/tensorboard; "
+            "give an output directory"
+        )
+    require_tensorboard()
+
+
+def run_predictor(
+    cfg: RunConfig,
+    model: MultiTaskModel,
+    tasks: list[Task],
+    data: PreparedData,
+    summary: dict[str, Any],
+    lineage: dict[str, Any] | None = None,
+) -> Predictor:
+    """The predictor of a model trained on ``data`` as ``cfg`` describes (its preprocessing,
+    id column and missing-value markers), carrying the run's ``summary`` as its metrics."""
+    return Predictor(
+        model,
+        tasks,
+        data.preprocessor,
+        cfg.model,
+        data.input_spec,
+        id_column=cfg.data.id,
+        na_values=cfg.data.na_values,
+        metrics=summary,
+        lineage=lineage,
+    )
+
+
+def run(
+    cfg: RunConfig,
+    *,
+    frame: pd.DataFrame | None = None,
+    frames: Mapping[str, pd.DataFrame] | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    console: Console | None = None,
+    callbacks: Sequence[Callback] = (),
+    variant: RunVariant | None = None,
+) -> RunResult:
+    """Train the multi-task model (and single-task baselines) described by ``cfg``.
+
+    With an output directory, it receives ``model/`` (the model directory), ``checkpoints/``,
+    the metrics log, ``baselines/<task>/`` and ``results.json``
+    (:mod:`polytask.run.directory`). All input checks run before the directory is touched, so
+    bad input leaves nothing behind. ``variant`` names what a feature built on the run changes
+    (:class:`polytask.run.variant.RunVariant`); by default the registered studies' rule for
+    ``cfg`` (``[distill]`` teachers make a distillation), else the plain run.
+    """
+    out_dir = Path(out) if out is not None else (cfg.resolve(cfg.out) if cfg.out else None)
+    check_out_dir(out_dir, resume, overwrite)
+    check_tensorboard(cfg, out_dir)
+    if variant is None:
+        variant = variant_for(cfg, console)
+    data = prepare_data(cfg, frame, frames, soft_targets=variant.soft_targets)
+    tasks = data.tasks
+    built = build_run(cfg, data.input_spec, tasks)
+    create_out_dir(out_dir, cfg, resume, overwrite)
+    fit = train_built(
+        cfg,
+        built,
+        data,
+        out_dir,
+        resume=resume,
+        quiet=quiet,
+        console=console,
+        callbacks=callbacks,
+        loss_fn=variant.loss(tasks) if variant.loss is not None else None,
+    )
+    model = built.model
+    eval_split, split_name = (data.test, "test") if data.test is not None else (data.val, "val")
+    _, metrics = evaluate_data(model, tasks, eval_split, cfg.train.eval_batch_size)
+
+    baselines: dict[str, dict[str, float]] = {}
+    if variant.reference is not None:
+        baselines = variant.reference(tasks, eval_split)
+    elif cfg.baselines and len(tasks) > 1:
+        baselines = train_baselines(
+            cfg, data, tasks, eval_split, out_dir, resume=resume, quiet=quiet, console=console
+        )
+    comparison = compare(tasks, metrics, baselines, split_name, variant.reference_name)
+    summary = {
+        "split": split_name,
+        "best_epoch": fit.best_epoch,
+        "multi_task": metrics,
+        "single_task": baselines if variant.reference is None else {},
+        "comparison": comparison.to_dict(),
+        **(variant.summary(model, baselines) if variant.summary is not None else {}),
+    }
+    lineage = variant.lineage(data) if variant.lineage is not None else None
+    predictor = run_predictor(cfg, model, tasks, data, summary, lineage)
+    if out_dir is not None:
+        save_run(out_dir, predictor, summary)
+    return RunResult(predictor, fit, metrics, baselines, comparison, out_dir)
+
+
+def save_run(out_dir: Path, predictor: Predictor, summary: dict[str, Any]) -> None:
+    """Write the model directory, then ``results.json`` (last: its presence means done)."""
+    predictor.save(model_dir(out_dir))
+    write_results(out_dir, summary)

@@ -1,0 +1,218 @@
+"""Running one planned run, or reading it back when it already finished.
+
+A run directory with ``results.json`` is finished and never trained again (the comparison is
+resumable); one without it is continued from its last checkpoint, or restarted when it has
+none. A finished run whose stored configuration differs from the planned one is an error
+rather than silently reused: its numbers would answer a different question.
+
+Multi-task runs go through :func:`polytask.run.pipeline.run` unchanged. Single-task baselines are
+the pipeline's own (:func:`polytask.run.baselines.train_baseline`, on data prepared for all
+tasks, so features, preprocessing and splits are identical), each in a run directory of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import ValidationError
+from rich.console import Console
+
+from polytask.config import RunConfig
+from polytask.data.prepare import PreparedData, prepare_data
+from polytask.errors import PolytaskError
+from polytask.evaluate.compare import compare as compare_metrics
+from polytask.run.baselines import train_baseline
+from polytask.run.directory import write_config
+from polytask.run.pipeline import run, run_predictor, save_run
+from polytask.state_io import read_json, to_json
+from polytask.studies.compare.plan import RunSpec
+
+#: Settings that change how a run is shown or where it lives, not what it computes.
+_COSMETIC = (
+    ("base_dir",),
+    ("out",),
+    ("train", "progress"),
+    ("train", "threads"),
+    ("train", "tensorboard"),
+    # Settings of `polytask affinity` and `polytask pareto`, which a compare run never reads.
+    ("affinity",),
+    ("pareto",),
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the comparison needs from a finished run: its metrics on the test split and on
+    validation at the epoch its checkpoint was selected."""
+
+    test: dict[str, dict[str, float]]
+    val: dict[str, dict[str, float]]
+
+
+def _comparable(config: Any) -> Any:
+    config = json.loads(json.dumps(config))
+    for path in _COSMETIC:
+        node = config
+        for key in path[:-1]:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return config
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{where}.{key}".lstrip("."))
+    return where or "(root)"
+
+
+def _stored_config_matches(run_dir: Path, cfg: RunConfig) -> tuple[bool, str]:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return False, "config.json missing"
+    try:
+        # Read through the schema, so keys a newer polytask added (with their defaults) do not
+        # count as differences.
+        stored_cfg = RunConfig.model_validate(read_json(path))
+    except ValidationError:
+        return False, "its config.json does not fit this version of polytask"
+    stored = _comparable(json.loads(to_json(stored_cfg.model_dump(mode="json"))))
+    expected = _comparable(json.loads(to_json(cfg.model_dump(mode="json"))))
+    if stored == expected:
+        return True, ""
+    return False, _first_difference(stored, expected)
+
+
+def _metrics(value: Any) -> dict[str, dict[str, float]]:
+    """Per-task metrics from JSON, where ``null`` stands for an undefined (NaN) metric."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        task: {m: math.nan if v is None else float(v) for m, v in metrics.items()}
+        for task, metrics in value.items()
+        if isinstance(metrics, dict)
+    }
+
+
+def read_outcome(run_dir: Path) -> Outcome:
+    """Test metrics (results.json) and validation metrics of the selected epoch
+    (metrics.jsonl) of a finished run."""
+    results = read_json(run_dir / "results.json")
+    if results.get("split") != "test":
+        raise PolytaskError(
+            f"run '{run_dir}' has no test split (it reports {results.get('split')!r}); "
+            "compare needs one: give data.split a test fraction or test rows"
+        )
+    val: dict[str, dict[str, float]] = {}
+    log = run_dir / "metrics.jsonl"
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line) if line.strip() else {}
+            if record.get("epoch") == results.get("best_epoch"):
+                val = _metrics(record.get("val_metrics"))
+    return Outcome(_metrics(results.get("multi_task")), val)
+
+
+class DataCache:
+    """The data of the last single-task configuration prepared: the baselines of one seed and
+    fraction share it (they differ only in the task trained)."""
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._data: PreparedData | None = None
+
+    def get(
+        self,
+        cfg: RunConfig,
+        frame: pd.DataFrame | None,
+        frames: Mapping[str, pd.DataFrame] | None,
+    ) -> PreparedData:
+        # What prepare_data reads: the seed (split, training subset), data and tasks.
+        parts = [cfg.seed, cfg.base_dir, cfg.data.model_dump(mode="json")]
+        key = json.dumps(parts + [t.model_dump(mode="json") for t in cfg.tasks], sort_keys=True)
+        if key != self._key or self._data is None:
+            self._data = None  # free the old data before preparing the new
+            self._data, self._key = prepare_data(cfg, frame, frames), key
+        return self._data
+
+    def clear(self) -> None:
+        self._key, self._data = None, None
+
+
+def _train_single_task(
+    spec: RunSpec, run_dir: Path, data: PreparedData, resume: bool, quiet: bool, console: Console
+) -> None:
+    """One single-task baseline (:func:`polytask.run.baselines.train_baseline`), written as a
+    run directory like :func:`polytask.run.pipeline.run` writes one."""
+    cfg = spec.cfg
+    task = next(t for t in data.tasks if t.name == spec.task)
+    assert data.test is not None  # build_plan requires a test split
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(run_dir, cfg)
+    baseline = train_baseline(
+        cfg, data, task, data.test, run_dir, resume=resume, quiet=quiet, console=console
+    )
+    single, metrics = [baseline.task], {task.name: baseline.metrics}
+    comparison = compare_metrics(single, metrics, {}, "test")
+    summary = {
+        "split": "test",
+        "best_epoch": baseline.fit.best_epoch,
+        "multi_task": metrics,
+        "single_task": {},
+        "comparison": comparison.to_dict(),
+    }
+    save_run(run_dir, run_predictor(cfg, baseline.model, single, data, summary), summary)
+
+
+def ensure_run(
+    spec: RunSpec,
+    root: Path,
+    *,
+    frame: pd.DataFrame | None,
+    frames: Mapping[str, pd.DataFrame] | None,
+    cache: DataCache,
+    quiet: bool,
+    console: Console,
+) -> tuple[Outcome, bool]:
+    """The outcome of ``spec``, training it unless its directory holds a finished run; the flag
+    says whether it trained."""
+    run_dir = root / spec.path
+    matches, difference = _stored_config_matches(run_dir, spec.cfg)
+    if (run_dir / "results.json").is_file():
+        if not matches:
+            raise PolytaskError(
+                f"run '{run_dir}' finished with another configuration ({difference}); "
+                "delete it (or use another --out) to train it again"
+            )
+        return read_outcome(run_dir), False
+    resume = matches and (run_dir / "checkpoints" / "last" / "state.json").is_file()
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)  # an unfinished run without a usable checkpoint starts over
+    if spec.task is not None:
+        data = cache.get(spec.cfg, frame, frames)
+        if data.test is None:
+            raise PolytaskError(
+                f"{data.source}: the split left no test row; compare reports test metrics"
+            )
+        _train_single_task(spec, run_dir, data, resume, quiet, console)
+    else:
+        cache.clear()  # the baselines of this seed and fraction are done; free their data
+        run(
+            spec.cfg,
+            frame=frame,
+            frames=frames,
+            out=run_dir,
+            resume=resume,
+            quiet=quiet,
+            console=console,
+        )
+    return read_outcome(run_dir), True

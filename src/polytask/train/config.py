@@ -1,0 +1,102 @@
+"""The ``[train]`` section (budget, optimiser, bookkeeping) and ``[finetune]`` (what a run
+freezes, per-group learning rates, gradual unfreezing), with the checks that need the tasks."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from polytask.errors import ConfigError
+from polytask.tasks import Task
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(_Strict):
+    """Optimisation budget and bookkeeping."""
+
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    eval_batch_size: int = Field(default=8192, ge=1)
+    lr: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    scheduler: Literal["none", "cosine", "linear"] = "cosine"
+    warmup: float = Field(default=0.0, ge=0.0, lt=1.0, description="fraction of steps")
+    grad_clip: float | None = Field(default=1.0, gt=0.0)
+    patience: int | None = Field(default=5, ge=1)
+    min_delta: float = Field(default=0.0, ge=0.0)
+    criterion: str = "mean_relative"
+    log_format: Literal["jsonl", "csv"] = "jsonl"
+    progress: bool = True
+    threads: int | None = Field(default=None, ge=1)
+    checkpoint_every: int | None = Field(
+        default=None,
+        ge=1,
+        description="also checkpoint every N steps, so a resume continues mid-epoch",
+    )
+    tensorboard: bool = Field(
+        default=False,
+        description="also write the per-epoch log as TensorBoard scalars to "
+        "<run dir>/tensorboard/ (needs the tensorboard extra and a run directory)",
+    )
+
+
+class FinetuneConfig(_Strict):
+    """``[finetune]``: how ``polytask finetune BASE CONFIG`` continues from a trained model (and
+    how a run freezes a pretrained encoder): what is frozen, learning rates per group, gradual
+    unfreezing (:mod:`polytask.studies.finetune`)."""
+
+    freeze: Literal["encoder", "layers", "none"] = Field(
+        default="encoder",
+        description="encoder: every shared parameter; layers: the first `layers` shared layers; "
+        "none: everything trains",
+    )
+    layers: int = Field(default=0, ge=0, description="with freeze = 'layers': how many")
+    shared_lr_scale: float = Field(
+        default=1.0, gt=0.0, description="learning rate of the shared parameters, x train.lr"
+    )
+    head_lr_scale: float = Field(
+        default=1.0, gt=0.0, description="learning rate of the task-specific parts, x train.lr"
+    )
+    layer_lr_decay: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="discriminative fine-tuning (Howard & Ruder, ULMFiT, 2018): the top shared "
+        "layer learns at shared_lr_scale, each layer below at layer_lr_decay x the one above "
+        "(ULMFiT: 1/2.6 = 0.38); 1: one rate for the whole encoder",
+    )
+    unfreeze: Literal["none", "gradual"] = Field(
+        default="none",
+        description="gradual: unfreeze one frozen layer every `unfreeze_every` epochs, from the "
+        "top down (Howard & Ruder, ULMFiT, 2018)",
+    )
+    unfreeze_every: int = Field(default=1, ge=1)
+    keep_tasks: bool = Field(
+        default=True,
+        description="keep the base model's tasks that this run does not train (heads frozen)",
+    )
+    reference_data: str | None = Field(
+        default=None,
+        description="a table labelled for the base model's tasks, on which they are re-measured "
+        "before and after fine-tuning (default: the run's own test split, if it has the labels)",
+    )
+
+
+def check_criterion(criterion: str, tasks: list[Task]) -> None:
+    if criterion in ("mean_relative", "val_loss"):
+        return
+    task_name, _, metric = criterion.partition(".")
+    by_name = {t.name: t for t in tasks}
+    if task_name in by_name and metric in by_name[task_name].metric_names:
+        return
+    choices = ["mean_relative", "val_loss"] + [
+        f"{t.name}.{m}" for t in tasks for m in t.metric_names
+    ]
+    raise ConfigError(
+        f"config error: train.criterion: {criterion!r} is not valid; "
+        f"valid choices: {', '.join(choices)}"
+    )

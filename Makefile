@@ -6,10 +6,15 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint unit install bench bench-balancing clean
 
-$(STAMP): pyproject.toml constraints.txt
+# The example plug-in of docs/extending.md, installed beside polytask: tests/test_plugins.py
+# trains with the components its entry points register.
+PLUGIN := tests/plugins/polytask_example_plugin
+
+$(STAMP): pyproject.toml constraints.txt $(PLUGIN)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps -e $(PLUGIN)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -18,7 +18,8 @@ Main section. Problem: polytask's own hard-sharing model (``build_model``: MLP t
 synthetic regression tasks with every label present, batch 256, AdamW. One step is exactly what
 the Trainer does::
 
-    outputs = balancer.forward(model, inputs); losses = task_losses(...)
+    outputs = balancer.forward(model, inputs) if balancer.changes_forward else model(inputs)
+    losses = task_losses(...)
     optimizer.zero_grad(); balancer.backward(losses, model); optimizer.step()
 
 Rows, for each K:
@@ -211,7 +212,8 @@ def balancer_step(problem: Problem, name: str, params: dict[str, Any]) -> Step:
 
     def step() -> None:
         inputs, targets, masks = data.next()
-        outputs = balancer.forward(model, inputs)
+        # As the Trainer: a balancer declaring changes_forward runs the model itself.
+        outputs = balancer.forward(model, inputs) if balancer.changes_forward else model(inputs)
         losses = task_losses(problem.losses, outputs, targets, masks)
         optimizer.zero_grad(set_to_none=True)
         balancer.backward(losses, model)
@@ -869,7 +871,8 @@ def protocol_lines() -> list[str]:
     """How both sections time and measure (their settings are given with each)."""
     return [
         "Two sections, run together or alone (`--section main|wide`); each shows its own date, "
-        "commit and machine load. A step is the Trainer's: `balancer.forward`, `task_losses`, "
+        "commit and machine load. A step is the Trainer's: the forward pass (the balancer's own "
+        "where it declares `changes_forward`), `task_losses`, "
         "`zero_grad`, `balancer.backward`, `optimizer.step` (no clipping). Reference rows "
         "implement the same update outside polytask (see the script's docstring).",
         "",

@@ -308,7 +308,7 @@ def test_gradnorm_weight_gradient_matches_materialised_per_task_gradients() -> N
     scale = {"a": 1.0, "b": 3.0, "c": 0.2}
     x, y = _data(0)
     first, norms, _ = _materialised(model, x, y, scale)
-    applied = bal.backward(model.losses(x, y, scale), model)
+    applied = bal.backward(model.losses(x, y, scale), model).weights
     assert applied == {"a": 1.0, "b": 1.0, "c": 1.0}
     # First step: every ratio is 1, so the target is the mean weighted norm.
     expected = _gradnorm_reference(applied, first, first, norms, 1.5)
@@ -321,7 +321,7 @@ def test_gradnorm_weight_gradient_matches_materialised_per_task_gradients() -> N
             bal.loss_weights[k].grad = None
     x, y = _data(4)
     values, norms, grads = _materialised(model, x, y, scale)
-    applied = bal.backward(model.losses(x, y, scale), model)
+    applied = bal.backward(model.losses(x, y, scale), model).weights
     floored = {"a": 2.0, "b": 0.5, "c": 1e-3}
     renormalised = {k: 3 * v / sum(floored.values()) for k, v in floored.items()}
     for k in "abc":
@@ -349,7 +349,7 @@ def test_gradnorm_partial_step_leaves_the_absent_task_alone() -> None:
     before = _state(bal)
     for p in bal.parameters():
         p.grad = None
-    applied = bal.backward(model.losses(*_data(1), {"a": 1.0, "b": 2.0}), model)
+    applied = bal.backward(model.losses(*_data(1), {"a": 1.0, "b": 2.0}), model).weights
     after = _state(bal)
     assert set(applied) == {"a", "b"} and sum(applied.values()) == pytest.approx(2.0)
     assert _unchanged_at(before, after, 2)
@@ -368,7 +368,7 @@ def test_gradnorm_finite_across_magnitudes_and_round_trip() -> None:
     bal = build_balancer("gradnorm", {}, TASKS)
     scale = {"a": 1e-8, "b": 1.0, "c": 1e8}
     for seed in range(3):
-        applied = bal.backward(model.losses(*_data(seed), scale), model)
+        applied = bal.backward(model.losses(*_data(seed), scale), model).weights
         assert len(applied) == 3 and all(math.isfinite(w) and w > 0 for w in applied.values())
         assert sum(applied.values()) == pytest.approx(3.0, rel=1e-6)
         assert all(math.isfinite(float(p.grad)) for p in bal.parameters())

@@ -201,7 +201,7 @@ def test_mid_epoch_resume_logs_the_same_diagnostics(
     raw["train"]["checkpoint_every"] = 3
     cfg = config_from_dict(raw)
     run(cfg, frame=frame, out=tmp_path / "full", quiet=True)
-    original = Trainer._optimise
+    original = Trainer._step
     calls = {"n": 0}
 
     def cut_after_11_steps(self: Trainer, *args: Any, **kwargs: Any) -> None:
@@ -210,10 +210,10 @@ def test_mid_epoch_resume_logs_the_same_diagnostics(
             raise _Cut
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "_optimise", cut_after_11_steps)
+    monkeypatch.setattr(Trainer, "_step", cut_after_11_steps)
     with pytest.raises(_Cut):
         run(cfg, frame=frame, out=tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(Trainer, "_optimise", original)
+    monkeypatch.setattr(Trainer, "_step", original)
     point = load_state(tmp_path / "cut" / "checkpoints" / "last")
     assert point["partial"]["step_in_epoch"] == 3
     assert point["partial"]["stats"]["cos_count"]["value|label"] == 3

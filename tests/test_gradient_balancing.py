@@ -522,7 +522,7 @@ def _step(
     model.zero_grad(set_to_none=True)
     inputs, targets = _batch(seed)
     outputs = bal.forward(model, inputs)
-    return bal.backward(_losses(outputs, targets, names), model)
+    return bal.backward(_losses(outputs, targets, names), model).weights
 
 
 def _shared_grad(model: MultiTaskModel) -> Tensor:
@@ -543,13 +543,16 @@ def test_engine_gramian_and_gradients_match_materialised_per_task_gradients(
     ref = _Reference(model, names)
     probe = _Probe()
     bal = GradientBalancer(TASKS, probe, EngineParams(mode=mode), "probe")
-    weights = _step(bal, model, names)
+    model.zero_grad(set_to_none=True)
+    inputs, targets = _batch()
+    result = bal.backward(_losses(bal.forward(model, inputs), targets, names), model)
+    weights = result.weights
     ((gramian, tasks),) = probe.seen
     rows = ref.jac if mode == "exact" else ref.zjac
     assert tasks == [0, 1, 2] and gramian.dtype == torch.float32
     _assert_close_scaled(gramian.double(), rows @ rows.T)
     norms = {n: float(v) for n, v in zip(names, rows.norm(dim=1), strict=True)}
-    assert bal.step_grad_norms == pytest.approx(norms, rel=1e-4)
+    assert result.grad_norms == pytest.approx(norms, rel=1e-4)
     w = torch.tensor([weights[n] for n in names], dtype=F64)
     torch.testing.assert_close(w, torch.tensor([1.3, 1.7, 0.6], dtype=F64), rtol=1e-6, atol=0.0)
     # Shared parameters receive Jᵀw (in both modes: the chain rule through z gives the same).
@@ -609,7 +612,7 @@ def test_update_every_reuses_the_weights_without_computing_a_gramian(mode: Gradi
         # plain model (no hooks, no split at the representation).
         assert (_forward_hooks(model) > 0) == (mode == "exact" and computing), step
         assert outputs["a"].grad_fn is not None
-        weights = bal.backward(_losses(outputs, targets, names), model)
+        weights = bal.backward(_losses(outputs, targets, names), model).weights
         assert _forward_hooks(model) == 0, "hooks outlive the step"
         # The Gramian is weighted after steps 0, 3 and 6 only: calls 1, 2, 3.
         call = step // 3 + 1

@@ -17,9 +17,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from polytask.evaluate.compare import compare
 from polytask.evaluate.delta import delta_m, relative_change
 from polytask.evaluate.metrics import compute_metrics, higher_is_better
+from polytask.evaluate.reference import against_reference
 from polytask.tasks import METRICS, Task
 
 N = 400
@@ -208,14 +208,14 @@ def test_compare_uses_primary_metric_and_direction() -> None:
     ]
     multi = {"risk": {"auroc": 0.84, "f1": 0.1}, "stay": {"mae": 1.0, "rmse": 12.0}}
     single = {"risk": {"auroc": 0.80}, "stay": {"rmse": 10.0, "mae": 100.0}}
-    result = compare(tasks, multi, single, "test")
+    result = against_reference(tasks, multi, single, "test")
     rows = {r.task: r for r in result.rows}
     assert rows["risk"].metric == "auroc" and rows["risk"].higher_is_better
     assert rows["stay"].metric == "rmse" and not rows["stay"].higher_is_better
     assert rows["risk"].relative_change_pct == pytest.approx(-5.0)
     assert rows["stay"].relative_change_pct == pytest.approx(20.0)
     assert result.delta_m_pct == pytest.approx(7.5)
-    assert math.isnan(compare(tasks, multi, {}, "test").delta_m_pct)
+    assert math.isnan(against_reference(tasks, multi, {}, "test").delta_m_pct)
 
 
 def test_segmentation_metrics_match_a_confusion_matrix_reference(rng: np.random.Generator) -> None:

@@ -21,7 +21,7 @@ from conftest import run_cli, synthetic_raw
 from polytask import config_from_dict, run
 from polytask.data.synthetic import make_mmoe_synthetic
 from polytask.report import report
-from polytask.report.loading import read_records
+from polytask.run.directory import read_records
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

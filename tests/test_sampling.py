@@ -262,7 +262,7 @@ def test_mid_epoch_resume_reproduces_the_uninterrupted_run(
     cfg = config_from_dict(raw, base_dir=tmp_path)
     full = run(cfg, out=tmp_path / "full", quiet=True)
 
-    original = Trainer._optimise
+    original = Trainer._step
     calls = {"n": 0}
 
     def cut_after_13_steps(self: Trainer, *args: Any, **kwargs: Any) -> None:
@@ -271,10 +271,10 @@ def test_mid_epoch_resume_reproduces_the_uninterrupted_run(
             raise _Cut
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "_optimise", cut_after_13_steps)
+    monkeypatch.setattr(Trainer, "_step", cut_after_13_steps)
     with pytest.raises(_Cut):
         run(cfg, out=tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(Trainer, "_optimise", original)
+    monkeypatch.setattr(Trainer, "_step", original)
     point = load_state(tmp_path / "cut" / "checkpoints" / "last")
     assert point["trainer"]["epoch"] == 1 and point["partial"]["step_in_epoch"] in (4, 8)
     resumed = run(cfg, out=tmp_path / "cut", resume=True, quiet=True)
@@ -336,7 +336,7 @@ def test_every_balancer_leaves_a_task_absent_from_the_batch_alone(name: str) -> 
         outputs = balancer.forward(model, inputs)
         masks = {k: torch.full((16,), k in present) for k in targets}
         losses = task_losses(losses_fn, outputs, targets, masks)
-        weights = balancer.backward(losses, model)
+        weights = balancer.backward(losses, model).weights
         assert set(weights) == set(present), name
         assert all(math.isfinite(w) for w in weights.values()), (name, weights)
         if "t2" not in present:

@@ -17,7 +17,7 @@ from conftest import run_interrupted_and_resumed, synthetic_raw
 from polytask import config_from_dict, run
 from polytask.data.synthetic import make_mmoe_synthetic
 from polytask.errors import ConfigError
-from polytask.train.tensorboard_log import TensorBoardLogger
+from polytask.train.callbacks.tensorboard import TensorBoardLogger
 from polytask.train.trainer import EpochRecord
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -10,11 +10,12 @@ from __future__ import annotations
 from polytask._version import __version__
 from polytask.config import RunConfig, config_from_dict, load_config
 from polytask.errors import ConfigError, DataError, PolytaskError
+from polytask.plugins import load_plugins
 from polytask.report import report
 
 # ``polytask.run`` names the function below, not the package polytask/run/: the package is
 # imported first, then the name is rebound (import its modules as ``from polytask.run.x``).
-from polytask.run.pipeline import RunResult, fit, run  # noqa: I001
+from polytask.run.pipeline import RunResult, fit, run
 from polytask.run.predictor import Predictor, load
 from polytask.studies.affinity import AffinityResult, affinity
 from polytask.studies.compare import CompareResult, compare
@@ -42,3 +43,6 @@ __all__ = [
     "report",
     "run",
 ]
+
+# Last: plug-ins (entry points of the group "polytask.plugins") register into the registries.
+load_plugins()

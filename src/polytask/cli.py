@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from polytask.errors import PolytaskError
+from polytask.registry import Registry
 from polytask.studies.distill.config import DistillConfig
 
 app = typer.Typer(
@@ -203,23 +204,52 @@ def demo(
     )
 
 
+def _first_line(doc: str | None) -> str:
+    """The first line of a docstring (a task kind's summary in ``polytask list``)."""
+    return (doc or "").strip().split("\n", 1)[0]
+
+
 @app.command("list")
 def list_components() -> None:
-    """List registered inputs, encoders, architectures, balancers and datasets."""
+    """List registered inputs, encoders, architectures, balancers, task kinds and datasets,
+    polytask's own and those of installed plug-ins (entry point group ``polytask.plugins``)."""
     from polytask.balance.base import BALANCERS
     from polytask.data.datasets import DATASETS
     from polytask.data.inputs import INPUTS
     from polytask.models.architectures import ARCHITECTURES
     from polytask.models.encoders import ENCODERS
+    from polytask.plugins import load_plugins, source_of
+    from polytask.tasks.kinds import KINDS
 
+    load_plugins()  # loaded by ``import polytask`` already; a no-op unless one was added since
+    registries: tuple[Registry[Any], ...] = (INPUTS, ENCODERS, ARCHITECTURES, BALANCERS)
+    # One row per component: kind, name, summary, and where it comes from (polytask, or the
+    # distribution of the plug-in that registered it).
+    rows = [
+        (registry.kind, entry.name, entry.summary, source_of(entry.factory) or "polytask")
+        for registry in registries
+        for entry in registry
+    ]
+    rows += [
+        (
+            "task kind",
+            kind.name,
+            _first_line(type(kind).__doc__),
+            source_of(type(kind)) or "polytask",
+        )
+        for kind in KINDS
+    ]
+    rows += [("dataset", name, DATASETS[name].summary, "polytask") for name in sorted(DATASETS)]
     table = Table(title="polytask components")
-    for col in ("kind", "name", "summary"):
-        table.add_column(col)
-    for registry in (INPUTS, ENCODERS, ARCHITECTURES, BALANCERS):
-        for entry in registry:
-            table.add_row(registry.kind, entry.name, entry.summary)
-    for name in sorted(DATASETS):
-        table.add_row("dataset", name, DATASETS[name].summary)
+    # Kinds, names and sources are never wrapped or cut (they are typed into configs and
+    # searched for); the summaries give way on a narrow terminal.
+    for i, col in enumerate(("kind", "name", "summary", "from")):
+        if col == "summary":
+            table.add_column(col)
+        else:
+            table.add_column(col, no_wrap=True, min_width=max(len(row[i]) for row in rows))
+    for row in rows:
+        table.add_row(*row)
     out_console.print(table)
 
 

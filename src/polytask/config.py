@@ -15,6 +15,7 @@ Every section forbids unknown keys, so a typo fails with the key's path and the 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializationInfo,
     SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
@@ -60,6 +62,18 @@ def register_section(name: str, schema: type[BaseModel]) -> None:
     if name in RunConfig.model_fields or (name in _SECTIONS and _SECTIONS[name] is not schema):
         raise ValueError(f"config section {name!r} is declared twice")
     _SECTIONS[name] = schema
+
+
+#: Checks of a whole configuration registered by the layers above (see :func:`register_check`).
+_CHECKS: list[Callable[[RunConfig], None]] = []
+
+
+def register_check(check: Callable[[RunConfig], None]) -> Callable[[RunConfig], None]:
+    """Register a check that every validated configuration must pass (usable as a decorator):
+    the run layer checks here what only its components know (a balancer's weights naming an
+    unknown task), so such a mistake fails when the file is read, not after the data is."""
+    _CHECKS.append(check)
+    return check
 
 
 def registered_sections() -> dict[str, type[BaseModel]]:
@@ -122,11 +136,14 @@ class RunConfig(_Strict):
         return raw
 
     @model_serializer(mode="wrap")
-    def _flatten_sections(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _flatten_sections(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
         sections = data.pop("sections", {}) or {}
         base_dir = data.pop("base_dir", None)
-        data.update(sections)
+        excluded = info.exclude if isinstance(info.exclude, set | dict) else ()
+        data.update({k: v for k, v in sections.items() if k not in excluded})
         if base_dir is not None:
             data["base_dir"] = base_dir
         return data
@@ -152,14 +169,16 @@ class RunConfig(_Strict):
 
 def check_config(cfg: RunConfig) -> RunConfig:
     """Checks that span sections: component names and parameters, tasks, the criterion, the
-    data sources. Builds nothing (a balancer's checks that need the tasks run when the run is
-    built, :mod:`polytask.run.build`)."""
+    data sources, then the checks registered by the layers above (:func:`register_check`).
+    Builds nothing itself."""
     check_model_config(cfg.model)
     BALANCERS.check_section(cfg.balancer, "balancer")
     tasks = cfg.task_objects()
     check_unique_names(tasks)
     check_criterion(cfg.train.criterion, tasks)
     check_data(cfg.data, cfg.sampling, tasks)
+    for check in _CHECKS:
+        check(cfg)
     return cfg
 
 

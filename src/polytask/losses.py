@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from polytask.data.tensors import Batch
@@ -20,19 +19,15 @@ from polytask.tasks import Task
 
 
 class TaskLoss:
-    """The loss of one task, holding its weight tensors so the hot loop allocates nothing."""
+    """The loss of one task, holding its weight tensors so the hot loop allocates nothing.
+    The computation is the task kind's (:meth:`polytask.tasks.Kind.loss`)."""
 
     def __init__(self, task: Task) -> None:
         self.task = task
         self.kind = task.kind
+        self.spec = task.spec
         self.name = task.loss_name
-        pw = task.pos_weight
-        self.pos_weight: Tensor | None = None
-        if pw is not None:
-            values = pw if isinstance(pw, list) else [pw] * len(task.targets)
-            self.pos_weight = torch.tensor(values, dtype=torch.float32)
-            if task.kind == "binary":
-                self.pos_weight = self.pos_weight[0]
+        self.pos_weight: Tensor | None = self.spec.pos_weight_tensor(task)
         self.class_weights: Tensor | None = (
             torch.tensor(task.class_weights, dtype=torch.float32)
             if task.class_weights is not None
@@ -41,31 +36,7 @@ class TaskLoss:
 
     def __call__(self, output: Tensor, target: Tensor, mask: Tensor) -> Tensor | None:
         """Mean loss over the valid labels of a batch, or ``None`` if there are none."""
-        if self.kind == "multilabel":
-            # Per-entry mask: each label of each example may be missing on its own.
-            if not bool(mask.any()):
-                return None
-            pw = self.pos_weight
-            if pw is not None:
-                pw = pw.expand_as(output)[mask]
-            return F.binary_cross_entropy_with_logits(output[mask], target[mask], pos_weight=pw)
-        if not bool(mask.any()):
-            return None
-        if self.kind == "segmentation":
-            # Per-pixel cross-entropy, averaged over the labelled pixels (class-weighted like
-            # nn.CrossEntropyLoss when class weights are given).
-            pixels, labels = output.movedim(1, -1)[mask], target[mask]
-            return F.cross_entropy(pixels, labels, weight=self.class_weights)
-        out, tgt = output[mask], target[mask]
-        if self.kind == "binary":
-            return F.binary_cross_entropy_with_logits(out, tgt, pos_weight=self.pos_weight)
-        if self.kind == "multiclass":
-            return F.cross_entropy(out, tgt, weight=self.class_weights)
-        if self.name == "l1":
-            return F.l1_loss(out, tgt)
-        if self.name == "huber":
-            return F.huber_loss(out, tgt)
-        return F.mse_loss(out, tgt)
+        return self.spec.loss(self, output, target, mask)
 
 
 def unit_losses(loss: TaskLoss, output: Tensor, target: Tensor) -> Tensor:
@@ -74,19 +45,7 @@ def unit_losses(loss: TaskLoss, output: Tensor, target: Tensor) -> Tensor:
     (segmentation ``[B, H, W]``, dense regression). The caller masks and averages; a class
     weight multiplies its unit's value (so a mean of units is not the weighted mean
     :class:`TaskLoss` takes)."""
-    kind = loss.kind
-    if kind in ("binary", "multilabel"):
-        pw = loss.pos_weight
-        return F.binary_cross_entropy_with_logits(output, target, pos_weight=pw, reduction="none")
-    if kind in ("multiclass", "segmentation"):
-        # Masked-out entries may hold any placeholder; clamp so the gather stays in range.
-        safe = target.clamp(0, output.shape[1] - 1)
-        return F.cross_entropy(output, safe, weight=loss.class_weights, reduction="none")
-    if loss.name == "l1":
-        return F.l1_loss(output, target, reduction="none")
-    if loss.name == "huber":
-        return F.huber_loss(output, target, reduction="none")
-    return F.mse_loss(output, target, reduction="none")
+    return loss.spec.unit_losses(loss, output, target)
 
 
 def task_losses(

@@ -6,7 +6,14 @@ from polytask.balance import (  # noqa: F401  (importing registers the methods)
     loss_weighting,
     preference_methods,
 )
-from polytask.balance.base import BALANCERS, Balancer, build_balancer
+from polytask.balance.base import BALANCERS, BackwardResult, Balancer, build_balancer
 from polytask.balance.gradient_engine import EngineParams, GradientBalancer
 
-__all__ = ["BALANCERS", "Balancer", "EngineParams", "GradientBalancer", "build_balancer"]
+__all__ = [
+    "BALANCERS",
+    "BackwardResult",
+    "Balancer",
+    "EngineParams",
+    "GradientBalancer",
+    "build_balancer",
+]

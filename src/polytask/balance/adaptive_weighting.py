@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from polytask.balance.base import BALANCERS, Balancer
+from polytask.balance.base import BALANCERS, BackwardResult, Balancer
 from polytask.errors import ConfigError, PolytaskError
 from polytask.tasks import Task
 
@@ -376,7 +376,7 @@ class GradNorm(_IndexedBalancer):
         weights = self.weights(losses)
         return torch.stack([weights[k] * losses[k] for k in losses]).sum(), weights
 
-    def backward(self, losses: dict[str, Tensor], model: nn.Module) -> dict[str, float]:
+    def backward(self, losses: dict[str, Tensor], model: nn.Module) -> BackwardResult:
         if not isinstance(model, HasLastSharedLayer):
             raise PolytaskError(
                 f"balancer 'gradnorm' needs a model with last_shared_parameters(); "
@@ -398,7 +398,7 @@ class GradNorm(_IndexedBalancer):
             p.grad = g if p.grad is None else p.grad + g
         total = torch.stack([weights[k] * losses[k] for k in losses]).sum()
         total.backward()  # type: ignore[no-untyped-call]
-        return {k: float(v) for k, v in weights.items()}
+        return BackwardResult({k: float(v) for k, v in weights.items()})
 
     @staticmethod
     def _gradient_norms(losses: dict[str, Tensor], layer: list[nn.Parameter]) -> Tensor:

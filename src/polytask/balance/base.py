@@ -4,7 +4,9 @@ A balancer receives the losses of the tasks present in the batch and performs th
 itself. Loss-level methods weight the losses and call one ``backward``; gradient-level methods
 (a later addition) need per-task gradients, and doing the backward inside the balancer keeps the
 trainer free of any knowledge of which kind it is running. The trainer reads only the declared
-capabilities below, never a method's name.
+capabilities below (``needs_gradients``, ``changes_forward``), never a method's name, and never
+writes into a balancer: :meth:`Balancer.backward` returns what it measured as a
+:class:`BackwardResult`.
 
 State that must survive a resume lives in buffers or parameters, so ``state_dict()`` captures it.
 """
@@ -12,6 +14,7 @@ State that must survive a resume lives in buffers or parameters, so ``state_dict
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -27,11 +30,28 @@ if TYPE_CHECKING:
     from polytask.models.model import MultiTaskModel
 
 
+@dataclass(frozen=True)
+class BackwardResult:
+    """What one :meth:`Balancer.backward` did: the weight applied to each present task and,
+    on a step that measured the tasks' gradients (gradient-level methods at each weight
+    update), their Gramian and norms, which the trainer's gradient diagnostics log."""
+
+    weights: dict[str, float]
+    #: The Gramian of the per-task gradients the step weighted (None: none measured).
+    gramian: TaskGramian | None = None
+    #: Norm of each task's gradient at that step (empty: none measured).
+    grad_norms: dict[str, float] = field(default_factory=dict)
+
+
 class Balancer(nn.Module):
     """Base class: combine per-task losses and back-propagate."""
 
     #: Needs per-task gradients of the shared parameters (several backward passes or a Gramian).
     needs_gradients: ClassVar[bool] = False
+    #: Must run the training forward pass itself (:meth:`forward`): a split at the shared
+    #: representation, gradient hooks, preference conditioning. Otherwise the trainer calls
+    #: the model directly.
+    changes_forward: ClassVar[bool] = False
     #: Keeps state across steps (in buffers), saved in checkpoints.
     stateful: ClassVar[bool] = False
 
@@ -40,16 +60,11 @@ class Balancer(nn.Module):
         #: The registered name it was built under (set by :func:`build_balancer`; messages).
         self.name = type(self).__name__
         self.task_names = [t.name for t in tasks]
-        #: Per-task gradient norms measured by the last step that measured them (gradient-level
-        #: methods measure at every weight update; the trainer reads them for its log).
-        self.step_grad_norms: dict[str, float] = {}
-        #: The Gramian of the same per-task gradients at that step, for the trainer's cosine,
-        #: conflict and dominance diagnostics (None on a step that measured none).
-        self.step_gramian: TaskGramian | None = None
 
     def forward(self, model: MultiTaskModel, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Run ``model`` on a training batch. Gradient-level methods override this to set up
-        per-task gradients (hooks, or a split at the shared representation)."""
+        """Run ``model`` on a training batch. A balancer declaring ``changes_forward``
+        overrides this (per-task gradient hooks, a split at the shared representation,
+        preference conditioning); the trainer calls it only then."""
         outputs: dict[str, Tensor] = model(inputs)
         return outputs
 
@@ -65,11 +80,11 @@ class Balancer(nn.Module):
         weights = self.weights(losses)
         return torch.stack([weights[k] * losses[k] for k in losses]).sum(), weights
 
-    def backward(self, losses: dict[str, Tensor], model: MultiTaskModel) -> dict[str, float]:
+    def backward(self, losses: dict[str, Tensor], model: MultiTaskModel) -> BackwardResult:
         """Back-propagate the combined loss; return the weight applied to each task."""
         total, weights = self.combine(losses)
         total.backward()  # type: ignore[no-untyped-call]
-        return {k: float(w) for k, w in weights.items()}
+        return BackwardResult({k: float(w) for k, w in weights.items()})
 
     def end_epoch(self, mean_losses: dict[str, float]) -> None:
         """Called by the trainer after each epoch with the tasks' mean training losses

@@ -20,8 +20,8 @@ shared parameters (``G_ab = ⟨g_a, g_b⟩``) and of the weights the balancer ap
   that leaves the shares unchanged) and before the optimiser's per-coordinate preconditioning.
 
 Gradient-level balancers already hold ``G`` (or the per-task gradients) at every weight update
-and publish it (:attr:`polytask.balance.base.Balancer.step_gramian`); for loss-level methods the
-trainer measures it once per epoch with :func:`task_gradient_gramian`.
+and return it (:class:`polytask.balance.base.BackwardResult`); for loss-level methods the
+trainer's gradient diagnostics measure it once per epoch with :func:`task_gradient_gramian`.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from polytask.balance.base import Balancer
+from polytask.balance.base import BackwardResult, Balancer
 from polytask.balance.diagnostics import TaskGramian
 from polytask.balance.gramian import GramianRecorder
 from polytask.errors import ConfigError, PolytaskError
@@ -96,6 +96,8 @@ class GradientBalancer(Balancer):
     """A gradient-level balancing method run by the engine described in the module docstring."""
 
     needs_gradients = True
+    #: The forward pass sets up the step's per-task gradients (hooks or a split at ``z``).
+    changes_forward = True
     steps: Tensor
     cached: Tensor
 
@@ -171,7 +173,9 @@ class GradientBalancer(Balancer):
             outputs[name] = model.task_output(name, leaf)
         return outputs
 
-    def backward(self, losses: dict[str, Tensor], model: MultiTaskModel) -> dict[str, float]:
+    def backward(self, losses: dict[str, Tensor], model: MultiTaskModel) -> BackwardResult:
+        """The weighted backward; on a step that computed weights, the result carries the
+        Gramian that was weighted and the tasks' gradient norms."""
         names = self._draw_subset(list(losses))
         stacked = torch.stack([losses[n] for n in names])
         idx = [self._index[n] for n in names]
@@ -179,13 +183,15 @@ class GradientBalancer(Balancer):
         computing = recorder is not None or self._representation is not None
         self.steps += 1
         if not computing:
-            return self._weighted_backward(stacked, names, self._reused_weights(idx), model)
+            reused = self._weighted_backward(stacked, names, self._reused_weights(idx), model)
+            return BackwardResult(reused)
         if self._representation is not None:
             return self._split_backward(stacked, names, idx, model, recorder)
         assert recorder is not None  # exact mode on an architecture without one representation
         eye = torch.eye(len(names), dtype=stacked.dtype)
-        weights = self._weigh(recorder.gramian(stacked, eye), stacked, idx)
-        return self._weighted_backward(stacked, names, weights, model)
+        weights, measured = self._weigh(recorder.gramian(stacked, eye), stacked, idx)
+        applied = self._weighted_backward(stacked, names, weights, model)
+        return BackwardResult(applied, measured.gramian, measured.grad_norms)
 
     def _draw_subset(self, present: list[str]) -> list[str]:
         s = self.engine.task_subset
@@ -195,14 +201,16 @@ class GradientBalancer(Balancer):
         chosen = torch.randperm(len(present))[:s].sort().values.tolist()
         return [present[i] for i in chosen]
 
-    def _weigh(self, gramian: Tensor, stacked: Tensor, idx: list[int]) -> Tensor:
+    def _weigh(
+        self, gramian: Tensor, stacked: Tensor, idx: list[int]
+    ) -> tuple[Tensor, BackwardResult]:
+        """The weights from ``gramian``, and the measurement (Gramian, norms) to report."""
         assert isinstance(self.method, GramianWeighting)
         gramian = self.reduce_gramian(gramian.detach())
         diag = gramian.diagonal().clamp_min(0).sqrt()
-        self.step_grad_norms = {
-            self.task_names[i]: float(v) for i, v in zip(idx, diag, strict=True)
-        }
-        self.step_gramian = TaskGramian([self.task_names[i] for i in idx], gramian.double())
+        names = [self.task_names[i] for i in idx]
+        norms = {n: float(v) for n, v in zip(names, diag, strict=True)}
+        measured = BackwardResult({}, TaskGramian(names, gramian.double()), norms)
         try:
             weights = self.method(gramian, stacked.detach(), idx)
         except Exception as exc:  # solver failures surface here, never as equal weights
@@ -216,7 +224,7 @@ class GradientBalancer(Balancer):
                 f"(gradient norms {[round(float(v), 6) for v in diag]})"
             )
         self.cached[idx] = weights.to(self.cached.dtype)
-        return weights
+        return weights, measured
 
     def _reused_weights(self, idx: list[int]) -> Tensor:
         cached = self.cached[idx]
@@ -242,7 +250,7 @@ class GradientBalancer(Balancer):
         idx: list[int],
         model: MultiTaskModel,
         recorder: GramianRecorder | None,
-    ) -> dict[str, float]:
+    ) -> BackwardResult:
         z, leaves = self._representation, [self._task_inputs[n] for n in names]
         assert z is not None
         self._representation, self._task_inputs = None, {}
@@ -254,18 +262,22 @@ class GradientBalancer(Balancer):
         matrix = dz.reshape(len(names), -1)
         if isinstance(self.method, MatrixAggregator):
             norms = matrix.norm(dim=1)
-            self.step_grad_norms = {n: float(v) for n, v in zip(names, norms, strict=True)}
-            self.step_gramian = TaskGramian(names, (matrix @ matrix.T).detach().double())
+            measured = BackwardResult(
+                {},
+                TaskGramian(names, (matrix @ matrix.T).detach().double()),
+                {n: float(v) for n, v in zip(names, norms, strict=True)},
+            )
             direction = self.method(matrix).reshape(z.shape)
             weights = torch.ones(len(names))
         else:
             # exact: the Gramian over the shared parameters, from the K directions at z;
             # representation: the Gramian of the directions themselves (MGDA-UB).
             gramian = recorder.gramian(z, dz) if recorder is not None else matrix @ matrix.T
-            weights = self._weigh(gramian, stacked, idx)
+            weights, measured = self._weigh(gramian, stacked, idx)
             direction = torch.einsum("k,k...->...", weights.to(dz.dtype), dz)
         z.backward(direction)  # type: ignore[no-untyped-call]
-        return {n: float(w) for n, w in zip(names, weights, strict=True)}
+        applied = {n: float(w) for n, w in zip(names, weights, strict=True)}
+        return BackwardResult(applied, measured.gramian, measured.grad_norms)
 
 
 def _identity(gramian: Tensor) -> Tensor:

@@ -236,6 +236,9 @@ class COSMOS(Balancer):
     gradient.
     """
 
+    #: The forward pass is conditioned on the step's sampled preferences.
+    changes_forward = True
+
     def __init__(
         self,
         tasks: list[Task],

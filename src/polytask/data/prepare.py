@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from polytask.data.config import DataJob, DataRequest
+from polytask.data.datasets import DATASETS, load_dataset
 from polytask.data.files import read_lines, scan_folder
 from polytask.data.inputs import InputProcessor
 from polytask.data.inputs.base import build_input
@@ -100,8 +101,6 @@ def _read_sources(
             raise DataError("data frame: the table has no rows")
         df, source = frame.reset_index(drop=True), "data frame"
     elif data.dataset is not None:
-        from polytask.data.datasets import DATASETS, load_dataset
-
         if data.dataset not in DATASETS:
             raise ConfigError(
                 f"config error: data.dataset: unknown dataset {data.dataset!r}; "

@@ -39,11 +39,7 @@ class MultiTaskModel(nn.Module):
         # A plain list, not registered: these modules are the model's own, counted once.
         self._eval_only: list[nn.Module] = []
         # The single output channel a head produces for these kinds is dropped.
-        self._squeeze_dim = {
-            t.name: -1 if t.kind in ("binary", "regression") else 1
-            for t in tasks
-            if t.kind in ("binary", "regression", "dense_regression")
-        }
+        self._squeeze_dim = {t.name: dim for t in tasks if (dim := t.spec.squeeze_dim) is not None}
 
     def keep_in_eval(self, modules: list[nn.Module]) -> None:
         """Keep ``modules`` in eval mode while the model trains (frozen layers: their batch-norm

@@ -17,7 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from polytask.errors import PolytaskError
+from polytask.report import sections
+from polytask.report.figures import require_matplotlib
+from polytask.report.html import render_page
+from polytask.report.loading import detect, load_affinity, load_compare, load_pareto, load_run
+from polytask.state_io import atomic_directory, atomic_write_text
 
 __all__ = ["report"]
 
@@ -31,28 +35,9 @@ def report(path: str | Path, *, out: str | Path | None = None) -> Path:
     ``out`` is the folder that receives ``index.html`` and the PNG files (default
     ``path/report``); it is replaced as a whole, so no figure of an earlier report lingers.
     """
-    from polytask.report.loading import (
-        detect,
-        load_affinity,
-        load_compare,
-        load_pareto,
-        load_run,
-    )
-
     directory = Path(path)
     kind = detect(directory)
-    try:
-        from polytask.report import sections
-        from polytask.report.html import render_page
-    except ModuleNotFoundError as exc:  # only matplotlib is optional here
-        if exc.name and exc.name.split(".")[0] == "matplotlib":
-            raise PolytaskError(
-                "report: matplotlib is not installed; install it with pip install "
-                "'polytask[report]'"
-            ) from exc
-        raise
-    from polytask.state_io import atomic_directory, atomic_write_text
-
+    require_matplotlib()
     if kind == "run":
         parts = sections.run_sections(load_run(directory))
         title = "Training run"

@@ -8,33 +8,69 @@ what is missing) live in :mod:`polytask.report.sections`; this module only draws
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Colormap, to_hex
-from matplotlib.figure import Figure as MplFigure
 
+from polytask.errors import PolytaskError
 from polytask.report.html import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap
+    from matplotlib.figure import Figure as MplFigure
 
 DPI = 100
 WIDTH = 9.0  # inches: 900 px wide at DPI, about the width of the page's column
-#: tab10, then tab20's lighter shades: 20 distinct colours before any repeats.
-_PALETTE = [
-    to_hex(c)
-    for c in [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["tab20"].colors[1::2]]  # type: ignore[attr-defined]
-]
+
+
+# matplotlib is the optional ``report`` extra: it is imported when a report is drawn, inside
+# the functions below, so that importing polytask never needs it.
+def require_matplotlib() -> None:
+    """A one-line error naming the extra when matplotlib is not installed."""
+    try:
+        import matplotlib  # noqa: F401  (optional extra, see above)
+    except ModuleNotFoundError as exc:
+        raise PolytaskError(
+            "report: matplotlib is not installed; install it with pip install 'polytask[report]'"
+        ) from exc
+
+
+def _colormap(name: str) -> Colormap:
+    import matplotlib  # optional extra, see require_matplotlib
+
+    cmap: Colormap = matplotlib.colormaps[name]
+    return cmap
+
+
+@functools.cache
+def _palette() -> list[str]:
+    """tab10, then tab20's lighter shades: 20 distinct colours before any repeats."""
+    from matplotlib.colors import to_hex  # optional extra, see require_matplotlib
+
+    tab10, tab20 = _colormap("tab10").colors, _colormap("tab20").colors  # type: ignore[attr-defined]
+    return [to_hex(c) for c in [*tab10, *tab20[1::2]]]
+
+
+def _figure(width: float, height: float) -> MplFigure:
+    """A figure with the Agg canvas (never pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # optional extra
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def colors(names: Sequence[str]) -> dict[str, str]:
     """One colour per name, stable across the figures of a report."""
-    return {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(names)}
+    palette = _palette()
+    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
 
 
 @dataclass
@@ -84,8 +120,7 @@ class Points:
 def _grid(n: int, ncols: int, row_height: float) -> tuple[MplFigure, list[Axes]]:
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    fig = MplFigure(figsize=(WIDTH, row_height * nrows + 0.6), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure(WIDTH, row_height * nrows + 0.6)
     grid = fig.subplots(nrows, ncols, squeeze=False)
     axes = [ax for row in grid for ax in row]
     for ax in axes[n:]:
@@ -223,10 +258,9 @@ def heatmap(
         scale = float(np.abs(pool).max()) if pool.size else 1.0
     scale = scale if scale > 0 else 1.0
     side = min(max(3.6, 0.5 * k + 1.8), 8.0)
-    fig = MplFigure(figsize=(side + 1.0, side + 0.2), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure(side + 1.0, side + 0.2)
     ax = fig.subplots()
-    cmap: Colormap = matplotlib.colormaps["RdBu"]
+    cmap = _colormap("RdBu")
     image = ax.imshow(values, cmap=cmap, vmin=-scale, vmax=scale)
     fig.colorbar(image, ax=ax, shrink=0.8)
     ax.set_xticks(range(k), labels, rotation=45, ha="right", fontsize=8)
@@ -261,8 +295,7 @@ def stacked_shares(
     ylabel: str,
 ) -> Figure:
     """Shares that sum to 1 per x (e.g. each task's part of the update), stacked."""
-    fig = MplFigure(figsize=(WIDTH, 3.8), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure(WIDTH, 3.8)
     ax = fig.subplots()
     names = list(shares)
     # An epoch without a measurement shows as a gap (0), not as a made-up share.

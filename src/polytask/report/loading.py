@@ -8,8 +8,6 @@ failing.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -17,6 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from polytask.errors import PolytaskError
+from polytask.run.directory import (
+    CONFIG,
+    baseline_dir,
+    is_finished,
+    read_config,
+    read_records,
+    read_results,
+)
 
 Kind = Literal["run", "compare", "affinity", "pareto"]
 
@@ -126,64 +132,6 @@ def metric_series(records: list[dict[str, Any]], task: str, metric: str) -> list
     return [number(((r.get("val_metrics") or {}).get(task) or {}).get(metric)) for r in records]
 
 
-def read_records(directory: Path) -> list[dict[str, Any]]:
-    """Epoch records from ``metrics.jsonl`` (or the flattened ``metrics.csv``)."""
-    jsonl = directory / "metrics.jsonl"
-    if jsonl.is_file():
-        records = []
-        for i, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PolytaskError(f"report: '{jsonl}' line {i} is not JSON: {exc}") from exc
-            if not isinstance(row, dict):
-                raise PolytaskError(f"report: '{jsonl}' line {i} is not a JSON object")
-            records.append(row)
-        return records
-    path = directory / "metrics.csv"
-    if path.is_file():
-        return _records_from_csv(path)
-    return []
-
-
-def _cell(text: str) -> Any:
-    if text == "":
-        return None
-    if text in ("True", "False"):
-        return text == "True"
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _records_from_csv(path: Path) -> list[dict[str, Any]]:
-    # The CSV log flattens nested dicts with dots: "train_loss.<task>",
-    # "val_metrics.<task>.<metric>". Field names hold no dots and metric names neither, so
-    # splitting at the first dot (and, for metrics, also at the last) recovers task names that
-    # contain dots.
-    reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")))
-    records = []
-    for row in reader:
-        record: dict[str, Any] = {}
-        for column, text in row.items():
-            if column is None:
-                continue
-            value = _cell(text or "")
-            head, dot, rest = column.partition(".")
-            if not dot:
-                record[head] = value
-            elif head == "val_metrics":
-                task, _, metric = rest.rpartition(".")
-                record.setdefault(head, {}).setdefault(task, {})[metric] = value
-            else:
-                record.setdefault(head, {})[rest] = value
-        records.append(record)
-    return records
-
-
 def _primary_metrics(
     directory: Path, records: list[dict[str, Any]], tasks: list[str], results: dict[str, Any] | None
 ) -> dict[str, str]:
@@ -195,11 +143,10 @@ def _primary_metrics(
     for row in rows:
         if isinstance(row, dict) and isinstance(row.get("metric"), str):
             primary[str(row.get("task"))] = row["metric"]
-    config = directory / "config.json"
-    if config.is_file():
+    if (directory / CONFIG).is_file():
         try:
-            cfg = json.loads(config.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            cfg: Any = read_config(directory)
+        except (OSError, json.JSONDecodeError, PolytaskError):
             cfg = {}
         for spec in cfg.get("tasks") or [] if isinstance(cfg, dict) else []:
             name, metric = spec.get("name"), spec.get("primary_metric")
@@ -223,13 +170,10 @@ def load_run(directory: Path) -> RunLog:
         seen.update(dict.fromkeys((r.get("train_loss") or {}).keys()))
         seen.update(dict.fromkeys((r.get("val_metrics") or {}).keys()))
     tasks = list(seen)
-    results_path = directory / "results.json"
-    results = read_json_file(results_path) if results_path.is_file() else None
-    if results is not None and not isinstance(results, dict):
-        raise PolytaskError(f"report: '{results_path}' is not a JSON object")
+    results = read_results(directory) if is_finished(directory) else None
     baselines: dict[str, list[dict[str, Any]]] = {}
     for task in tasks:
-        sub = directory / "baselines" / task
+        sub = baseline_dir(directory, task)
         if sub.is_dir():
             logged = read_records(sub)
             if logged:

@@ -15,14 +15,10 @@ from typing import Any
 
 from polytask.report import figures as F
 from polytask.report.html import Cell, Note, Section, Table
-from polytask.report.loading import (
-    RunLog,
-    load_run,
-    metric_series,
-    number,
-    read_records,
-    split_pair,
-)
+from polytask.report.loading import RunLog, load_run, metric_series, number, split_pair
+from polytask.run.directory import is_finished, read_records
+from polytask.studies.pareto.front import non_dominated, to_minimisation
+from polytask.studies.pareto.summary import SUMMARY_HEADER, mean_points, summary_rows
 
 #: Above this many task pairs one line per pair is unreadable: the figure shows the spread over
 #: all pairs (median and min–max band) and only the most conflicting pairs individually.
@@ -431,7 +427,7 @@ def compare_sections(directory: Path, data: dict[str, Any]) -> list[Section]:
     runs = directory / "runs"
     if runs.is_dir():
         dirs = [p for p in runs.rglob("metrics.jsonl")] + list(runs.rglob("metrics.csv"))
-        finished = [p for p in dirs if (p.parent / "results.json").is_file()]
+        finished = [p for p in dirs if is_finished(p.parent)]
         setup.items.append(
             Note(f"Run directories under runs/: {len(dirs)} with a log, {len(finished)} finished.")
         )
@@ -811,14 +807,12 @@ def affinity_sections(directory: Path, data: dict[str, Any]) -> list[Section]:
 
 
 def _pareto_points(data: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    from polytask.studies.pareto.summary import mean_points
 
     return mean_points(data, name)
 
 
 def _front_mask(points: list[dict[str, Any]], tasks: dict[str, Any]) -> list[bool]:
     """Non-dominated mask of seed-mean points (NaN points count as dominated)."""
-    from polytask.studies.pareto.front import non_dominated, to_minimisation
 
     names = list(tasks)
     rows = [[number(p["test"].get(k)) for k in names] for p in points]
@@ -865,7 +859,6 @@ def pareto_sections(directory: Path, data: dict[str, Any]) -> list[Section]:
         setup.items.append(
             Note(f"Partial sweep: still running or missing: {', '.join(incomplete)}.", True)
         )
-    from polytask.studies.pareto.summary import SUMMARY_HEADER, summary_rows
 
     setup.items.append(
         Table(

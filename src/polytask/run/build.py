@@ -16,15 +16,22 @@ from typing import Any
 from rich.console import Console
 
 from polytask.balance.base import Balancer, build_balancer
-from polytask.config import RunConfig
+from polytask.config import RunConfig, register_check
 from polytask.data.prepare import PreparedData
 from polytask.data.spec import InputSpec
 from polytask.losses import BatchLoss
 from polytask.models.model import MultiTaskModel, build_model
 from polytask.tasks import Task
-from polytask.train.tensorboard_log import TensorBoardLogger
+from polytask.train.callbacks.tensorboard import TensorBoardLogger
 from polytask.train.trainer import Callback, FitResult, Trainer
 from polytask.train.tuning import Tuning, tune, tune_training_run
+
+
+@register_check
+def check_balancer(cfg: RunConfig) -> None:
+    """What only the balancer knows of the declared tasks (weights naming an unknown task,
+    a preference of the wrong length): its factory checks that; the balancer is discarded."""
+    build_balancer(cfg.balancer.name, cfg.balancer.params(), cfg.task_objects())
 
 
 @dataclass

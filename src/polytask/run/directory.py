@@ -10,6 +10,9 @@ so bad input leaves nothing behind.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -72,7 +75,7 @@ def write_config(run_dir: Path, config: BaseModel) -> None:
 
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The stored configuration of a run, as a raw dict."""
-    return read_json(run_dir / CONFIG)
+    return _json_object(run_dir / CONFIG)
 
 
 def baseline_dir(run_dir: Path, task: str) -> Path:
@@ -100,4 +103,69 @@ def write_results(run_dir: Path, summary: dict[str, Any]) -> None:
 
 def read_results(run_dir: Path) -> dict[str, Any]:
     """The ``results.json`` of a finished run."""
-    return read_json(results_path(run_dir))
+    return _json_object(results_path(run_dir))
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise PolytaskError(f"'{path}' does not hold a JSON object")
+    return data
+
+
+def read_records(directory: Path) -> list[dict[str, Any]]:
+    """Epoch records from ``metrics.jsonl`` (or the flattened ``metrics.csv``)."""
+    jsonl = directory / "metrics.jsonl"
+    if jsonl.is_file():
+        records = []
+        for i, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PolytaskError(f"'{jsonl}' line {i} is not JSON: {exc}") from exc
+            if not isinstance(row, dict):
+                raise PolytaskError(f"'{jsonl}' line {i} is not a JSON object")
+            records.append(row)
+        return records
+    path = directory / "metrics.csv"
+    if path.is_file():
+        return _records_from_csv(path)
+    return []
+
+
+def _cell(text: str) -> Any:
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _records_from_csv(path: Path) -> list[dict[str, Any]]:
+    # The CSV log flattens nested dicts with dots: "train_loss.<task>",
+    # "val_metrics.<task>.<metric>". Field names hold no dots and metric names neither, so
+    # splitting at the first dot (and, for metrics, also at the last) recovers task names that
+    # contain dots.
+    reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")))
+    records = []
+    for row in reader:
+        record: dict[str, Any] = {}
+        for column, text in row.items():
+            if column is None:
+                continue
+            value = _cell(text or "")
+            head, dot, rest = column.partition(".")
+            if not dot:
+                record[head] = value
+            elif head == "val_metrics":
+                task, _, metric = rest.rpartition(".")
+                record.setdefault(head, {}).setdefault(task, {})[metric] = value
+            else:
+                record.setdefault(head, {})[rest] = value
+        records.append(record)
+    return records

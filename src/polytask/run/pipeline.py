@@ -14,8 +14,8 @@ from rich.console import Console
 from polytask.config import RunConfig, config_from_dict
 from polytask.data.prepare import PreparedData, prepare_data
 from polytask.errors import ConfigError
-from polytask.evaluate.compare import Comparison, compare
 from polytask.evaluate.evaluation import evaluate_data
+from polytask.evaluate.reference import Comparison, against_reference
 from polytask.models.model import MultiTaskModel
 from polytask.run.baselines import train_baselines
 from polytask.run.build import build_run, train_built
@@ -23,7 +23,7 @@ from polytask.run.directory import check_out_dir, create_out_dir, model_dir, wri
 from polytask.run.predictor import Predictor
 from polytask.run.variant import RunVariant, variant_for
 from polytask.tasks import Task
-from polytask.train.tensorboard_log import require_tensorboard
+from polytask.train.callbacks.tensorboard import require_tensorboard
 from polytask.train.trainer import Callback, FitResult
 
 
@@ -192,7 +192,7 @@ def run(
         baselines = train_baselines(
             cfg, data, tasks, eval_split, out_dir, resume=resume, quiet=quiet, console=console
         )
-    comparison = compare(tasks, metrics, baselines, split_name, variant.reference_name)
+    comparison = against_reference(tasks, metrics, baselines, split_name, variant.reference_name)
     summary = {
         "split": split_name,
         "best_epoch": fit.best_epoch,

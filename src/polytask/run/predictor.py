@@ -29,7 +29,6 @@ from polytask.data.targets import encode_targets
 from polytask.data.tensors import TensorData
 from polytask.errors import DataError, PolytaskError
 from polytask.evaluate.evaluation import evaluate_data, predict_outputs
-from polytask.evaluate.metrics import to_original_units
 from polytask.models.config import ModelConfig
 from polytask.models.model import MultiTaskModel, build_model
 from polytask.state_io import atomic_directory, read_json, write_json
@@ -194,36 +193,8 @@ class Predictor:
 
 
 def _task_columns(task: Task, out: Tensor) -> dict[str, np.ndarray]:
-    name = task.name
-    if task.dense:
-        # One array per row: class-index maps, or values in the target's own unit.
-        maps = (
-            out.argmax(dim=1)
-            if task.kind == "segmentation"
-            else to_original_units(task, out).double()
-        ).numpy()
-        column = np.empty(len(maps), dtype=object)
-        column[:] = list(maps)
-        return {name: column}
-    if task.kind == "regression":
-        return {name: to_original_units(task, out).double().numpy()}
-    if task.kind == "multilabel":
-        proba = torch.sigmoid(out).double().numpy()
-        cols: dict[str, np.ndarray] = {}
-        for j, label in enumerate(task.targets):
-            cols[f"{name}.{label}"] = (proba[:, j] >= 0.5).astype(np.int64)
-            cols[f"{name}.{label}_proba"] = proba[:, j]
-        return cols
-    assert task.classes is not None
-    classes = np.array(task.classes, dtype=object)
-    if task.kind == "binary":
-        p = torch.sigmoid(out).double().numpy()
-        return {name: classes[(p >= 0.5).astype(np.int64)], f"{name}_proba": p}
-    probs = torch.softmax(out, dim=-1).double().numpy()
-    cols = {name: classes[probs.argmax(axis=1)]}
-    for j, label in enumerate(task.classes):
-        cols[f"{name}_proba_{label}"] = probs[:, j]
-    return cols
+    """The prediction columns of ``task``, decoded by its kind."""
+    return task.spec.decode(task, out)
 
 
 def model_dir(path: str | Path) -> Path:

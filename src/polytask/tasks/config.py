@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
+from polytask.tasks.kinds import KINDS
 from polytask.tasks.task import Task, TaskKind
 
 
@@ -24,6 +26,18 @@ class TaskConfig(BaseModel):
     pos_weight: float | list[float] | None = None
     class_weights: list[float] | None = None
     ignore_index: int | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        """One of the registered kinds (plug-ins included), with pydantic's own wording."""
+        if kind not in KINDS:
+            names = [repr(n) for n in KINDS.names()]
+            expected = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+            raise PydanticCustomError(
+                "literal_error", "Input should be {expected}", {"expected": expected}
+            )
+        return kind
 
     def to_task(self) -> Task:
         return Task(**self.model_dump())

@@ -8,38 +8,25 @@ the user's own labels and units.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, get_args
+from typing import Any
 
 from polytask.errors import ConfigError
+from polytask.tasks.kinds import KINDS, Kind
 
-TaskKind = Literal[
-    "binary", "multiclass", "multilabel", "regression", "segmentation", "dense_regression"
-]
-TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
+#: A kind name: one of ``KINDS.names()`` (plug-ins may add kinds, so this is ``str``).
+TaskKind = str
+
+# Tables of the built-in kinds, derived from the registry when this module is imported; kinds
+# added later by plug-ins are in ``KINDS`` only (look kinds up there, not in these tables).
+#: The built-in kind names, in registration order.
+TASK_KINDS: tuple[str, ...] = tuple(KINDS.names())
 #: Kinds predicted per pixel of an image input (their targets are arrays, one per example).
-DENSE_KINDS: tuple[str, ...] = ("segmentation", "dense_regression")
-
+DENSE_KINDS: tuple[str, ...] = tuple(k.name for k in KINDS if k.dense)
 #: Losses each kind accepts; the first one is the default.
-LOSSES: dict[str, tuple[str, ...]] = {
-    "binary": ("bce",),
-    "multiclass": ("cross_entropy",),
-    "multilabel": ("bce",),
-    "regression": ("mse", "l1", "huber"),
-    "segmentation": ("cross_entropy",),
-    "dense_regression": ("l1", "mse", "huber"),
-}
-
+LOSSES: dict[str, tuple[str, ...]] = {k.name: k.losses for k in KINDS}
 #: Metrics each kind offers; the first one is the default primary metric.
-METRICS: dict[str, tuple[str, ...]] = {
-    "binary": ("auroc", "accuracy", "f1", "average_precision"),
-    "multiclass": ("accuracy", "f1", "auroc"),
-    "multilabel": ("auroc", "f1", "accuracy"),
-    "regression": ("mae", "rmse", "r2"),
-    "segmentation": ("miou", "pixel_accuracy"),
-    "dense_regression": ("abs_rel", "mae", "rmse"),
-}
+METRICS: dict[str, tuple[str, ...]] = {k.name: k.metrics for k in KINDS}
 
 
 @dataclass
@@ -94,12 +81,17 @@ class Task:
         return [self.target] if isinstance(self.target, str) else list(self.target)
 
     @property
+    def spec(self) -> Kind:
+        """The task's kind (see :mod:`polytask.tasks.kinds`)."""
+        return KINDS.get(self.kind)
+
+    @property
     def loss_name(self) -> str:
-        return self.loss or LOSSES[self.kind][0]
+        return self.loss or self.spec.losses[0]
 
     @property
     def metric_names(self) -> list[str]:
-        return list(self.metrics) if self.metrics else list(METRICS[self.kind])
+        return list(self.metrics) if self.metrics else list(self.spec.metrics)
 
     @property
     def primary(self) -> str:
@@ -108,84 +100,23 @@ class Task:
     @property
     def dense(self) -> bool:
         """True for the per-pixel kinds."""
-        return self.kind in DENSE_KINDS
+        return self.spec.dense
 
     @property
     def n_outputs(self) -> int:
         """Width of this task's head output (logits or values), per pixel for dense kinds."""
-        if self.kind in ("multiclass", "segmentation"):
-            if not self.classes:
-                raise ConfigError(f"task {self.name!r}: classes are not known yet")
-            return len(self.classes)
-        if self.kind == "multilabel":
-            return len(self.targets)
-        return 1
+        return self.spec.n_outputs(self)
 
     def validate(self) -> None:
         """Check the declaration; raise :class:`ConfigError` naming the bad field."""
         where = f"task {self.name!r}"
         if not self.name or not isinstance(self.name, str):
             raise ConfigError("task name must be a non-empty string")
-        if self.kind not in TASK_KINDS:
+        if self.kind not in KINDS:
             raise ConfigError(
-                f"{where}: unknown kind {self.kind!r}; valid choices: {', '.join(TASK_KINDS)}"
+                f"{where}: unknown kind {self.kind!r}; valid choices: {', '.join(KINDS.names())}"
             )
-        if self.kind == "multilabel":
-            if isinstance(self.target, str) or len(self.target) < 1:
-                raise ConfigError(f"{where}: a multilabel target is a list of 0/1 columns")
-        elif not isinstance(self.target, str):
-            raise ConfigError(f"{where}: a {self.kind} target is one column name")
-        if self.loss is not None and self.loss not in LOSSES[self.kind]:
-            raise ConfigError(
-                f"{where}: loss {self.loss!r} does not fit kind {self.kind!r}; "
-                f"valid choices: {', '.join(LOSSES[self.kind])}"
-            )
-        for m in self.metric_names:
-            if m not in METRICS[self.kind]:
-                raise ConfigError(
-                    f"{where}: metric {m!r} does not fit kind {self.kind!r}; "
-                    f"valid choices: {', '.join(METRICS[self.kind])}"
-                )
-        if self.primary not in self.metric_names:
-            raise ConfigError(
-                f"{where}: primary_metric {self.primary!r} is not among its metrics "
-                f"({', '.join(self.metric_names)})"
-            )
-        if not (math.isfinite(self.weight) and self.weight >= 0):
-            raise ConfigError(f"{where}: weight must be a finite number >= 0 (got {self.weight})")
-        if self.pos_weight is not None and self.kind not in ("binary", "multilabel"):
-            raise ConfigError(f"{where}: pos_weight applies to binary and multilabel tasks only")
-        if isinstance(self.pos_weight, list) and len(self.pos_weight) != len(self.targets):
-            raise ConfigError(
-                f"{where}: pos_weight has {len(self.pos_weight)} values for "
-                f"{len(self.targets)} label columns"
-            )
-        if self.class_weights is not None:
-            if self.kind not in ("multiclass", "segmentation"):
-                raise ConfigError(
-                    f"{where}: class_weights apply to multiclass and segmentation tasks only"
-                )
-            if self.classes is not None and len(self.class_weights) != len(self.classes):
-                raise ConfigError(
-                    f"{where}: class_weights has {len(self.class_weights)} values for "
-                    f"{len(self.classes)} classes"
-                )
-        if self.classes is not None:
-            if len(set(self.classes)) != len(self.classes):
-                raise ConfigError(f"{where}: classes contain duplicates")
-            if self.kind == "binary" and len(self.classes) != 2:
-                raise ConfigError(f"{where}: a binary task has exactly 2 classes")
-            if self.kind in ("regression", "multilabel", "dense_regression"):
-                raise ConfigError(f"{where}: classes do not apply to {self.kind} tasks")
-            if self.kind == "segmentation" and not all(_is_int(c) for c in self.classes):
-                raise ConfigError(
-                    f"{where}: segmentation classes are the integer pixel values of the masks "
-                    f"(got {self.classes[:3]})"
-                )
-        if self.ignore_index is not None and self.kind != "segmentation":
-            raise ConfigError(f"{where}: ignore_index applies to segmentation tasks only")
-        if self.positive is not None and self.kind != "binary":
-            raise ConfigError(f"{where}: positive applies to binary tasks only")
+        self.spec.validate(self, where)
 
     # -- JSON round trip -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -201,14 +132,6 @@ class Task:
                 f"task: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}"
             )
         return cls(**data)
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
 
 
 def check_unique_names(tasks: list[Task]) -> None:

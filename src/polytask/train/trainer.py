@@ -1,145 +1,58 @@
-"""The training loop: one step of joint multi-task training can be read top to bottom here.
+"""The training loop: one step of joint multi-task training reads top to bottom in
+:meth:`Trainer._step`::
 
-    batch -> model -> masked per-task losses -> balancer.backward -> clip -> AdamW step
+    lr -> outputs = model(inputs) -> masked per-task losses -> balancer.backward -> clip -> step
 
-around which the trainer adds the learning-rate schedule, validation, the early-stopping
-criterion, best/last checkpoints (safetensors + JSON, resumable to identical weights), a rich
-progress bar and a per-epoch metrics log. It never looks at a balancer's or architecture's name;
-callbacks extend it without subclassing.
+Around it the trainer runs the epochs (task scheduling, source sampling, validation, the
+criterion) and calls named callbacks (:mod:`polytask.train.callbacks`) for everything else:
+gradient diagnostics, early stopping, checkpoints (resumable to identical weights), the metrics
+log, the progress display, and the user's callbacks. It reads only a balancer's declared
+capabilities (``changes_forward``), never writes into a balancer and never looks at a
+component's name.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from torch import Tensor, nn
+from torch import nn
 
-from polytask.balance.base import Balancer
-from polytask.balance.diagnostics import TaskGramian, pair_key, task_gradient_gramian
+from polytask.balance.base import BackwardResult, Balancer
 from polytask.data.sources import SourceSet, TrainingData
 from polytask.data.tensors import Batch, TensorData
 from polytask.evaluate.evaluation import evaluate_data
 from polytask.losses import BatchLoss, LabelLoss
-from polytask.state_io import (
-    atomic_directory,
-    atomic_write_text,
-    load_state,
-    rng_state,
-    save_state,
-    set_rng_state,
-    to_json,
-)
+from polytask.models.model import MultiTaskModel
+from polytask.state_io import rng_state, set_rng_state
 from polytask.tasks import Task
+from polytask.train.callbacks.base import TrainerCallback
+from polytask.train.callbacks.checkpoint import Checkpointing
+from polytask.train.callbacks.diagnostics import GradientDiagnostics
+from polytask.train.callbacks.early_stopping import EarlyStopping
+from polytask.train.callbacks.metrics_log import MetricsLog
+from polytask.train.callbacks.metrics_log import flatten_row as _flatten_row
+from polytask.train.callbacks.progress import ProgressDisplay
 from polytask.train.config import TrainConfig
 from polytask.train.criterion import Criterion
+from polytask.train.record import EpochRecord, EpochStats
 from polytask.train.schedule import lr_factor
 from polytask.train.task_schedule import ScheduleConfig, TaskScheduler
 
-if TYPE_CHECKING:
-    from polytask.models.model import MultiTaskModel
-
-
-@dataclass
-class EpochRecord:
-    """What one epoch did, as written to the metrics log."""
-
-    epoch: int
-    lr: float
-    train_loss: dict[str, float]
-    val_loss: dict[str, float]
-    val_metrics: dict[str, dict[str, float]]
-    criterion: float
-    weights: dict[str, float]
-    examples: dict[str, int]
-    seconds: float
-    best: bool = False
-    #: Mean norm of each task's gradient of the shared parameters (or of the shared
-    #: representation in that engine mode) over the steps that measured it.
-    grad_norms: dict[str, float] = field(default_factory=dict)
-    #: From the same measured gradients (see :mod:`polytask.balance.diagnostics`): the mean
-    #: cosine of each task pair's gradients ("a|b", a before b in task order), the fraction of
-    #: measured steps on which that cosine was negative, and each task's mean share of the
-    #: combined update ``w_k (G w)_k / (wᵀ G w)`` (0 on measured steps where the task took no
-    #: part; the shares sum to 1 and a negative one means the task's gradient opposed the
-    #: update). GradDrop's shares are of the unweighted sum before its sign dropout.
-    grad_cosines: dict[str, float] = field(default_factory=dict)
-    conflicts: dict[str, float] = field(default_factory=dict)
-    dominance: dict[str, float] = field(default_factory=dict)
-    #: Examples drawn from each data source, and each source's sampling probability.
-    sources: dict[str, int] = field(default_factory=dict)
-    sampling: dict[str, float] = field(default_factory=dict)
-    #: Task scheduling: each task's probability of being drawn this epoch and the number of
-    #: steps it was scheduled (empty when every step trains every task).
-    schedule: dict[str, float] = field(default_factory=dict)
-    scheduled_steps: dict[str, int] = field(default_factory=dict)
-
-
-class _EpochStats:
-    """Running sums of one epoch, checkpointed with a mid-epoch resume point."""
-
-    def __init__(self, tasks: list[str], sources: list[str]) -> None:
-        self.loss_sum = {t: torch.zeros(()) for t in tasks}
-        self.weight_sum = {t: 0.0 for t in tasks}
-        self.steps_with = {t: 0 for t in tasks}
-        self.seen = {t: 0 for t in tasks}
-        self.norm_sum = {t: 0.0 for t in tasks}
-        self.norm_count = {t: 0 for t in tasks}
-        pairs = [pair_key(a, b) for i, a in enumerate(tasks) for b in tasks[i + 1 :]]
-        self.cos_sum = {p: 0.0 for p in pairs}
-        self.cos_count = {p: 0 for p in pairs}
-        self.conflict_count = {p: 0 for p in pairs}
-        self.dominance_sum = {t: 0.0 for t in tasks}
-        self.dominance_count = {t: 0 for t in tasks}
-        self.source_rows = {s: 0 for s in sources}
-        self.scheduled = {t: 0 for t in tasks}
-
-    def state(self) -> dict[str, Any]:
-        return {k: dict(v) for k, v in vars(self).items()}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, dict(value))
-
-    def summary(self) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-        """Mean loss, mean weight and mean gradient norm of each task over its steps."""
-        n = self.steps_with
-        loss = {k: float(v) / n[k] if n[k] else math.nan for k, v in self.loss_sum.items()}
-        weight = {k: v / n[k] if n[k] else math.nan for k, v in self.weight_sum.items()}
-        norms = {k: v / self.norm_count[k] for k, v in self.norm_sum.items() if self.norm_count[k]}
-        return loss, weight, norms
-
-    def add_gradients(self, gramian: TaskGramian, weights: dict[str, float]) -> None:
-        """Accumulate one measured step's cosines, conflicts and dominance shares."""
-        for (a, b), cos in gramian.cosines().items():
-            key = pair_key(a, b)
-            if key not in self.cos_sum:  # the Gramian lists tasks in task order; be safe
-                key = pair_key(b, a)
-            self.cos_sum[key] += cos
-            self.cos_count[key] += 1
-            self.conflict_count[key] += int(cos < 0.0)
-        shares = gramian.dominance(weights)
-        if shares is not None:
-            for task in self.dominance_sum:
-                # A task absent from the step contributed nothing to its update.
-                self.dominance_sum[task] += shares.get(task, 0.0)
-                self.dominance_count[task] += 1
-
-    def gradient_summary(self) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-        """Mean cosine and conflict fraction per measured pair, mean share per task."""
-        n = self.cos_count
-        cosines = {k: v / n[k] for k, v in self.cos_sum.items() if n[k]}
-        conflicts = {k: v / n[k] for k, v in self.conflict_count.items() if n[k]}
-        m = self.dominance_count
-        dominance = {k: v / m[k] for k, v in self.dominance_sum.items() if m[k]}
-        return cosines, conflicts, dominance
+__all__ = [
+    "Callback",
+    "EpochRecord",
+    "FitResult",
+    "StepHook",
+    "Trainer",
+    "TrainerCallback",
+    "_flatten_row",
+]
 
 
 @dataclass
@@ -156,6 +69,7 @@ class Callback(Protocol):
     """Hook called after each epoch (after checkpoints are written).
 
     A callback may set ``trainer.stop_requested = True`` to end training after this epoch.
+    (The fuller protocol, with hooks around each step, is :class:`TrainerCallback`.)
     """
 
     def __call__(self, trainer: Trainer, record: EpochRecord) -> None: ...
@@ -184,7 +98,7 @@ class Trainer:
         config: TrainConfig,
         *,
         seed: int = 0,
-        callbacks: Sequence[Callback] = (),
+        callbacks: Sequence[Callback | TrainerCallback] = (),
         console: Console | None = None,
         label: str = "multi-task",
         quiet: bool = False,
@@ -205,7 +119,6 @@ class Trainer:
         self.config = config
         self.seed = seed
         self.callbacks = list(callbacks)
-        self._step_hooks = [c for c in self.callbacks if isinstance(c, StepHook)]
         self.console = console or Console(stderr=True)
         self.label = label
         self.quiet = quiet
@@ -226,20 +139,38 @@ class Trainer:
         #: Fraction of the training steps done before the current step (schedules read it).
         self.progress = 0.0
         self.epoch = 0
-        self.best_criterion = math.inf
-        self.best_epoch = 0
-        self.bad_epochs = 0
         self.reference: dict[str, dict[str, float]] | None = None
         self.history: list[EpochRecord] = []
-        self._best_weights: dict[str, Tensor] | None = None
         self.stop_requested = False
         self.scheduler = TaskScheduler([t.name for t in tasks], schedule or ScheduleConfig())
-        #: Where an interrupted epoch stopped (set by load_checkpoint, consumed by the epoch).
+        self.diagnostics = GradientDiagnostics([t.name for t in tasks])
+        self.early_stopping = EarlyStopping(config.patience, config.min_delta)
+        #: The callbacks in the order their hooks run (:meth:`fit` adds the run directory's).
+        self.hooks = self._hooks()
+        #: Steps of the current epoch done (during a step: those before it), and its length.
+        self.step_in_epoch = 0
+        self.steps_in_epoch = 0
+        #: The running sums of the epoch in progress (None between epochs).
+        self.epoch_stats: EpochStats | None = None
+        #: Where an interrupted epoch stopped (set by load_state, consumed by the epoch).
         self._resume_point: dict[str, Any] | None = None
-        #: The epoch in progress, for mid-epoch checkpoints.
+        #: How the epoch in progress started, for mid-epoch checkpoints.
         self._epoch_start: dict[str, Any] | None = None
-        self._stats: _EpochStats | None = None
-        self._step_in_epoch = 0
+
+    def _hooks(self, *run_files: TrainerCallback) -> list[TrainerCallback]:
+        """The trainer's own callbacks (with ``run_files``: the run directory's writers), then
+        the user's."""
+        own = [self.diagnostics, self.early_stopping, *run_files, ProgressDisplay()]
+        users = [c if isinstance(c, TrainerCallback) else _Epochly(c, self) for c in self.callbacks]
+        return own + users
+
+    @property
+    def best_epoch(self) -> int:
+        return self.early_stopping.best_epoch
+
+    @property
+    def best_criterion(self) -> float:
+        return self.early_stopping.best_criterion
 
     # -- the loop --------------------------------------------------------------------------
     def fit(
@@ -262,19 +193,26 @@ class Trainer:
         sources = SourceSet.single(train) if isinstance(train, TensorData) else train
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        checkpoints = None
+        self.hooks = self._hooks()
+        if run_dir is not None:
+            checkpoints = Checkpointing(run_dir, cfg.checkpoint_every, self.early_stopping)
+            self.hooks = self._hooks(checkpoints, MetricsLog(run_dir, cfg.log_format))
         if resume:
-            if run_dir is None:
+            if checkpoints is None:
                 raise ValueError("resume needs the run directory holding the checkpoints")
-            self.load_checkpoint(run_dir)
+            checkpoints.restore(self)
         else:
             torch.manual_seed(self.seed)  # dropout draws from the global RNG
         total_steps = sum(sources.steps(cfg.batch_size, e, cfg.epochs) for e in range(cfg.epochs))
-        stopped_early = self._patience_exhausted()
-        while self.epoch < cfg.epochs and not stopped_early and not self.stop_requested:
+        while (
+            self.epoch < cfg.epochs
+            and not self.early_stopping.exhausted
+            and not self.stop_requested
+        ):
             started = time.perf_counter()
-            stats, probs = self._train_epoch(sources, total_steps, run_dir)
-            train_loss, weights, grad_norms = stats.summary()
-            grad_cosines, conflicts, dominance = stats.gradient_summary()
+            stats, probs = self._train_epoch(sources, total_steps)
+            train_loss, weights = stats.summary()
             self.balancer.end_epoch(train_loss)
             val_loss, val_metrics = evaluate_data(self.model, self.tasks, val, cfg.eval_batch_size)
             schedule = self.scheduler.probabilities() if self.scheduler.active else {}
@@ -282,63 +220,42 @@ class Trainer:
             self.epoch += 1
             if self.reference is None:
                 self.reference = val_metrics
-            score = self.criterion(val_loss, val_metrics, self.reference)
-            improved = score < self.best_criterion - cfg.min_delta or self._best_weights is None
-            if improved:
-                self.best_criterion, self.best_epoch, self.bad_epochs = score, self.epoch, 0
-                self._best_weights = {
-                    k: v.detach().clone() for k, v in self.model.state_dict().items()
-                }
-            else:
-                self.bad_epochs += 1
             record = EpochRecord(
                 epoch=self.epoch,
                 lr=self.optimizer.param_groups[0]["lr"],
                 train_loss=train_loss,
                 val_loss=val_loss,
                 val_metrics=val_metrics,
-                criterion=score,
+                criterion=self.criterion(val_loss, val_metrics, self.reference),
                 weights=weights,
                 examples=stats.seen,
                 seconds=round(time.perf_counter() - started, 3),
-                best=improved,
-                grad_norms=grad_norms,
-                grad_cosines=grad_cosines,
-                conflicts=conflicts,
-                dominance=dominance,
                 sources=stats.source_rows,
                 sampling=dict(zip(sources.names, probs, strict=True)),
                 schedule=schedule,
                 scheduled_steps=stats.scheduled if schedule else {},
             )
             self.history.append(record)
-            if run_dir is not None:
-                self.save_checkpoint(run_dir, best=improved)
-                self._write_log(run_dir)
-            self._report(record)
-            for callback in self.callbacks:
-                callback(self, record)
-            stopped_early = self._patience_exhausted()
-        if self._best_weights is not None:
-            self.model.load_state_dict(self._best_weights)
-        return FitResult(self.best_epoch, self.best_criterion, list(self.history), stopped_early)
-
-    def _patience_exhausted(self) -> bool:
-        patience = self.config.patience
-        return patience is not None and self.bad_epochs >= patience
+            for hook in self.hooks:  # diagnostics and early stopping complete the record first
+                hook.on_epoch_end(self, record)
+        for hook in self.hooks:
+            hook.on_fit_end(self)  # early stopping loads the best weights
+        stopping = self.early_stopping
+        return FitResult(
+            stopping.best_epoch, stopping.best_criterion, list(self.history), stopping.exhausted
+        )
 
     def _train_epoch(
-        self, sources: TrainingData, total_steps: int, run_dir: Path | None
-    ) -> tuple[_EpochStats, list[float]]:
+        self, sources: TrainingData, total_steps: int
+    ) -> tuple[EpochStats, list[float]]:
         cfg = self.config
         self.model.train()
-        stats = _EpochStats([t.name for t in self.tasks], sources.names)
-        skip = 0
-        if self._resume_point is not None:
+        stats = EpochStats([t.name for t in self.tasks], sources.names)
+        skip, point, self._resume_point = 0, self._resume_point, None
+        if point is not None:
             # Rewind the shuffling generator, sampler and scheduler to the epoch's start and
             # replay its draws up to where the checkpoint was written: the rest of the epoch
             # then draws exactly what the uninterrupted run drew.
-            point, self._resume_point = self._resume_point, None
             self.generator.set_state(point["start"]["generator"])
             sources.load_state(point["start"]["sampler"])
             self.scheduler.load_state(point["start"]["scheduler"])
@@ -349,14 +266,18 @@ class Trainer:
             "sampler": sources.state(),
             "scheduler": self.scheduler.state(),
         }
-        self._stats = stats
-        n_steps = sources.steps(cfg.batch_size, self.epoch, cfg.epochs)
+        self.epoch_stats = stats
+        self.steps_in_epoch = n_steps = sources.steps(cfg.batch_size, self.epoch, cfg.epochs)
         plan = self.scheduler.plan(n_steps, self.generator)
         allowed = [sources.sources_for(p) for p in plan] if plan is not None else None
         draws = sources.epoch_batches(
             cfg.batch_size, self.epoch, cfg.epochs, self.generator, allowed
         )
         probs = sources.probabilities(self.epoch, cfg.epochs)
+        for hook in self.hooks:
+            hook.on_epoch_start(self)
+            if point is not None:
+                hook.load_epoch_state(point["stats"])
         # Clipping bounds the network's step; a balancer's own parameters (log-variances,
         # GradNorm weights) follow their own objective and are not clipped with it.
         # (Parameters frozen now may be unfrozen by a callback later: clipping skips any
@@ -365,229 +286,122 @@ class Trainer:
         model_params = [
             p for g in self.optimizer.param_groups for p in g["params"] if id(p) not in own
         ]
-        with self._progress(n_steps) as progress:
+        try:
             for i, drawn in enumerate(draws):
                 if i < skip:
                     continue
-                batch = drawn.batch
+                self.step_in_epoch = i
                 for src, count in drawn.counts.items():
                     stats.source_rows[src] += count
-                factor = lr_factor(self.step, total_steps, cfg.scheduler, cfg.warmup)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = cfg.lr * factor * group.get("lr_scale", 1.0)
-                self.progress = self.step / max(total_steps, 1)
-                for hook in self._step_hooks:
-                    hook.before_step(self, batch)
-                outputs = self.balancer.forward(self.model, batch.inputs)
-                losses = self.loss_fn(outputs, batch, self.progress)
-                if plan is not None:
-                    chosen = plan[drawn.step]
-                    for name in chosen:
-                        stats.scheduled[name] += 1
-                    losses = {k: v for k, v in losses.items() if k in chosen}
-                self.optimizer.zero_grad(set_to_none=True)
-                if losses:
-                    self._optimise(losses, i == 0, model_params, stats, batch.masks)
-                self.step += 1
-                self._step_in_epoch = i + 1
-                progress.advance(i, stats.loss_sum, stats.steps_with)
-                every = cfg.checkpoint_every
-                if run_dir is not None and every and (i + 1) % every == 0 and i + 1 < n_steps:
-                    self.save_checkpoint(run_dir, best=False)
-        self._epoch_start, self._stats, self._step_in_epoch = None, None, 0
+                chosen = plan[drawn.step] if plan is not None else None
+                for name in chosen or ():
+                    stats.scheduled[name] += 1
+                self._step(drawn.batch, chosen, stats, model_params, total_steps)
+        finally:
+            for hook in self.hooks:
+                hook.on_steps_end(self)
+        self._epoch_start, self.epoch_stats, self.step_in_epoch = None, None, 0
         return stats, probs
 
-    def _optimise(
+    # -- the step --------------------------------------------------------------------------
+    def _step(
         self,
-        losses: dict[str, Tensor],
-        first: bool,
+        batch: Batch,
+        chosen: list[str] | None,
+        stats: EpochStats,
         model_params: list[nn.Parameter],
-        stats: _EpochStats,
-        masks: dict[str, Tensor],
+        total_steps: int,
     ) -> None:
-        """Backward through the balancer, the architecture's penalty, clipping, AdamW step."""
-        self.balancer.step_grad_norms = {}
-        self.balancer.step_gramian = None
-        # Loss-level methods never see gradients; measure them once per epoch (K extra
-        # backward passes on one batch) so every run logs them. An architecture sharing no
-        # parameters (soft sharing) has none to log, nor has a fine-tuning run whose shared
-        # encoder is frozen (autograd cannot differentiate with respect to nothing).
-        if (
-            first
-            and not self.balancer.needs_gradients
-            and (shared := [p for p in self.model.shared_parameters() if p.requires_grad])
-        ):
-            measured = task_gradient_gramian(losses, shared)
-            self.balancer.step_gramian = measured
-            self.balancer.step_grad_norms = measured.norms()
-        weights = self.balancer.backward(losses, self.model)
-        if self.balancer.step_gramian is not None:
-            # Gradient-level methods published the Gramian they weighted: no extra pass.
-            stats.add_gradients(self.balancer.step_gramian, weights)
-        penalty = self.model.regularizer()
-        if penalty is not None:
-            # A penalty on the parameters (soft sharing's coupling) is no task's loss: it
-            # joins the gradient unweighted, outside the balancer.
-            penalty.backward()  # type: ignore[no-untyped-call]
-        for name, norm in self.balancer.step_grad_norms.items():
-            stats.norm_sum[name] += norm
-            stats.norm_count[name] += 1
-        if self.config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model_params, self.config.grad_clip)
-        self.optimizer.step()
-        for name, value in losses.items():
-            stats.loss_sum[name] += value.detach()
-            stats.weight_sum[name] += weights[name]
-            stats.steps_with[name] += 1
-            stats.seen[name] += _labelled_rows(masks[name])
+        """One optimiser step on ``batch``, training the tasks in ``chosen`` (None: all)."""
+        cfg = self.config
+        factor = lr_factor(self.step, total_steps, cfg.scheduler, cfg.warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * factor * group.get("lr_scale", 1.0)
+        self.progress = self.step / max(total_steps, 1)
+        for hook in self.hooks:
+            hook.before_step(self, batch)
+        if self.balancer.changes_forward:  # e.g. per-task gradient hooks, preference sampling
+            outputs = self.balancer.forward(self.model, batch.inputs)
+        else:
+            outputs = self.model(batch.inputs)
+        # Per-task losses over the rows labelled for each task; a task without one is absent.
+        losses = self.loss_fn(outputs, batch, self.progress)
+        if chosen is not None:  # task scheduling: only the step's tasks train
+            losses = {k: v for k, v in losses.items() if k in chosen}
+        self.optimizer.zero_grad(set_to_none=True)
+        result: BackwardResult | None = None
+        if losses:
+            for hook in self.hooks:
+                hook.before_backward(self, losses)
+            result = self.balancer.backward(losses, self.model)
+            penalty = self.model.regularizer()
+            if penalty is not None:
+                # A penalty on the parameters (soft sharing's coupling) is no task's loss: it
+                # joins the gradient unweighted, outside the balancer.
+                penalty.backward()  # type: ignore[no-untyped-call]
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model_params, cfg.grad_clip)
+            self.optimizer.step()
+            stats.add_step(losses, result.weights, batch.masks)
+        self.step += 1
+        self.step_in_epoch += 1
+        for hook in self.hooks:
+            hook.after_step(self, losses, result)
 
-    # -- checkpoints -----------------------------------------------------------------------
-    def save_checkpoint(self, run_dir: Path, *, best: bool) -> None:
-        """Write ``checkpoints/last`` (full state) and, if ``best``, ``checkpoints/best``."""
-        ckpt = run_dir / "checkpoints"
+    # -- checkpointed state ----------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything a checkpoint holds (``checkpoints/last``): with a position in the epoch
+        (``partial``) when written mid-epoch."""
+        counters: dict[str, Any] = {"epoch": self.epoch, "step": self.step}
+        for hook in self.hooks:
+            counters.update(hook.state())
+        counters.update(reference=self.reference, history=[asdict(r) for r in self.history])
         state: dict[str, Any] = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "balancer": self.balancer.state_dict(),
             "rng": rng_state(self.generator),
             "scheduler": self.scheduler.state(),
-            "trainer": {
-                "epoch": self.epoch,
-                "step": self.step,
-                "best_criterion": self.best_criterion,
-                "best_epoch": self.best_epoch,
-                "bad_epochs": self.bad_epochs,
-                "reference": self.reference,
-                "history": [asdict(r) for r in self.history],
-            },
+            "trainer": counters,
         }
-        if self._epoch_start is not None and self._stats is not None:
-            # Written mid-epoch: where the epoch started and how far it got.
+        if self._epoch_start is not None and self.epoch_stats is not None:
+            sums = self.epoch_stats.state()
+            for hook in self.hooks:
+                sums.update(hook.epoch_state())
             state["partial"] = {
                 "start": self._epoch_start,
-                "step_in_epoch": self._step_in_epoch,
-                "stats": self._stats.state(),
+                "step_in_epoch": self.step_in_epoch,
+                "stats": sums,
             }
-        with atomic_directory(ckpt / "last") as staging:
-            save_state(staging, state)
-        if best:
-            with atomic_directory(ckpt / "best") as staging:
-                save_state(staging, {"model": self.model.state_dict(), "epoch": self.epoch})
+        return state
 
-    def load_checkpoint(self, run_dir: Path) -> None:
-        """Restore everything :meth:`save_checkpoint` wrote, so training continues exactly."""
-        last = run_dir / "checkpoints" / "last"
-        if not (last / "state.json").is_file():
-            from polytask.errors import PolytaskError
-
-            raise PolytaskError(f"cannot resume: no checkpoint in '{last}'")
-        state = load_state(last)
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned, so training continues exactly."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.balancer.load_state_dict(state["balancer"])
         set_rng_state(state["rng"], self.generator)
         t = state["trainer"]
         self.epoch, self.step = int(t["epoch"]), int(t["step"])
-        self.best_criterion, self.best_epoch = float(t["best_criterion"]), int(t["best_epoch"])
-        self.bad_epochs, self.reference = int(t["bad_epochs"]), t["reference"]
+        self.reference = t["reference"]
         self.history = [EpochRecord(**r) for r in t["history"]]
+        for hook in self.hooks:
+            hook.load_state(t)
         self.scheduler.load_state(state["scheduler"])
         self._resume_point = state.get("partial")
-        best = run_dir / "checkpoints" / "best"
-        if (best / "state.json").is_file():
-            self._best_weights = load_state(best)["model"]
-
-    # -- reporting -------------------------------------------------------------------------
-    def _write_log(self, run_dir: Path) -> None:
-        rows = [asdict(r) for r in self.history]
-        if self.config.log_format == "jsonl":
-            text = "".join(to_json(r, indent=None) + "\n" for r in rows)
-            atomic_write_text(run_dir / "metrics.jsonl", text)
-        else:
-            flat = [_flatten_row(r) for r in rows]
-            header = list(dict.fromkeys(k for row in flat for k in row))
-            lines = [",".join(header)] + [
-                ",".join(_csv_cell(row.get(k)) for k in header) for row in flat
-            ]
-            atomic_write_text(run_dir / "metrics.csv", "\n".join(lines) + "\n")
-
-    def _report(self, r: EpochRecord) -> None:
-        if self.quiet:
-            return
-        losses = " ".join(f"{k}={v:.4f}" for k, v in r.train_loss.items())
-        metrics = " ".join(
-            f"{k}.{t.primary}={r.val_metrics[k][t.primary]:.4f}"
-            for t in self.tasks
-            for k in [t.name]
-        )
-        mark = " *" if r.best else ""
-        self.console.print(
-            f"[{self.label}] epoch {r.epoch}/{self.config.epochs}  loss {losses}  "
-            f"val {metrics}  criterion {r.criterion:+.4f}{mark}  ({r.seconds:.1f}s)",
-            highlight=False,
-            markup=False,
-        )
-
-    def _progress(self, total: int) -> _EpochProgress:
-        enabled = self.config.progress and not self.quiet and self.console.is_terminal
-        return _EpochProgress(self.console, total, enabled, f"{self.label} {self.epoch + 1}")
 
 
-class _EpochProgress:
-    """A rich progress bar over an epoch's steps showing running per-task losses."""
+class _Epochly(TrainerCallback):
+    """A :class:`Callback` (and :class:`StepHook`) called through the named hooks."""
 
-    _EVERY = 10  # refresh the loss text every N steps: formatting costs more than a step's math
+    def __init__(self, callback: Callback, trainer: Trainer) -> None:
+        self.callback = callback
+        self.trainer = trainer
+        self.step_hook = callback if isinstance(callback, StepHook) else None
 
-    def __init__(self, console: Console, total: int, enabled: bool, label: str) -> None:
-        self.enabled = enabled
-        self.total = total
-        self.label = label
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=not enabled,
-        )
-        self.task_id = self.progress.add_task(label, total=total)
+    def before_step(self, trainer: object, batch: Batch) -> None:
+        if self.step_hook is not None:
+            self.step_hook.before_step(self.trainer, batch)
 
-    def __enter__(self) -> _EpochProgress:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(None, None, None)
-
-    def advance(self, i: int, loss_sum: dict[str, Tensor], steps: dict[str, int]) -> None:
-        if not self.enabled:
-            return
-        if i % self._EVERY == 0 or i + 1 == self.total:
-            text = " ".join(
-                f"{k}={float(v) / steps[k]:.3f}" for k, v in loss_sum.items() if steps[k]
-            )
-            self.progress.update(self.task_id, completed=i + 1, description=f"{self.label} {text}")
-        else:
-            self.progress.update(self.task_id, completed=i + 1)
-
-
-def _labelled_rows(mask: Tensor) -> int:
-    """Examples with at least one valid label (multilabel masks have one column per label,
-    per-pixel masks one entry per pixel)."""
-    return int(mask.reshape(mask.shape[0], -1).any(dim=1).sum())
-
-
-def _flatten_row(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in row.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten_row(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _csv_cell(value: Any) -> str:
-    return "" if value is None else str(value)
+    def on_epoch_end(self, trainer: object, record: EpochRecord) -> None:
+        self.callback(self.trainer, record)

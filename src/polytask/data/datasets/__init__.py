@@ -4,10 +4,11 @@ from polytask.data.datasets.registry import (
     DATASETS,
     DatasetInfo,
     RemoteFile,
+    data_available,
     fetch_dataset,
     load_dataset,
 )
-from polytask.data.datasets.root import data_available, resolve_data_root
+from polytask.data.datasets.root import resolve_data_root
 
 __all__ = [
     "DATASETS",

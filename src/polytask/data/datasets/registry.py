@@ -228,3 +228,26 @@ def fetch_dataset(name: str, root: str | Path) -> Path:
             continue
         _download(remote, dest)
     return base
+
+
+def data_available(name: str, root: str | Path | None = None) -> bool:
+    """Tell whether a dataset's files are present, without loading or checking them.
+
+    Args:
+        name: A name from :data:`polytask.data.datasets.DATASETS` (all of its files must exist),
+            or otherwise a path relative to the data root (a file or folder, e.g.
+            ``"molecules/tox21.csv"``) for data that has no registered loader.
+        root: An explicit data root, resolved as in :func:`resolve_data_root`.
+
+    Returns:
+        ``False`` when no data root can be resolved or any expected file is missing.
+    """
+    try:
+        base = resolve_data_root(root)
+    except DataError:
+        return False
+
+    info = DATASETS.get(name)
+    if info is None:
+        return (base / name).exists()
+    return all((base / remote.relpath).is_file() for remote in info.files)

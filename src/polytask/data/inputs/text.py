@@ -61,6 +61,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from polytask.data.inputs.base import INPUTS, InputProcessor
+from polytask.data.inputs.minilm import (
+    MINILM_DIM,
+    MINILM_VOCAB_SIZE,
+    load_minilm,
+    minilm_dir,
+    minilm_embed,
+    minilm_tokenizer,
+)
 from polytask.data.spec import InputSpec
 
 #: Words (inner apostrophes kept), apostrophe-led clitics, any other single non-space char.
@@ -313,7 +321,6 @@ class SentenceEmbeddingParams(BaseModel):
 def minilm_ids(texts: list[str], max_tokens: int) -> list[list[int]]:
     """Word-piece ids of each text with [CLS] and [SEP], cut to ``max_tokens`` (as the
     sentence-transformers model truncates)."""
-    from polytask.models.text import minilm_tokenizer
 
     tokenizer = minilm_tokenizer()
     encoded = tokenizer(texts, truncation=True, max_length=max_tokens)
@@ -335,7 +342,6 @@ class SentenceEmbeddingInput(InputProcessor):
         assert isinstance(params, SentenceEmbeddingParams)
         super().__init__(params)
         self.p = params
-        from polytask.models.text import minilm_dir
 
         minilm_dir()  # fail now, with the extra's name, if it is not installed
 
@@ -388,8 +394,6 @@ _FROZEN: list[torch.nn.Module] = []
 def _frozen_minilm() -> torch.nn.Module:
     """One frozen, eval-mode copy of the model per process (loading takes a second)."""
     if not _FROZEN:
-        from polytask.models.text import load_minilm
-
         model = load_minilm().eval()
         model.requires_grad_(False)
         _FROZEN.append(model)
@@ -402,7 +406,6 @@ def embed_texts(texts: list[str], max_tokens: int, normalize: bool, batch_size: 
     Texts go through the model sorted by length, so a batch pads to similar lengths (what
     ``SentenceTransformer.encode`` does too); the rows come back in the input order.
     """
-    from polytask.models.text import MINILM_DIM, minilm_embed
 
     out = torch.zeros(len(texts), MINILM_DIM)
     if not texts:
@@ -448,7 +451,6 @@ class MiniLMTokensInput(InputProcessor):
         assert isinstance(params, MiniLMTokensParams)
         super().__init__(params)
         self.p = params
-        from polytask.models.text import minilm_dir
 
         minilm_dir()
 
@@ -468,7 +470,6 @@ class MiniLMTokensInput(InputProcessor):
 
     @property
     def input_spec(self) -> InputSpec:
-        from polytask.models.text import MINILM_VOCAB_SIZE
 
         return InputSpec(kind="text", shape=[self.p.max_tokens], vocab_size=MINILM_VOCAB_SIZE)
 

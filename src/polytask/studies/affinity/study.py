@@ -49,9 +49,9 @@ from torch import Tensor, nn
 from polytask.balance.diagnostics import TaskGramian, gradient_gramian
 from polytask.config import RunConfig, load_config
 from polytask.data.prepare import prepare_data
+from polytask.errors import ConfigError
 from polytask.run.build import train_model
 from polytask.run.pipeline import run
-from polytask.errors import ConfigError
 from polytask.state_io import atomic_write_text, to_json
 from polytask.studies.affinity.config import AffinityConfig
 from polytask.studies.affinity.grouping import Grouping, SearchMethod, search_groups
@@ -461,8 +461,8 @@ def pair_search(
     trainings with the config's model, balancer and budget; same data split and seed), and
     choose groups from the measured gains with the same objective as the affinity (for gains,
     the higher-order approximation of Standley et al., ICML 2020; see
-    :mod:`polytask.studies.affinity.grouping`). ``max_groups``, ``search`` and ``alone_score`` default
-    to the config's ``[affinity]`` keys, as in :func:`affinity`."""
+    :mod:`polytask.studies.affinity.grouping`). ``max_groups``, ``search`` and
+    ``alone_score`` default to the config's ``[affinity]`` keys, as in :func:`affinity`."""
 
     cfg = _with_epochs(_as_config(config, overrides), epochs)
     max_groups = _first(max_groups, cfg.section("affinity", AffinityConfig).max_groups)

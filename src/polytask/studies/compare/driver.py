@@ -16,6 +16,7 @@ from rich.table import Table
 from polytask.config import RunConfig, load_config
 from polytask.config_errors import validation_message
 from polytask.errors import ConfigError, PolytaskError
+from polytask.run.directory import is_finished
 from polytask.state_io import atomic_write_text, to_json
 from polytask.studies.compare.config import CompareConfig
 from polytask.studies.compare.plan import Plan, build_plan
@@ -86,7 +87,7 @@ def compare(
     total = len(plan.runs)
     # Finished runs are read first, so the compare.json written after the first new run
     # already holds everything an earlier invocation finished.
-    done = [(root / "runs" / s.path / "results.json").is_file() for s in plan.runs]
+    done = [is_finished(root / "runs" / s.path) for s in plan.runs]
     order = [i for i in range(total) if done[i]] + [i for i in range(total) if not done[i]]
     for n, i in enumerate(order, start=1):
         spec = plan.runs[i]

@@ -27,11 +27,17 @@ from rich.console import Console
 from polytask.config import RunConfig
 from polytask.data.prepare import PreparedData, prepare_data
 from polytask.errors import PolytaskError
-from polytask.evaluate.compare import compare as compare_metrics
+from polytask.evaluate.reference import against_reference
 from polytask.run.baselines import train_baseline
-from polytask.run.directory import write_config
+from polytask.run.directory import (
+    CONFIG,
+    is_finished,
+    read_config,
+    read_results,
+    write_config,
+)
 from polytask.run.pipeline import run, run_predictor, save_run
-from polytask.state_io import read_json, to_json
+from polytask.state_io import to_json
 from polytask.studies.compare.plan import RunSpec
 
 #: Settings that change how a run is shown or where it lives, not what it computes.
@@ -76,13 +82,12 @@ def _first_difference(a: Any, b: Any, where: str = "") -> str:
 
 
 def _stored_config_matches(run_dir: Path, cfg: RunConfig) -> tuple[bool, str]:
-    path = run_dir / "config.json"
-    if not path.is_file():
+    if not (run_dir / CONFIG).is_file():
         return False, "config.json missing"
     try:
         # Read through the schema, so keys a newer polytask added (with their defaults) do not
         # count as differences.
-        stored_cfg = RunConfig.model_validate(read_json(path))
+        stored_cfg = RunConfig.model_validate(read_config(run_dir))
     except ValidationError:
         return False, "its config.json does not fit this version of polytask"
     stored = _comparable(json.loads(to_json(stored_cfg.model_dump(mode="json"))))
@@ -106,7 +111,7 @@ def _metrics(value: Any) -> dict[str, dict[str, float]]:
 def read_outcome(run_dir: Path) -> Outcome:
     """Test metrics (results.json) and validation metrics of the selected epoch
     (metrics.jsonl) of a finished run."""
-    results = read_json(run_dir / "results.json")
+    results = read_results(run_dir)
     if results.get("split") != "test":
         raise PolytaskError(
             f"run '{run_dir}' has no test split (it reports {results.get('split')!r}); "
@@ -162,7 +167,7 @@ def _train_single_task(
         cfg, data, task, data.test, run_dir, resume=resume, quiet=quiet, console=console
     )
     single, metrics = [baseline.task], {task.name: baseline.metrics}
-    comparison = compare_metrics(single, metrics, {}, "test")
+    comparison = against_reference(single, metrics, {}, "test")
     summary = {
         "split": "test",
         "best_epoch": baseline.fit.best_epoch,
@@ -187,7 +192,7 @@ def ensure_run(
     says whether it trained."""
     run_dir = root / spec.path
     matches, difference = _stored_config_matches(run_dir, spec.cfg)
-    if (run_dir / "results.json").is_file():
+    if is_finished(run_dir):
         if not matches:
             raise PolytaskError(
                 f"run '{run_dir}' finished with another configuration ({difference}); "

@@ -17,9 +17,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from polytask.evaluate.compare import DELTA_M_DEFINITION
 from polytask.evaluate.delta import delta_m, delta_m_all_metrics
 from polytask.evaluate.metrics import higher_is_better
+from polytask.evaluate.reference import DELTA_M_DEFINITION
 from polytask.evaluate.statistics import mean_ci, paired_verdict, verdict_test_description
 from polytask.studies.compare.config import SINGLE_TASK
 from polytask.studies.compare.plan import SINGLE_TASK_OVERRIDES, Plan, RunSpec

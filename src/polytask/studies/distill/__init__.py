@@ -36,10 +36,10 @@ from polytask.tasks import Task
 
 __all__ = [
     "Distillation",
-    "distillation_variant",
     "DistillationLoss",
     "Teacher",
     "TeacherOutputs",
+    "distillation_variant",
     "label_weight",
     "teacher_units",
 ]
@@ -117,9 +117,7 @@ def distillation_variant(distillation: Distillation) -> RunVariant:
     mixes them with the labels, and the student is measured against its teachers on the same
     rows (no single-task nets); the results record both models' sizes, the model its lineage."""
 
-    def summary(
-        student: MultiTaskModel, teachers: dict[str, dict[str, float]]
-    ) -> dict[str, Any]:
+    def summary(student: MultiTaskModel, teachers: dict[str, dict[str, float]]) -> dict[str, Any]:
         return {
             "teachers": teachers,
             "parameters": {

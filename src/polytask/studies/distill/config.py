@@ -9,7 +9,8 @@ from polytask.config import register_section
 
 class DistillConfig(BaseModel):
     """``[distill]``: train the run's model (the student) on teachers' outputs as well as the
-    labels (:mod:`polytask.studies.distill`; ``polytask distill``). Without teachers, no distillation."""
+    labels (:mod:`polytask.studies.distill`; ``polytask distill``). Without teachers, no
+    distillation."""
 
     model_config = ConfigDict(extra="forbid")
 

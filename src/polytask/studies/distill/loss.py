@@ -25,15 +25,11 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from polytask.data.tensors import Batch
 from polytask.losses import TaskLoss, unit_losses
-from polytask.tasks import Task
-
-#: Kinds whose teacher loss is the tempered KL divergence (the others: squared error).
-_CLASSIFICATION = ("binary", "multiclass", "multilabel", "segmentation")
+from polytask.tasks import KINDS, Task
 
 
 def label_weight(progress: float, anneal: bool, constant: float) -> float:
@@ -44,19 +40,9 @@ def label_weight(progress: float, anneal: bool, constant: float) -> float:
 
 
 def teacher_units(kind: str, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """The teacher loss ``d`` of every unit (unreduced; see the module docstring)."""
-    if kind not in _CLASSIFICATION:
-        return (student - teacher) ** 2
-    t = temperature
-    if kind in ("binary", "multilabel"):
-        # KL between Bernoullis = cross-entropy to the teacher minus the teacher's entropy.
-        target = torch.sigmoid(teacher / t)
-        cross = F.binary_cross_entropy_with_logits(student / t, target, reduction="none")
-        entropy = F.binary_cross_entropy_with_logits(teacher / t, target, reduction="none")
-        return (cross - entropy) * t * t
-    log_p = F.log_softmax(teacher / t, dim=1)
-    log_q = F.log_softmax(student / t, dim=1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=1) * t * t
+    """The teacher loss ``d`` of every unit (unreduced; see the module docstring), as the
+    task kind computes it (:meth:`polytask.tasks.Kind.teacher_units`)."""
+    return KINDS.get(kind).teacher_units(student, teacher, temperature)
 
 
 class DistillationLoss:
@@ -98,8 +84,8 @@ class DistillationLoss:
         self, loss: TaskLoss, out: Tensor, tgt: Tensor, mask: Tensor, teacher: Tensor, lam: float
     ) -> Tensor | None:
         """One task's mixed loss over a batch, or ``None`` when no unit costs anything."""
-        d = teacher_units(loss.kind, out, teacher, self.temperature)
-        labelled = _unit_mask(loss.kind, mask, d)
+        d = loss.spec.teacher_units(out, teacher, self.temperature)
+        labelled = _unit_mask(mask, d)
         # Unlabelled units' label losses are computed but unused; a placeholder target that is
         # not finite would still poison the gradient through torch.where, so it is zeroed.
         safe = torch.where(mask, tgt, torch.zeros_like(tgt))
@@ -110,10 +96,11 @@ class DistillationLoss:
         return mixed[counted].mean()
 
 
-def _unit_mask(kind: str, mask: Tensor, units: Tensor) -> Tensor:
-    """The label mask broadcast to the units' shape (a row mask for per-row kinds)."""
+def _unit_mask(mask: Tensor, units: Tensor) -> Tensor:
+    """The label mask broadcast to the units' shape (a row mask for per-row kinds; per-pixel
+    and per-label kinds' units already have the mask's shape)."""
     if mask.shape == units.shape:
         return mask
-    if kind == "segmentation" or mask.dim() == units.dim():
+    if mask.dim() == units.dim():
         return mask.expand_as(units)
     return mask.reshape(mask.shape + (1,) * (units.dim() - mask.dim())).expand_as(units)

@@ -23,7 +23,6 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from polytask.errors import ConfigError, DataError
-from polytask.evaluate.metrics import to_original_units
 from polytask.run.predictor import Predictor, load, model_dir
 from polytask.state_io import atomic_directory, file_sha256
 from polytask.tasks import Task
@@ -94,12 +93,8 @@ def check_compatible(student: Task, teacher: Task, where: Path) -> None:
     problem = None
     if student.kind != teacher.kind:
         problem = f"is a {teacher.kind} task there, {student.kind} here"
-    elif student.kind in ("binary", "multiclass", "segmentation") and list(
-        map(str, teacher.classes or [])
-    ) != list(map(str, student.classes or [])):
-        problem = f"has classes {teacher.classes} there, {student.classes} in this data"
-    elif student.kind == "multilabel" and teacher.targets != student.targets:
-        problem = f"has labels {teacher.targets} there, {student.targets} here"
+    else:
+        problem = student.spec.teacher_mismatch(student, teacher)
     if problem is not None:
         raise ConfigError(
             f"config error: distill.teachers: task {student.name!r} {problem} (teacher '{where}')"
@@ -109,12 +104,7 @@ def check_compatible(student: Task, teacher: Task, where: Path) -> None:
 def to_student_units(student: Task, teacher: Task, output: Tensor) -> Tensor:
     """A teacher's raw output expressed as the student's raw output: logits stay logits;
     regression values move from the teacher's standardisation to the student's."""
-    if student.kind not in ("regression", "dense_regression"):
-        return output
-    values = to_original_units(teacher, output)
-    mean = student.target_mean if student.target_mean is not None else 0.0
-    std = student.target_std if student.target_std is not None else 1.0
-    return (values - mean) / std
+    return student.spec.to_student_units(student, teacher, output)
 
 
 def table_fingerprint(df: pd.DataFrame, files_root: Path | None) -> str | None:

@@ -28,8 +28,8 @@ from polytask.config import RunConfig, load_config
 from polytask.data.prepare import PreparedData, prepare_data
 from polytask.data.tensors import TensorData
 from polytask.errors import ConfigError
-from polytask.evaluate.compare import compare
 from polytask.evaluate.evaluation import evaluate_data
+from polytask.evaluate.reference import against_reference
 from polytask.models.model import build_model
 from polytask.run.build import build_run, train_built
 from polytask.run.directory import check_out_dir, create_out_dir
@@ -243,7 +243,7 @@ def finetune(
     if plan.continued:
         continued = [fitted[n] for n in plan.continued]
         _, base_metrics = evaluate_data(source.model, continued, eval_split, batch)
-    comparison = compare(tasks, metrics, base_metrics, split_name, reference="base model")
+    comparison = against_reference(tasks, metrics, base_metrics, split_name, reference="base model")
 
     lineage = _lineage(cfg, source, plan, tuning, frozen_at_start, data)
     # What never trained must be exactly the base's: weights and batch-norm statistics.

@@ -1,7 +1,7 @@
 """Multi-task learning as multi-objective optimisation: the trade-off between the tasks.
 
-* :mod:`polytask.studies.pareto.front`: dominance, non-dominated sorting, hypervolume, the point that
-  matches a preference (all objectives minimised; metrics converted by sign);
+* :mod:`polytask.studies.pareto.front`: dominance, non-dominated sorting, hypervolume, the
+  point that matches a preference (all objectives minimised; metrics converted by sign);
 * :mod:`polytask.tasks.preferences`: preference vectors on the simplex (lattice, quasi-random)
   and the checking of a user's preference;
 * :func:`sweep` (``polytask pareto``): train the configuration over preference vectors (static
@@ -15,8 +15,7 @@ The preference-directed training methods are balancers (``epo``, ``cosmos``:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+from polytask.studies.pareto.driver import ParetoResult, sweep
 from polytask.studies.pareto.front import (
     REFERENCE_RULE,
     closest_to_preference,
@@ -35,9 +34,6 @@ from polytask.tasks.preferences import (
     simplex_quasi_random,
 )
 
-if TYPE_CHECKING:
-    from polytask.studies.pareto.driver import ParetoResult, sweep
-
 __all__ = [
     "REFERENCE_RULE",
     "ParetoResult",
@@ -55,13 +51,3 @@ __all__ = [
     "sweep",
     "to_minimisation",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # The sweep trains through the pipeline, which imports this package (for preferences):
-    # importing it lazily keeps that cycle out.
-    if name in ("sweep", "ParetoResult"):
-        from polytask.studies.pareto import driver
-
-        return getattr(driver, name)
-    raise AttributeError(f"module 'polytask.studies.pareto' has no attribute {name!r}")

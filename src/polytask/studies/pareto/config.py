@@ -12,8 +12,8 @@ from polytask.studies.compare.config import SeededConfig
 
 class ParetoConfig(SeededConfig):
     """``[pareto]``: what ``polytask pareto`` trains to map the trade-off between the tasks
-    (:mod:`polytask.studies.pareto`): one run per preference vector (and seed), plus, when the balancer
-    is ``cosmos``, one preference-conditioned run evaluated at the same preferences."""
+    (:mod:`polytask.studies.pareto`): one run per preference vector (and seed), plus, when the
+    balancer is ``cosmos``, one preference-conditioned run evaluated at the same preferences."""
 
     seeds: int | list[int] = Field(
         default=1,

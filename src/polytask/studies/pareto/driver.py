@@ -35,7 +35,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 from pydantic import ValidationError
@@ -44,41 +44,24 @@ from rich.table import Table
 
 from polytask.config import RunConfig, config_from_dict, load_config
 from polytask.config_errors import validation_message
+from polytask.data.prepare import prepare_data
 from polytask.errors import ConfigError, PolytaskError
+from polytask.evaluate.evaluation import evaluate_data
+from polytask.run.directory import is_finished, read_records
+from polytask.run.predictor import load
 from polytask.state_io import atomic_write_text, read_json, to_json
 from polytask.studies.compare.plan import RunSpec, base_raw, check_test_split
 from polytask.studies.compare.runner import DataCache, ensure_run
 from polytask.studies.pareto.config import ParetoConfig
+from polytask.studies.pareto.plan import SweepPlan, SweepRun, sweep_name
+from polytask.studies.pareto.summary import markdown, summarise, terminal_table
 from polytask.tasks.preferences import preference_points
-
-RunKind = Literal["sweep", "conditioned", "balancer"]
 
 #: The set of equal-weight runs trained for the conditioned run's epochs (``budget_control``).
 BUDGET_CONTROL = "equal, conditioned epochs"
 
 #: Where a conditioned run keeps its evaluation at the sweep's preferences.
 POINTS_FILE = "preference_points.json"
-
-
-@dataclass(frozen=True)
-class SweepRun:
-    """One training run of the sweep."""
-
-    spec: RunSpec
-    #: The set of points the run belongs to: the sweep, the conditioned model, or a balancer.
-    group: str
-    kind: RunKind
-    #: The sweep run's preference (None for the other kinds).
-    preference: tuple[float, ...] | None = None
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    cfg: RunConfig
-    section: ParetoConfig
-    seeds: list[int]
-    preferences: list[list[float]]
-    runs: list[SweepRun]
 
 
 @dataclass
@@ -92,13 +75,8 @@ class ParetoResult:
 
     def table(self) -> Table:
         """Hypervolume and training cost of each set of points (terminal)."""
-        from polytask.studies.pareto.summary import terminal_table
 
         return terminal_table(self.summary)
-
-
-def sweep_name(method: str) -> str:
-    return f"{method} sweep"
 
 
 def _dir_name(path: str) -> str:
@@ -204,7 +182,6 @@ def plan_sweep(cfg: RunConfig) -> SweepPlan:
 def training_seconds(run_dir: Path) -> float:
     """Training cost of a run: the sum of its epochs' wall-clock seconds (metrics.jsonl;
     validation included, data preparation not)."""
-    from polytask.report.loading import read_records  # matplotlib-free
 
     total = sum(float(r.get("seconds") or 0.0) for r in read_records(run_dir))
     return round(total, 3)
@@ -219,9 +196,6 @@ def conditioned_points(
 ) -> dict[str, Any]:
     """Validation and test metrics of the conditioned model at each preference, cached in
     ``run_dir/preference_points.json`` (recomputed when the preferences change)."""
-    from polytask.data.prepare import prepare_data
-    from polytask.evaluate.evaluation import evaluate_data
-    from polytask.run.predictor import load
 
     cache = run_dir / POINTS_FILE
     if cache.is_file():
@@ -303,7 +277,9 @@ def _with_overrides(cfg: RunConfig, **values: Any) -> RunConfig:
     if not given:
         return cfg
     try:
-        section = ParetoConfig.model_validate({**cfg.section("pareto", ParetoConfig).model_dump(), **given})
+        section = ParetoConfig.model_validate(
+            {**cfg.section("pareto", ParetoConfig).model_dump(), **given}
+        )
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, "pareto", ParetoConfig)) from None
     return cfg.model_copy(update={"pareto": section})
@@ -327,7 +303,6 @@ def sweep(
     the data as data frames, as for :func:`polytask.run.pipeline.run`. With more than one worker
     the runs train in spawned processes, so a script calling this must guard its entry point
     with ``if __name__ == "__main__":`` (the command line needs nothing)."""
-    from polytask.studies.pareto.summary import markdown, summarise
 
     cfg = load_config(config) if isinstance(config, str | Path) else config
     cfg = _with_overrides(cfg, seeds=seeds, workers=workers)
@@ -362,7 +337,7 @@ def sweep(
 
     # Finished runs first: the pareto.json written after the first new run already holds
     # everything an earlier invocation finished.
-    done = [(runs_root / r.spec.path / "results.json").is_file() for r in plan.runs]
+    done = [is_finished(runs_root / r.spec.path) for r in plan.runs]
     order = [r for r, d in zip(plan.runs, done, strict=True) if d]
     order += [r for r, d in zip(plan.runs, done, strict=True) if not d]
     n_workers = min(plan.section.workers, sum(not d for d in done))

@@ -26,7 +26,6 @@ import numpy as np
 from rich.table import Table
 
 from polytask.evaluate.metrics import higher_is_better
-from polytask.studies.pareto.driver import SweepPlan, sweep_name
 from polytask.studies.pareto.front import (
     REFERENCE_RULE,
     default_reference,
@@ -35,6 +34,7 @@ from polytask.studies.pareto.front import (
     non_dominated,
     to_minimisation,
 )
+from polytask.studies.pareto.plan import SweepPlan, sweep_name
 
 KIND = "polytask-pareto"
 

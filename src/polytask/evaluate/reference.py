@@ -1,4 +1,6 @@
-"""Multi-task vs single-task comparison: per-task primary metric, relative change and Δm."""
+"""A model against its reference, the one definition: per task the primary metric of both,
+the relative change signed so that negative means the model is better, and Δm. The run's
+table, ``polytask compare`` and the report all read a :class:`Comparison` made here."""
 
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ class Comparison:
         return table
 
 
-def compare(
+def against_reference(
     tasks: list[Task],
     multi: dict[str, dict[str, float]],
     single: dict[str, dict[str, float]],

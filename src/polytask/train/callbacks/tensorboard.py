@@ -1,5 +1,5 @@
 """Optional TensorBoard logging (``train.tensorboard = true``): an epoch callback writing the
-numbers of each :class:`~polytask.train.trainer.EpochRecord` as scalars, one step per epoch.
+numbers of each :class:`~polytask.train.record.EpochRecord` as scalars, one step per epoch.
 
 The metrics log (``metrics.jsonl``) stays the record; this is a second view of the same numbers
 for people who watch training in TensorBoard (``tensorboard --logdir RUN_DIR``). Tags, with
@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from polytask.errors import ConfigError
+from polytask.train.callbacks.base import TrainerView
+from polytask.train.record import EpochRecord
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
-
-    from polytask.train.trainer import EpochRecord, Trainer
 
 #: How to install what logging needs, named in the error when it is missing.
 EXTRA_HINT = "pip install 'polytask[tensorboard]'"
@@ -96,7 +96,7 @@ class TensorBoardLogger:
         self.log_dir = Path(log_dir)
         self._writer: SummaryWriter | None = None
 
-    def __call__(self, trainer: Trainer, record: EpochRecord) -> None:
+    def __call__(self, trainer: TrainerView, record: EpochRecord) -> None:
         if self._writer is None:
             earlier = [r for r in trainer.history if r.epoch < record.epoch]
             first = earlier[0].epoch if earlier else None

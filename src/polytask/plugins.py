@@ -1,0 +1,109 @@
+"""Third-party components: every entry point of the group ``polytask.plugins``.
+
+A plug-in is an installed distribution declaring, in its ``pyproject.toml``::
+
+    [project.entry-points."polytask.plugins"]
+    my_balancer = "my_package.balancer"          # a module: importing it registers
+    my_kind = "my_package.kinds:register"        # or a callable, called with no arguments
+
+Loading an entry point imports the module (or imports and calls the callable); the plug-in's own
+code imports polytask's registries (``polytask.balance.base.BALANCERS``,
+``polytask.models.encoders.ENCODERS``, ...) and calls ``.register`` on them, exactly as
+polytask's built-in components do. This module only finds and loads the entry points: it is a
+base-layer module and imports none of the registries.
+
+:func:`load_plugins` runs once, at the end of ``import polytask`` (so plug-ins are available to
+configs and ``polytask list``); later calls load only entry points not yet loaded. A plug-in that
+fails to load raises a one-line :class:`~polytask.errors.PolytaskError` naming the entry point
+and the original error (a name registered twice gives the registry's own message).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+from dataclasses import dataclass
+
+from polytask.errors import PolytaskError
+
+#: The entry-point group polytask loads plug-ins from.
+GROUP = "polytask.plugins"
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """One loaded entry point: its name, its target (``module`` or ``module:attr``) and the
+    distribution that declared it."""
+
+    name: str
+    value: str
+    distribution: str | None
+
+    @property
+    def package(self) -> str:
+        """Top-level package of the entry point's module (what its components' modules start
+        with)."""
+        return self.value.split(":", 1)[0].strip().split(".", 1)[0]
+
+
+#: Entry points loaded so far, keyed by ``(name, value)``: loading is idempotent.
+_loaded: dict[tuple[str, str], Plugin] = {}
+
+
+def entry_points() -> list[importlib.metadata.EntryPoint]:
+    """The installed entry points of :data:`GROUP`, in name order (tests replace this)."""
+    return sorted(importlib.metadata.entry_points(group=GROUP), key=lambda ep: (ep.name, ep.value))
+
+
+def _distribution(ep: importlib.metadata.EntryPoint) -> str | None:
+    dist = getattr(ep, "dist", None)
+    name = getattr(dist, "name", None) if dist is not None else None
+    return str(name) if name else None
+
+
+def _load(ep: importlib.metadata.EntryPoint) -> None:
+    target = ep.load()
+    if inspect.ismodule(target):
+        return  # importing the module registered its components
+    if not callable(target):
+        raise TypeError(f"{ep.value} is neither a module nor a callable")
+    target()
+
+
+def load_plugins() -> list[Plugin]:
+    """Load every entry point of :data:`GROUP` not loaded yet; return all loaded plug-ins.
+
+    Raises:
+        PolytaskError: an entry point failed to load (one line: its name, its target and the
+            original error).
+    """
+    for ep in entry_points():
+        key = (ep.name, ep.value)
+        if key in _loaded:
+            continue
+        try:
+            _load(ep)
+        except Exception as exc:
+            raise PolytaskError(
+                f"plug-in {ep.name!r} (entry point {ep.value!r} of group {GROUP!r}) failed to "
+                f"load: {type(exc).__name__}: {exc}"
+            ) from None
+        _loaded[key] = Plugin(ep.name, ep.value, _distribution(ep))
+    return loaded_plugins()
+
+
+def loaded_plugins() -> list[Plugin]:
+    """The plug-ins loaded so far, in load order."""
+    return list(_loaded.values())
+
+
+def source_of(obj: object) -> str | None:
+    """Where a registered factory comes from: the name of the plug-in whose package defines it
+    (its distribution's name when known), or None for polytask's own and unknown components."""
+    module = getattr(obj, "__module__", None)
+    if not isinstance(module, str) or module == "polytask" or module.startswith("polytask."):
+        return None
+    for plugin in _loaded.values():
+        if module == plugin.package or module.startswith(plugin.package + "."):
+            return plugin.distribution or plugin.name
+    return None

@@ -1,0 +1,387 @@
+"""The task-kind plug-in interface (:class:`Kind`) and the :data:`KINDS` registry.
+
+A kind ("binary", "regression", "segmentation", ...) owns everything that depends on what a
+task predicts: which declarations are valid, the losses and metrics it offers, the width and
+shape of its head's output, how target columns are fitted and encoded, its loss, how metrics
+read its outputs, how predictions are decoded into the user's labels and units, and how a
+teacher's outputs are compared with a student's in distillation. The rest of polytask looks
+the kind up (``KINDS.get(task.kind)`` or ``task.spec``) and calls it, never branching on the
+kind's name. Adding a kind is one module with a :class:`Kind` subclass plus one
+``KINDS.register(...)`` line in :mod:`polytask.tasks.kinds`.
+
+Kinds see a task through :class:`TaskLike` (the fields and derived properties of
+:class:`polytask.tasks.Task`) so that this package sits below the ``Task`` dataclass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric
+
+from polytask.errors import ConfigError
+
+#: Builds a torchmetrics object from the task's output width (classes, labels; 1 otherwise).
+MetricFactory = Callable[[int], Metric]
+#: Reads an array-valued target column (images, ``.npy`` files): the stacked ``[N, *shape]``
+#: arrays and a boolean array of the rows holding one. Supplied by :mod:`polytask.data`.
+LoadArrays = Callable[[pd.Series], tuple[np.ndarray, np.ndarray]]
+
+
+class TaskLike(Protocol):
+    """What a kind reads of a task: the fields and properties of :class:`polytask.Task`."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def target(self) -> str | list[str]: ...
+    @property
+    def classes(self) -> list[str] | None: ...
+    @property
+    def positive(self) -> str | None: ...
+    @property
+    def loss(self) -> str | None: ...
+    @property
+    def weight(self) -> float: ...
+    @property
+    def pos_weight(self) -> float | list[float] | None: ...
+    @property
+    def class_weights(self) -> list[float] | None: ...
+    @property
+    def target_mean(self) -> float | None: ...
+    @property
+    def target_std(self) -> float | None: ...
+    @property
+    def ignore_index(self) -> int | None: ...
+    @property
+    def targets(self) -> list[str]: ...
+    @property
+    def metric_names(self) -> list[str]: ...
+    @property
+    def primary(self) -> str: ...
+
+
+class LossState(Protocol):
+    """What a kind's loss reads of :class:`polytask.losses.TaskLoss`: the loss name and the
+    weight tensors built once per task."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def pos_weight(self) -> Tensor | None: ...
+    @property
+    def class_weights(self) -> Tensor | None: ...
+
+
+class Kind:
+    """One task kind. Subclasses set the class attributes and override the methods that
+    differ from these defaults (which suit a single-column, one-value-per-row target)."""
+
+    #: The name used in ``Task.kind`` and in configs.
+    name: ClassVar[str]
+    #: Losses the kind accepts; the first one is the default.
+    losses: ClassVar[tuple[str, ...]]
+    #: Metric name -> torchmetrics factory; the first one is the default primary metric.
+    metric_factories: ClassVar[Mapping[str, MetricFactory]]
+    #: Predicted per pixel of an image input (targets are arrays, one per example).
+    dense: ClassVar[bool] = False
+    #: The head's single output channel is squeezed out along this dim (None: kept).
+    squeeze_dim: ClassVar[int | None] = None
+    #: Which optional declaration fields apply to the kind.
+    accepts_classes: ClassVar[bool] = False
+    accepts_pos_weight: ClassVar[bool] = False
+    accepts_class_weights: ClassVar[bool] = False
+    accepts_ignore_index: ClassVar[bool] = False
+    accepts_positive: ClassVar[bool] = False
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Metrics the kind offers; the first one is the default primary metric."""
+        return tuple(self.metric_factories)
+
+    def __repr__(self) -> str:
+        return f"<task kind {self.name!r}>"
+
+    # -- declaration ---------------------------------------------------------------------
+    def validate(self, task: TaskLike, where: str) -> None:
+        """Check ``task``'s declaration against this kind; raise :class:`ConfigError`."""
+        self.check_target(task, where)
+        if task.loss is not None and task.loss not in self.losses:
+            raise ConfigError(
+                f"{where}: loss {task.loss!r} does not fit kind {self.name!r}; "
+                f"valid choices: {', '.join(self.losses)}"
+            )
+        for m in task.metric_names:
+            if m not in self.metrics:
+                raise ConfigError(
+                    f"{where}: metric {m!r} does not fit kind {self.name!r}; "
+                    f"valid choices: {', '.join(self.metrics)}"
+                )
+        if task.primary not in task.metric_names:
+            raise ConfigError(
+                f"{where}: primary_metric {task.primary!r} is not among its metrics "
+                f"({', '.join(task.metric_names)})"
+            )
+        if not (math.isfinite(task.weight) and task.weight >= 0):
+            raise ConfigError(f"{where}: weight must be a finite number >= 0 (got {task.weight})")
+        if task.pos_weight is not None and not self.accepts_pos_weight:
+            raise ConfigError(
+                f"{where}: pos_weight applies to {_kinds_accepting('pos_weight')} tasks only"
+            )
+        if isinstance(task.pos_weight, list) and len(task.pos_weight) != len(task.targets):
+            raise ConfigError(
+                f"{where}: pos_weight has {len(task.pos_weight)} values for "
+                f"{len(task.targets)} label columns"
+            )
+        if task.class_weights is not None:
+            if not self.accepts_class_weights:
+                raise ConfigError(
+                    f"{where}: class_weights apply to {_kinds_accepting('class_weights')} "
+                    "tasks only"
+                )
+            if task.classes is not None and len(task.class_weights) != len(task.classes):
+                raise ConfigError(
+                    f"{where}: class_weights has {len(task.class_weights)} values for "
+                    f"{len(task.classes)} classes"
+                )
+        if task.classes is not None:
+            if len(set(task.classes)) != len(task.classes):
+                raise ConfigError(f"{where}: classes contain duplicates")
+            self.check_classes(task, task.classes, where)
+        if task.ignore_index is not None and not self.accepts_ignore_index:
+            raise ConfigError(
+                f"{where}: ignore_index applies to {_kinds_accepting('ignore_index')} tasks only"
+            )
+        if task.positive is not None and not self.accepts_positive:
+            raise ConfigError(
+                f"{where}: positive applies to {_kinds_accepting('positive')} tasks only"
+            )
+
+    def check_target(self, task: TaskLike, where: str) -> None:
+        """The target is one column name (a kind reading several columns overrides this)."""
+        if not isinstance(task.target, str):
+            raise ConfigError(f"{where}: a {self.name} target is one column name")
+
+    def check_classes(self, task: TaskLike, classes: list[str], where: str) -> None:
+        """Check declared (distinct) ``classes``; by default a kind takes none."""
+        if not self.accepts_classes:
+            raise ConfigError(f"{where}: classes do not apply to {self.name} tasks")
+
+    def n_outputs(self, task: TaskLike) -> int:
+        """Width of the task's head output (logits or values), per pixel for dense kinds."""
+        return 1
+
+    # -- data ----------------------------------------------------------------------------
+    def fit(
+        self,
+        task: TaskLike,
+        table: pd.DataFrame,
+        train_rows: np.ndarray,
+        source: str,
+        load_arrays: LoadArrays,
+    ) -> dict[str, Any]:
+        """The fields of ``task`` completed from data (class labels from the whole table,
+        scale from the train rows); an empty dict when nothing changes."""
+        raise NotImplementedError
+
+    def encode(
+        self, task: TaskLike, table: pd.DataFrame, source: str, load_arrays: LoadArrays
+    ) -> tuple[Tensor, Tensor]:
+        """Label tensor and validity mask of ``task`` for every row of ``table``."""
+        raise NotImplementedError
+
+    def example(self, rng: np.random.Generator, n: int) -> tuple[dict[str, Any], pd.DataFrame]:
+        """A small synthetic declaration (``Task`` keyword arguments besides ``name`` and
+        ``kind``) and table of ``n`` rows with some missing labels, for the shared property
+        suite of the kinds (``tests/test_task_kinds.py``) and for examples."""
+        raise NotImplementedError
+
+    # -- loss ----------------------------------------------------------------------------
+    def pos_weight_tensor(self, task: TaskLike) -> Tensor | None:
+        """``task.pos_weight`` as the tensor the loss uses (one value per label)."""
+        pw = task.pos_weight
+        if pw is None:
+            return None
+        values = pw if isinstance(pw, list) else [pw] * len(task.targets)
+        return torch.tensor(values, dtype=torch.float32)
+
+    def loss(self, state: LossState, output: Tensor, target: Tensor, mask: Tensor) -> Tensor | None:
+        """Mean loss over the valid labels of a batch, or ``None`` if there are none."""
+        if not bool(mask.any()):
+            return None
+        return self.masked_loss(state, output, target, mask)
+
+    def masked_loss(self, state: LossState, output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """Mean loss over the valid labels (at least one)."""
+        raise NotImplementedError
+
+    def unit_losses(self, state: LossState, output: Tensor, target: Tensor) -> Tensor:
+        """The loss of every unit of a batch (row; row and label; pixel), unreduced and
+        unmasked (see :func:`polytask.losses.unit_losses`)."""
+        raise NotImplementedError
+
+    def perfect_output(self, task: TaskLike, target: Tensor) -> Tensor:
+        """Raw outputs of a model predicting the encoded ``target`` exactly (confidently,
+        for logits); used by the property suite."""
+        raise NotImplementedError
+
+    # -- evaluation and prediction -------------------------------------------------------
+    def make_metric(self, task: TaskLike, name: str) -> Metric:
+        """The torchmetrics object computing metric ``name`` for ``task``."""
+        return self.metric_factories[name](self.n_outputs(task))
+
+    def metric_for_direction(self, task: TaskLike, name: str) -> Metric:
+        """Metric ``name`` built even before the data is read (for its direction)."""
+        return self.make_metric(task, name)
+
+    def metric_inputs(
+        self, task: TaskLike, output: Tensor, target: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Predictions and targets the metrics read, valid labels only."""
+        raise NotImplementedError
+
+    def degenerate(self, name: str, target: Tensor) -> bool:
+        """Metric ``name`` is undefined on these (non-empty, valid) targets."""
+        return False
+
+    def to_original_units(self, task: TaskLike, values: Tensor) -> Tensor:
+        """Outputs or targets in the user's unit (identity unless the kind standardises)."""
+        return values
+
+    def decode(self, task: TaskLike, output: Tensor) -> dict[str, np.ndarray]:
+        """Prediction columns (name -> one value per row) from raw outputs."""
+        raise NotImplementedError
+
+    # -- distillation --------------------------------------------------------------------
+    def teacher_mismatch(self, student: TaskLike, teacher: TaskLike) -> str | None:
+        """Why a teacher's task of this kind cannot teach ``student`` (None: it can)."""
+        return None
+
+    def to_student_units(self, student: TaskLike, teacher: TaskLike, output: Tensor) -> Tensor:
+        """A teacher's raw output expressed as the student's raw output."""
+        return output
+
+    def teacher_units(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """The teacher loss of every unit (see :mod:`polytask.studies.distill.loss`):
+        squared error by default."""
+        return (student - teacher) ** 2
+
+
+class KindRegistry:
+    """Task kinds by name, in registration order (the order configs and messages list)."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, Kind] = {}
+
+    def register(self, kind: Kind) -> Kind:
+        if kind.name in self._kinds:
+            raise ValueError(f"task kind {kind.name!r} is registered twice")
+        self._kinds[kind.name] = kind
+        return kind
+
+    def get(self, name: str) -> Kind:
+        """The kind called ``name``; a :class:`ConfigError` naming the choices otherwise."""
+        try:
+            return self._kinds[name]
+        except (KeyError, TypeError):
+            raise ConfigError(
+                f"unknown task kind {name!r}; valid choices: {', '.join(self.names())}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return list(self._kinds)
+
+    def __iter__(self) -> Iterator[Kind]:
+        return iter(list(self._kinds.values()))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._kinds
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+
+#: Every task kind; see :mod:`polytask.tasks.kinds` for the registrations.
+KINDS = KindRegistry()
+
+
+def _kinds_accepting(field: str) -> str:
+    """``"binary and multilabel"``: the kinds whose declarations may set ``field``."""
+    names = [k.name for k in KINDS if getattr(k, f"accepts_{field}")]
+    if len(names) <= 1:
+        return "".join(names)
+    return f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+# -- helpers shared by several kinds ------------------------------------------------------
+def value_loss(name: str, out: Tensor, tgt: Tensor) -> Tensor:
+    """Mean of a regression loss (``mse``, ``l1``, ``huber``)."""
+    if name == "l1":
+        return F.l1_loss(out, tgt)
+    if name == "huber":
+        return F.huber_loss(out, tgt)
+    return F.mse_loss(out, tgt)
+
+
+def value_unit_losses(name: str, out: Tensor, tgt: Tensor) -> Tensor:
+    """Unreduced regression loss (``mse``, ``l1``, ``huber``)."""
+    if name == "l1":
+        return F.l1_loss(out, tgt, reduction="none")
+    if name == "huber":
+        return F.huber_loss(out, tgt, reduction="none")
+    return F.mse_loss(out, tgt, reduction="none")
+
+
+def bernoulli_teacher_units(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """``T² · KL`` between tempered Bernoullis, one per output."""
+    t = temperature
+    # KL between Bernoullis = cross-entropy to the teacher minus the teacher's entropy.
+    target = torch.sigmoid(teacher / t)
+    cross = F.binary_cross_entropy_with_logits(student / t, target, reduction="none")
+    entropy = F.binary_cross_entropy_with_logits(teacher / t, target, reduction="none")
+    return (cross - entropy) * t * t
+
+
+def softmax_teacher_units(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """``T² · KL`` between tempered softmax distributions over dim 1."""
+    t = temperature
+    log_p = F.log_softmax(teacher / t, dim=1)
+    log_q = F.log_softmax(student / t, dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1) * t * t
+
+
+def classes_mismatch(student: TaskLike, teacher: TaskLike) -> str | None:
+    """A teacher of a class-label kind must use the student's classes, in order."""
+    if list(map(str, teacher.classes or [])) != list(map(str, student.classes or [])):
+        return f"has classes {teacher.classes} there, {student.classes} in this data"
+    return None
+
+
+def from_standard(task: TaskLike, values: Tensor) -> Tensor:
+    """Undo the standardisation of a regression-like target."""
+    mean = task.target_mean if task.target_mean is not None else 0.0
+    std = task.target_std if task.target_std is not None else 1.0
+    return values * std + mean
+
+
+def to_standard(task: TaskLike, values: Tensor) -> Tensor:
+    """Standardise values in the original unit with ``task``'s scale."""
+    mean = task.target_mean if task.target_mean is not None else 0.0
+    std = task.target_std if task.target_std is not None else 1.0
+    return (values - mean) / std
+
+
+def per_row_column(maps: np.ndarray) -> np.ndarray:
+    """One array per row, as an object column."""
+    column = np.empty(len(maps), dtype=object)
+    column[:] = list(maps)
+    return column

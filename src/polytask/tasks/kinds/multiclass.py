@@ -1,0 +1,107 @@
+"""``multiclass``: one label column with any number of classes; a logit per class."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
+
+from polytask.errors import ConfigError
+from polytask.tasks.kinds.base import (
+    Kind,
+    LoadArrays,
+    LossState,
+    MetricFactory,
+    TaskLike,
+    classes_mismatch,
+    softmax_teacher_units,
+)
+from polytask.tasks.kinds.columns import fit_label_classes, label_codes
+
+
+class Multiclass(Kind):
+    """One class out of ``C``; ``[B, C]`` logits."""
+
+    name = "multiclass"
+    losses = ("cross_entropy",)
+    metric_factories: ClassVar[dict[str, MetricFactory]] = {
+        "accuracy": lambda n: MulticlassAccuracy(num_classes=n, average="micro"),
+        "f1": lambda n: MulticlassF1Score(num_classes=n, average="macro"),
+        "auroc": lambda n: MulticlassAUROC(num_classes=n, average="macro"),
+    }
+    accepts_classes = True
+    accepts_class_weights = True
+
+    def n_outputs(self, task: TaskLike) -> int:
+        if not task.classes:
+            raise ConfigError(f"task {task.name!r}: classes are not known yet")
+        return len(task.classes)
+
+    def metric_for_direction(self, task: TaskLike, name: str) -> Metric:
+        # The direction does not depend on the classes: two placeholders when unknown.
+        return self.metric_factories[name](len(task.classes) if task.classes else 2)
+
+    def fit(
+        self,
+        task: TaskLike,
+        table: pd.DataFrame,
+        train_rows: np.ndarray,
+        source: str,
+        load_arrays: LoadArrays,
+    ) -> dict[str, Any]:
+        def order(classes: list[str], where: str, column: str) -> list[str]:
+            return classes
+
+        return {"classes": fit_label_classes(task, table, train_rows, source, order)}
+
+    def encode(
+        self, task: TaskLike, table: pd.DataFrame, source: str, load_arrays: LoadArrays
+    ) -> tuple[Tensor, Tensor]:
+        codes, valid = label_codes(task, table, source)
+        return torch.from_numpy(codes.astype(np.int64)), torch.from_numpy(valid)
+
+    def example(self, rng: np.random.Generator, n: int) -> tuple[dict[str, Any], pd.DataFrame]:
+        labels = rng.choice(np.array(["cat", "dog", "fox"], dtype=object), n)
+        labels[rng.random(n) < 0.2] = None
+        labels[:4] = ["cat", "dog", "fox", None]
+        return {"target": "animal"}, pd.DataFrame({"animal": labels})
+
+    def masked_loss(self, state: LossState, output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        out, tgt = output[mask], target[mask]
+        return F.cross_entropy(out, tgt, weight=state.class_weights)
+
+    def unit_losses(self, state: LossState, output: Tensor, target: Tensor) -> Tensor:
+        # Masked-out entries may hold any placeholder; clamp so the gather stays in range.
+        safe = target.clamp(0, output.shape[1] - 1)
+        return F.cross_entropy(output, safe, weight=state.class_weights, reduction="none")
+
+    def perfect_output(self, task: TaskLike, target: Tensor) -> Tensor:
+        onehot = F.one_hot(target.long(), self.n_outputs(task)).float()
+        return onehot * 60.0 - 30.0
+
+    def metric_inputs(
+        self, task: TaskLike, output: Tensor, target: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        out, tgt = output[mask], target[mask]
+        return torch.softmax(out, dim=-1), tgt
+
+    def decode(self, task: TaskLike, output: Tensor) -> dict[str, np.ndarray]:
+        assert task.classes is not None
+        classes = np.array(task.classes, dtype=object)
+        probs = torch.softmax(output, dim=-1).double().numpy()
+        cols = {task.name: classes[probs.argmax(axis=1)]}
+        for j, label in enumerate(task.classes):
+            cols[f"{task.name}_proba_{label}"] = probs[:, j]
+        return cols
+
+    def teacher_mismatch(self, student: TaskLike, teacher: TaskLike) -> str | None:
+        return classes_mismatch(student, teacher)
+
+    def teacher_units(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        return softmax_teacher_units(student, teacher, temperature)

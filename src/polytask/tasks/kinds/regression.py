@@ -1,0 +1,91 @@
+"""``regression``: one numeric column, learnt standardised and reported in its own unit."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from torch import Tensor
+from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
+
+from polytask.errors import DataError
+from polytask.tasks.kinds.base import (
+    Kind,
+    LoadArrays,
+    LossState,
+    MetricFactory,
+    TaskLike,
+    from_standard,
+    to_standard,
+    value_loss,
+    value_unit_losses,
+)
+from polytask.tasks.kinds.columns import numeric, standardised
+
+
+class Regression(Kind):
+    """A value per row (``[B]``), standardised with the training split's mean and std."""
+
+    name = "regression"
+    losses = ("mse", "l1", "huber")
+    metric_factories: ClassVar[dict[str, MetricFactory]] = {
+        "mae": lambda n: MeanAbsoluteError(),
+        "rmse": lambda n: MeanSquaredError(squared=False),
+        "r2": lambda n: R2Score(),
+    }
+    squeeze_dim = -1
+
+    def fit(
+        self,
+        task: TaskLike,
+        table: pd.DataFrame,
+        train_rows: np.ndarray,
+        source: str,
+        load_arrays: LoadArrays,
+    ) -> dict[str, Any]:
+        where = f"{source}: task '{task.name}'"
+        y = numeric(table[task.targets[0]], source)[train_rows]
+        y = y[np.isfinite(y)]
+        if y.size == 0:
+            raise DataError(f"{where}: column '{task.targets[0]}' has no valid value in train")
+        std = float(y.std())
+        return {"target_mean": float(y.mean()), "target_std": std or 1.0}
+
+    def encode(
+        self, task: TaskLike, table: pd.DataFrame, source: str, load_arrays: LoadArrays
+    ) -> tuple[Tensor, Tensor]:
+        values = numeric(table[task.targets[0]], source)
+        return standardised(task, values, np.isfinite(values))
+
+    def example(self, rng: np.random.Generator, n: int) -> tuple[dict[str, Any], pd.DataFrame]:
+        values = rng.normal(40.0, 12.0, n)
+        values[rng.random(n) < 0.2] = np.nan
+        values[0] = np.nan
+        return {"target": "days"}, pd.DataFrame({"days": values})
+
+    def masked_loss(self, state: LossState, output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        out, tgt = output[mask], target[mask]
+        return value_loss(state.name, out, tgt)
+
+    def unit_losses(self, state: LossState, output: Tensor, target: Tensor) -> Tensor:
+        return value_unit_losses(state.name, output, target)
+
+    def perfect_output(self, task: TaskLike, target: Tensor) -> Tensor:
+        return target.clone()
+
+    def metric_inputs(
+        self, task: TaskLike, output: Tensor, target: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        out, tgt = output[mask], target[mask]
+        return self.to_original_units(task, out), self.to_original_units(task, tgt)
+
+    def to_original_units(self, task: TaskLike, values: Tensor) -> Tensor:
+        return from_standard(task, values)
+
+    def decode(self, task: TaskLike, output: Tensor) -> dict[str, np.ndarray]:
+        return {task.name: self.to_original_units(task, output).double().numpy()}
+
+    def to_student_units(self, student: TaskLike, teacher: TaskLike, output: Tensor) -> Tensor:
+        # From the teacher's standardisation to the student's.
+        return to_standard(student, self.to_original_units(teacher, output))

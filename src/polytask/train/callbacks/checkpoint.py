@@ -1,0 +1,60 @@
+"""Checkpointing: ``checkpoints/last`` (everything needed to resume: model, optimiser, balancer,
+random number generators, task scheduler, the trainer's counters and history) after every epoch
+and every ``checkpoint_every`` steps (then with the position in the epoch), and
+``checkpoints/best`` (the best epoch's weights) when an epoch improves the criterion.
+
+Files are safetensors + JSON written atomically (:mod:`polytask.state_io`); the layout is the
+trainer's :meth:`~polytask.train.trainer.Trainer.state`. Resuming restores it, so training
+continues to the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor
+
+from polytask.balance.base import BackwardResult
+from polytask.errors import PolytaskError
+from polytask.state_io import atomic_directory, load_state, save_state
+from polytask.train.callbacks.base import TrainerCallback, TrainerView
+from polytask.train.callbacks.early_stopping import EarlyStopping
+from polytask.train.record import EpochRecord
+
+
+class Checkpointing(TrainerCallback):
+    """Writes the checkpoints of a run into ``run_dir/checkpoints`` (module docstring);
+    ``early_stopping`` gets the best weights back on :meth:`restore`."""
+
+    def __init__(self, run_dir: Path, every: int | None, early_stopping: EarlyStopping) -> None:
+        self.dir = run_dir / "checkpoints"
+        self.every = every
+        self.early_stopping = early_stopping
+
+    def after_step(
+        self, trainer: TrainerView, losses: dict[str, Tensor], result: BackwardResult | None
+    ) -> None:
+        done, every = trainer.step_in_epoch, self.every
+        if every and done % every == 0 and done < trainer.steps_in_epoch:
+            self.save(trainer, best=False)
+
+    def on_epoch_end(self, trainer: TrainerView, record: EpochRecord) -> None:
+        self.save(trainer, best=record.best)
+
+    def save(self, trainer: TrainerView, *, best: bool) -> None:
+        """Write ``last`` (full state) and, if ``best``, ``best`` (the model's weights)."""
+        with atomic_directory(self.dir / "last") as staging:
+            save_state(staging, trainer.state())
+        if best:
+            with atomic_directory(self.dir / "best") as staging:
+                save_state(staging, {"model": trainer.model.state_dict(), "epoch": trainer.epoch})
+
+    def restore(self, trainer: TrainerView) -> None:
+        """Restore everything :meth:`save` wrote, so training continues exactly."""
+        last = self.dir / "last"
+        if not (last / "state.json").is_file():
+            raise PolytaskError(f"cannot resume: no checkpoint in '{last}'")
+        trainer.load_state(load_state(last))
+        best = self.dir / "best"
+        if (best / "state.json").is_file():
+            self.early_stopping.best_weights = load_state(best)["model"]

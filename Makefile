@@ -22,10 +22,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/polytask demo
 
+# tools/check_layers.py: no import up a layer, no cycle between files, no polytask import
+# inside a function body outside cli.py (docs/architecture.md, "Layers").
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/mypy
+	$(BIN)/python tools/check_layers.py
 
 unit: $(STAMP)
 	$(BIN)/pytest -q

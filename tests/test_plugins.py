@@ -10,6 +10,7 @@ here and must learn. The document's code blocks are the plug-in's files, compare
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import shutil
 from pathlib import Path
@@ -22,7 +23,7 @@ from conftest import run_cli
 from polytask import load_config, plugins, run
 from polytask.balance import BALANCERS
 from polytask.data.synthetic import make_mmoe_synthetic
-from polytask.errors import ConfigError, PolytaskError
+from polytask.errors import PolytaskError
 from polytask.models.encoders import ENCODERS
 from polytask.tasks import KINDS
 
@@ -35,6 +36,8 @@ DOC = ROOT / "docs" / "extending.md"
 DISTRIBUTION = "polytask-example-plugin"
 
 if not any(ep.name == "inverse_loss" for ep in plugins.entry_points()):
+    if os.environ.get("CI") == "true":  # CI installs it (make install): a skip would hide that
+        pytest.fail("the example plug-in is not installed", pytrace=False)
     pytest.skip(
         f"the example plug-in is not installed: pip install -e {PLUGIN.relative_to(ROOT)} "
         "(make install does)",
@@ -97,16 +100,7 @@ def test_walkthrough_balancer_and_encoder_learn(tmp_path: Path) -> None:
 
 
 def test_walkthrough_poisson_kind_learns(tmp_path: Path) -> None:
-    try:
-        cfg = load_config(_config_with_data("poisson.toml", tmp_path))
-    except ConfigError as exc:
-        if "poisson" not in str(exc):
-            raise
-        pytest.skip(
-            "the config schema fixes the task kinds when polytask.tasks.task is imported "
-            "(TaskKind = Literal[KINDS.names()]), before plug-ins load, so it rejects the "
-            f"plug-in kind: {exc}"
-        )
+    cfg = load_config(_config_with_data("poisson.toml", tmp_path))
     result = run(cfg, out=tmp_path / "run", quiet=True)
     visits = _table()["visits"].to_numpy()
     mu = visits.mean()  # the best constant prediction

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-from polytask.errors import ConfigError
+from polytask.errors import ConfigError, DataError
 
 #: Builds a torchmetrics object from the task's output width (classes, labels; 1 otherwise).
 MetricFactory = Callable[[int], Metric]
@@ -276,6 +276,41 @@ class Kind:
         return (student - teacher) ** 2
 
 
+class ClassIndexed(Kind):
+    """A kind whose head scores each of the task's classes (one logit per class, per example
+    or per pixel): its width is the class count, its teacher a softmax over the same classes."""
+
+    def n_outputs(self, task: TaskLike) -> int:
+        if not task.classes:
+            raise ConfigError(f"task {task.name!r}: classes are not known yet")
+        return len(task.classes)
+
+    def metric_for_direction(self, task: TaskLike, name: str) -> Metric:
+        # The direction does not depend on the classes: two placeholders when unknown.
+        return self.metric_factories[name](len(task.classes) if task.classes else 2)
+
+    def teacher_mismatch(self, student: TaskLike, teacher: TaskLike) -> str | None:
+        return classes_mismatch(student, teacher)
+
+    def teacher_units(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        return softmax_teacher_units(student, teacher, temperature)
+
+
+class Sigmoid(Kind):
+    """A kind whose head gives one logit per label (binary, multilabel): binary cross-entropy,
+    a tempered Bernoulli per output for distillation."""
+
+    def unit_losses(self, state: LossState, output: Tensor, target: Tensor) -> Tensor:
+        pw = state.pos_weight
+        return F.binary_cross_entropy_with_logits(output, target, pos_weight=pw, reduction="none")
+
+    def perfect_output(self, task: TaskLike, target: Tensor) -> Tensor:
+        return (target.float() * 2.0 - 1.0) * 30.0
+
+    def teacher_units(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        return bernoulli_teacher_units(student, teacher, temperature)
+
+
 class KindRegistry:
     """Task kinds by name, in registration order (the order configs and messages list)."""
 
@@ -366,17 +401,31 @@ def classes_mismatch(student: TaskLike, teacher: TaskLike) -> str | None:
     return None
 
 
-def from_standard(task: TaskLike, values: Tensor) -> Tensor:
-    """Undo the standardisation of a regression-like target."""
+def fitted_scale(values: np.ndarray, where: str, column: str, what: str) -> dict[str, Any]:
+    """``target_mean`` and ``target_std`` of the finite training ``values`` (a std of 0 is
+    taken as 1); a :class:`DataError` naming the column when none is finite."""
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise DataError(f"{where}: column '{column}' has no valid {what} in train")
+    std = float(values.std())
+    return {"target_mean": float(values.mean()), "target_std": std or 1.0}
+
+
+def _scale(task: TaskLike) -> tuple[float, float]:
     mean = task.target_mean if task.target_mean is not None else 0.0
     std = task.target_std if task.target_std is not None else 1.0
+    return mean, std
+
+
+def from_standard(task: TaskLike, values: Tensor) -> Tensor:
+    """Undo the standardisation of a regression-like target."""
+    mean, std = _scale(task)
     return values * std + mean
 
 
 def to_standard(task: TaskLike, values: Tensor) -> Tensor:
     """Standardise values in the original unit with ``task``'s scale."""
-    mean = task.target_mean if task.target_mean is not None else 0.0
-    std = task.target_std if task.target_std is not None else 1.0
+    mean, std = _scale(task)
     return (values - mean) / std
 
 

@@ -18,12 +18,11 @@ from torchmetrics.classification import (
 
 from polytask.errors import ConfigError, DataError
 from polytask.tasks.kinds.base import (
-    Kind,
     LoadArrays,
     LossState,
     MetricFactory,
+    Sigmoid,
     TaskLike,
-    bernoulli_teacher_units,
     classes_mismatch,
 )
 from polytask.tasks.kinds.columns import fit_label_classes, label_codes
@@ -38,7 +37,7 @@ _OBVIOUS_POSITIVE = {
 }
 
 
-class Binary(Kind):
+class Binary(Sigmoid):
     """Two classes ``[negative, positive]``; a logit per row (squeezed to ``[B]``)."""
 
     name = "binary"
@@ -91,13 +90,6 @@ class Binary(Kind):
         out, tgt = output[mask], target[mask]
         return F.binary_cross_entropy_with_logits(out, tgt, pos_weight=state.pos_weight)
 
-    def unit_losses(self, state: LossState, output: Tensor, target: Tensor) -> Tensor:
-        pw = state.pos_weight
-        return F.binary_cross_entropy_with_logits(output, target, pos_weight=pw, reduction="none")
-
-    def perfect_output(self, task: TaskLike, target: Tensor) -> Tensor:
-        return (target.float() * 2.0 - 1.0) * 30.0
-
     def metric_inputs(
         self, task: TaskLike, output: Tensor, target: Tensor, mask: Tensor
     ) -> tuple[Tensor, Tensor]:
@@ -118,9 +110,6 @@ class Binary(Kind):
 
     def teacher_mismatch(self, student: TaskLike, teacher: TaskLike) -> str | None:
         return classes_mismatch(student, teacher)
-
-    def teacher_units(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-        return bernoulli_teacher_units(student, teacher, temperature)
 
 
 def _binary_classes(task: TaskLike, classes: list[str], where: str, column: str) -> list[str]:

@@ -14,8 +14,13 @@ from torchmetrics.regression import (
     MeanSquaredError,
 )
 
-from polytask.errors import DataError
-from polytask.tasks.kinds.base import LoadArrays, MetricFactory, TaskLike, per_row_column
+from polytask.tasks.kinds.base import (
+    LoadArrays,
+    MetricFactory,
+    TaskLike,
+    fitted_scale,
+    per_row_column,
+)
 from polytask.tasks.kinds.columns import standardised
 from polytask.tasks.kinds.regression import Regression
 
@@ -50,12 +55,7 @@ class DenseRegression(Regression):
         column = task.targets[0]
         maps, present = load_arrays(table.iloc[train_rows][column])
         maps = maps[present]
-        values = maps.astype(np.float64)
-        values = values[np.isfinite(values)]
-        if values.size == 0:
-            raise DataError(f"{where}: column '{column}' has no valid pixel in train")
-        std = float(values.std())
-        return {"target_mean": float(values.mean()), "target_std": std or 1.0}
+        return fitted_scale(maps.astype(np.float64), where, column, "pixel")
 
     def encode(
         self, task: TaskLike, table: pd.DataFrame, source: str, load_arrays: LoadArrays

@@ -9,23 +9,19 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
-from polytask.errors import ConfigError
 from polytask.tasks.kinds.base import (
-    Kind,
+    ClassIndexed,
     LoadArrays,
     LossState,
     MetricFactory,
     TaskLike,
-    classes_mismatch,
-    softmax_teacher_units,
 )
 from polytask.tasks.kinds.columns import fit_label_classes, label_codes
 
 
-class Multiclass(Kind):
+class Multiclass(ClassIndexed):
     """One class out of ``C``; ``[B, C]`` logits."""
 
     name = "multiclass"
@@ -37,15 +33,6 @@ class Multiclass(Kind):
     }
     accepts_classes = True
     accepts_class_weights = True
-
-    def n_outputs(self, task: TaskLike) -> int:
-        if not task.classes:
-            raise ConfigError(f"task {task.name!r}: classes are not known yet")
-        return len(task.classes)
-
-    def metric_for_direction(self, task: TaskLike, name: str) -> Metric:
-        # The direction does not depend on the classes: two placeholders when unknown.
-        return self.metric_factories[name](len(task.classes) if task.classes else 2)
 
     def fit(
         self,
@@ -99,9 +86,3 @@ class Multiclass(Kind):
         for j, label in enumerate(task.classes):
             cols[f"{task.name}_proba_{label}"] = probs[:, j]
         return cols
-
-    def teacher_mismatch(self, student: TaskLike, teacher: TaskLike) -> str | None:
-        return classes_mismatch(student, teacher)
-
-    def teacher_units(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-        return softmax_teacher_units(student, teacher, temperature)

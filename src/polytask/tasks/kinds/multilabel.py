@@ -14,12 +14,11 @@ from torchmetrics.classification import MultilabelAccuracy, MultilabelAUROC, Mul
 
 from polytask.errors import ConfigError
 from polytask.tasks.kinds.base import (
-    Kind,
     LoadArrays,
     LossState,
     MetricFactory,
+    Sigmoid,
     TaskLike,
-    bernoulli_teacher_units,
 )
 from polytask.tasks.kinds.columns import binary_column
 
@@ -27,7 +26,7 @@ from polytask.tasks.kinds.columns import binary_column
 _IGNORE = -1
 
 
-class Multilabel(Kind):
+class Multilabel(Sigmoid):
     """``L`` independent 0/1 labels; ``[B, L]`` logits with a per-entry mask."""
 
     name = "multilabel"
@@ -84,13 +83,6 @@ class Multilabel(Kind):
             pw = pw.expand_as(output)[mask]
         return F.binary_cross_entropy_with_logits(output[mask], target[mask], pos_weight=pw)
 
-    def unit_losses(self, state: LossState, output: Tensor, target: Tensor) -> Tensor:
-        pw = state.pos_weight
-        return F.binary_cross_entropy_with_logits(output, target, pos_weight=pw, reduction="none")
-
-    def perfect_output(self, task: TaskLike, target: Tensor) -> Tensor:
-        return (target.float() * 2.0 - 1.0) * 30.0
-
     def metric_inputs(
         self, task: TaskLike, output: Tensor, target: Tensor, mask: Tensor
     ) -> tuple[Tensor, Tensor]:
@@ -111,6 +103,3 @@ class Multilabel(Kind):
         if teacher.targets != student.targets:
             return f"has labels {teacher.targets} there, {student.targets} here"
         return None
-
-    def teacher_units(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-        return bernoulli_teacher_units(student, teacher, temperature)

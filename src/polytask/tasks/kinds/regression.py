@@ -9,13 +9,13 @@ import pandas as pd
 from torch import Tensor
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
 
-from polytask.errors import DataError
 from polytask.tasks.kinds.base import (
     Kind,
     LoadArrays,
     LossState,
     MetricFactory,
     TaskLike,
+    fitted_scale,
     from_standard,
     to_standard,
     value_loss,
@@ -46,11 +46,7 @@ class Regression(Kind):
     ) -> dict[str, Any]:
         where = f"{source}: task '{task.name}'"
         y = numeric(table[task.targets[0]], source)[train_rows]
-        y = y[np.isfinite(y)]
-        if y.size == 0:
-            raise DataError(f"{where}: column '{task.targets[0]}' has no valid value in train")
-        std = float(y.std())
-        return {"target_mean": float(y.mean()), "target_std": std or 1.0}
+        return fitted_scale(y, where, task.targets[0], "value")
 
     def encode(
         self, task: TaskLike, table: pd.DataFrame, source: str, load_arrays: LoadArrays

@@ -9,23 +9,20 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from polytask.errors import ConfigError, DataError
 from polytask.tasks.kinds.base import (
-    Kind,
+    ClassIndexed,
     LoadArrays,
     LossState,
     MetricFactory,
     TaskLike,
-    classes_mismatch,
     per_row_column,
-    softmax_teacher_units,
 )
 
 
-class Segmentation(Kind):
+class Segmentation(ClassIndexed):
     """Class ``k`` is the pixel value ``k`` of the masks; ``ignore_index`` marks unlabelled
     pixels. Scored over every valid pixel of the split pooled together (mIoU from the pooled
     confusion matrix), the convention of segmentation benchmarks."""
@@ -47,15 +44,6 @@ class Segmentation(Kind):
                 f"{where}: segmentation classes are the integer pixel values of the masks "
                 f"(got {classes[:3]})"
             )
-
-    def n_outputs(self, task: TaskLike) -> int:
-        if not task.classes:
-            raise ConfigError(f"task {task.name!r}: classes are not known yet")
-        return len(task.classes)
-
-    def metric_for_direction(self, task: TaskLike, name: str) -> Metric:
-        # The direction does not depend on the classes: two placeholders when unknown.
-        return self.metric_factories[name](len(task.classes) if task.classes else 2)
 
     def fit(
         self,
@@ -144,12 +132,6 @@ class Segmentation(Kind):
     def decode(self, task: TaskLike, output: Tensor) -> dict[str, np.ndarray]:
         # One class-index map per row.
         return {task.name: per_row_column(output.argmax(dim=1).numpy())}
-
-    def teacher_mismatch(self, student: TaskLike, teacher: TaskLike) -> str | None:
-        return classes_mismatch(student, teacher)
-
-    def teacher_units(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-        return softmax_teacher_units(student, teacher, temperature)
 
 
 def _is_int(text: str) -> bool:

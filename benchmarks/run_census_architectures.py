@@ -14,7 +14,7 @@ chosen so the multi-task models have about the same number of parameters, counte
 reported):
 
 * ``single``: the pipeline's baselines, one net per task with the tuned encoder [256, 128] and
-  a tower, trained on that task alone by :func:`polytask.run.pipeline.train_model` exactly as
+  a tower, trained on that task alone by :func:`polytask.run.baselines.train_baseline` exactly as
   :func:`polytask.run.pipeline.run` trains its baselines, on the same split;
 * ``hard`` (shared-bottom): the tuned encoder [256, 128], one tower per task;
 * ``mmoe4`` / ``mmoe8``: 4 experts of [72, 36] / 8 experts of [32, 16], a linear softmax gate
@@ -41,7 +41,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import tempfile
@@ -131,22 +130,19 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from polytask.data.prepare import prepare_data
-    from polytask.evaluate.evaluation import evaluate_data
-    from polytask.run.pipeline import run, train_model
+    from polytask.run.baselines import train_baseline
+    from polytask.run.pipeline import run
 
     torch.set_num_threads(1)
     cfg = build_config(job)
     started = time.perf_counter()
     if job["model"] == "single":
-        # The pipeline's baseline for one task: train_model on that task alone, evaluated on
-        # the test split (polytask.run.pipeline.run does exactly this when baselines = true).
+        # The pipeline's own baseline for one task (polytask.run.baselines), on the test split.
         data = prepare_data(cfg)
         task = next(t for t in data.tasks if t.name == job["task"])
-        single = [dataclasses.replace(task, weight=1.0)]
-        model, fit = train_model(cfg, data, single, None, quiet=True, label=f"single:{task.name}")
         assert data.test is not None
-        test = data.test.subset_tasks([task.name])
-        _, metrics = evaluate_data(model, single, test, cfg.train.eval_batch_size)
+        baseline = train_baseline(cfg, data, task, data.test, None, quiet=True)
+        metrics, fit = {task.name: baseline.metrics}, baseline.fit
     else:
         result = run(cfg, quiet=True)
         metrics, fit = result.metrics, result.fit

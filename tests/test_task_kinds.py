@@ -4,12 +4,14 @@ here without being listed, from the small synthetic declaration and table it pro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pydantic_core import PydanticUndefined
 from torch import Tensor
 
 from polytask.data.spec import InputSpec
@@ -21,6 +23,7 @@ from polytask.models.config import ModelConfig
 from polytask.models.model import build_model
 from polytask.tasks import DENSE_KINDS, KINDS, LOSSES, METRICS, TASK_KINDS, Task
 from polytask.tasks.config import TaskConfig
+from polytask.tasks.task import FITTED_FIELDS
 
 N = 12
 SOURCE = "synthetic"
@@ -246,3 +249,13 @@ def test_n_outputs_matches_the_built_head(kind: str) -> None:
     assert task.n_outputs in (1, *output.shape[1:2])
     if task.n_outputs > 1:
         assert output.shape[1] == task.n_outputs
+
+
+def test_the_config_entry_declares_exactly_the_tasks_declared_fields() -> None:
+    # TaskConfig restates Task's declared fields for pydantic's bounds and messages; this keeps
+    # the two from drifting apart (names, order and defaults).
+    declared = [f for f in dataclasses.fields(Task) if f.name not in FITTED_FIELDS]
+    assert list(TaskConfig.model_fields) == [f.name for f in declared]
+    for f in declared:
+        default = None if f.default is dataclasses.MISSING else f.default
+        assert TaskConfig.model_fields[f.name].default in (default, PydanticUndefined), f.name

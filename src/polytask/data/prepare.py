@@ -65,6 +65,13 @@ class PreparedData:
             return SourceSet.single(self.train, sampling)
         return SourceSet(self.sources, sampling)
 
+    def evaluation_split(self) -> tuple[TensorData, str]:
+        """The rows a trained model is scored on, and their name: the test split, or the
+        validation split when the split left no test rows."""
+        if self.test is not None:
+            return self.test, "test"
+        return self.val, "val"
+
     @property
     def input_spec(self) -> InputSpec:
         return self.preprocessor.input_spec

@@ -68,7 +68,7 @@ def fit(
         "seed": seed,
         "baselines": baselines,
         "data": dict(data_options or {}),
-        "tasks": [_declared(t) for t in tasks],
+        "tasks": [t.declared() for t in tasks],
     }
     sections = {
         "model": model,
@@ -95,12 +95,6 @@ def fit(
         raw["data"].setdefault("sources", []).append(entry)
     cfg = config_from_dict(raw)
     return run(cfg, frame=frame, frames=frames, out=out, overwrite=overwrite, quiet=quiet)
-
-
-def _declared(task: Task) -> dict[str, Any]:
-    """What the user declared of a task (fitted fields and unset options left out)."""
-    fitted = {"target_mean", "target_std"}
-    return {k: v for k, v in task.to_dict().items() if v is not None and k not in fitted}
 
 
 def check_tensorboard(cfg: RunConfig, out_dir: Path | None) -> None:
@@ -182,7 +176,7 @@ def run(
         loss_fn=variant.loss(tasks) if variant.loss is not None else None,
     )
     model = built.model
-    eval_split, split_name = (data.test, "test") if data.test is not None else (data.val, "val")
+    eval_split, split_name = data.evaluation_split()
     _, metrics = evaluate_data(model, tasks, eval_split, cfg.train.eval_batch_size)
 
     baselines: dict[str, dict[str, float]] = {}

@@ -10,7 +10,10 @@ from polytask.tasks.task import Task, TaskKind
 
 
 class TaskConfig(BaseModel):
-    """One ``[[tasks]]`` entry; the fields of :class:`polytask.Task`."""
+    """One ``[[tasks]]`` entry: the declared fields of :class:`polytask.Task` (all but
+    :data:`~polytask.tasks.task.FITTED_FIELDS`), with the bounds pydantic checks and names in
+    its messages; ``Task.validate`` then checks what spans fields. A test holds the two field
+    lists and defaults equal."""
 
     model_config = ConfigDict(extra="forbid")
 

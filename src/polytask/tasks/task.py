@@ -29,6 +29,10 @@ LOSSES: dict[str, tuple[str, ...]] = {k.name: k.losses for k in KINDS}
 METRICS: dict[str, tuple[str, ...]] = {k.name: k.metrics for k in KINDS}
 
 
+#: The fields of a :class:`Task` completed from the training data, never declared by the user.
+FITTED_FIELDS = ("target_mean", "target_std")
+
+
 @dataclass
 class Task:
     """One prediction target of a multi-task model.
@@ -119,6 +123,11 @@ class Task:
         self.spec.validate(self, where)
 
     # -- JSON round trip -----------------------------------------------------------------
+    def declared(self) -> dict[str, Any]:
+        """What a user declares of this task (a ``[[tasks]]`` entry): the set fields, less
+        the fitted ones."""
+        return {k: v for k, v in self.to_dict().items() if v is not None and k not in FITTED_FIELDS}
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description."""
         return asdict(self)

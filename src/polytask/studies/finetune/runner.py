@@ -237,7 +237,7 @@ def finetune(
     if tuning.unfreezing is not None:
         tuning.unfreezing.settle(len(fit.history))
     batch = cfg.train.eval_batch_size
-    eval_split, split_name = (data.test, "test") if data.test is not None else (data.val, "val")
+    eval_split, split_name = data.evaluation_split()
     _, metrics = evaluate_data(model, tasks, eval_split, batch)
     base_metrics: dict[str, dict[str, float]] = {}
     if plan.continued:

@@ -7,6 +7,7 @@ Each command parses its arguments and calls the Python API; it adds no logic of 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -424,24 +425,51 @@ def pareto_command(
 
 
 def main() -> None:
-    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    """Entry point: run the app, turning user errors into one line and exit code 2.
+
+    The command is invoked below click's ``main`` on purpose: click turns an ``EOFError`` (which
+    a truncated gzip file raises deep inside pandas) and a ``KeyboardInterrupt`` into a bare
+    ``Abort`` with a blank line, hiding what happened. Here each gets its own one-line message.
+    """
+    command = typer.main.get_command(app)
     try:
-        app(standalone_mode=False)
+        with command.make_context("polytask", sys.argv[1:]) as ctx:
+            command.invoke(ctx)
     except PolytaskError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except typer.Abort:
-        sys.exit(130)
+        _fail(str(exc), 2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130)
+    except EOFError as exc:
+        _fail(f"unexpected end of input ({exc or 'a compressed file is truncated'})", 2)
+    except OSError as exc:
+        # The machine refused an operation on a path (read-only, disk full, a path under a
+        # file, /proc): the user's environment, not a bug, so one line naming the path.
+        _fail(_os_error_line(exc), 2)
     except Exception as exc:
-        # Usage errors (bad option, missing argument) come from click, typer's engine.
+        # Usage errors (bad option, missing argument) come from typer's bundled click, whose
+        # exception classes are private: recognised by what they can do.
         show = getattr(exc, "show", None)
         code = getattr(exc, "exit_code", None)
         if callable(show) and isinstance(code, int):
             show()
             sys.exit(code)
         raise
+
+
+def _fail(message: str, code: int) -> None:
+    line = " ".join(message.split())
+    err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def _os_error_line(exc: OSError) -> str:
+    reason = exc.strerror or type(exc).__name__
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    if not paths:
+        return f"{reason} ({exc})"
+    return f"{reason}: " + " -> ".join(f"'{os.fsdecode(p)}'" for p in paths)
 
 
 if __name__ == "__main__":

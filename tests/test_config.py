@@ -54,7 +54,8 @@ def test_valid_config_and_defaults() -> None:
             "train.epoch=3",
             "config error: train.epoch: unknown key; valid keys: epochs, batch_size, "
             "eval_batch_size, lr, weight_decay, scheduler, warmup, grad_clip, patience, "
-            "min_delta, criterion, log_format, progress, threads, checkpoint_every, tensorboard",
+            "min_delta, criterion, log_format, progress, threads, checkpoint_every, tensorboard, "
+            "nonfinite, max_skipped",
         ),
         (
             "data.split.methd=random",
@@ -144,8 +145,8 @@ def test_unknown_task_key_names_the_task_entry() -> None:
         ),
         (
             "train.epochs=abc",
-            "config error: train.epochs: Input should be a valid integer, unable to parse "
-            "string as an integer (got 'abc')",
+            # Strict types: a string is never read as a number, even one that looks like it.
+            "config error: train.epochs: Input should be a valid integer (got 'abc')",
         ),
         (
             "data.split.val=0",

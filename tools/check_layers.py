@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "polytask._version",
             "polytask.errors",
             "polytask.state_io",
+            "polytask.safe_read",
             "polytask.config_errors",
             "polytask.registry",
             "polytask.plugins",

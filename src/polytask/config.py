@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SerializationInfo,
     SerializerFunctionWrapHandler,
@@ -32,7 +31,8 @@ from pydantic import (
 )
 
 from polytask.balance.base import BALANCERS
-from polytask.config_errors import validation_message
+from polytask.config_errors import Schema, Seed, validation_message
+from polytask.data.arrays import resolve_path
 from polytask.data.config import DataConfig, SourceConfig, check_data, source_data
 from polytask.data.sampling import SamplingConfig
 from polytask.errors import ConfigError
@@ -81,14 +81,10 @@ def registered_sections() -> dict[str, type[BaseModel]]:
     return dict(_SECTIONS)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RunConfig(_Strict):
+class RunConfig(Schema):
     """A whole run: data, tasks, model, balancer and training budget."""
 
-    seed: int = 0
+    seed: Seed = 0
     out: str | None = None
     baselines: bool = True
     data: DataConfig
@@ -163,8 +159,7 @@ class RunConfig(_Strict):
         return [t.to_task() for t in self.tasks]
 
     def resolve(self, path: str) -> Path:
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else Path(self.base_dir) / p
+        return resolve_path(path, Path(self.base_dir))
 
 
 def check_config(cfg: RunConfig) -> RunConfig:

@@ -13,16 +13,14 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from polytask.config_errors import validation_message
+from polytask.config_errors import Schema, validation_message
 from polytask.errors import ConfigError
 
 T = TypeVar("T")
 
 
-class NoParams(BaseModel):
+class NoParams(Schema):
     """Parameter schema of a component that takes no parameters."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)
@@ -90,15 +88,19 @@ class Registry(Generic[T]):
         """
         entry = self.get(name)
         try:
-            return entry.params.model_validate(params)
+            # strict=True holds a plug-in's schema that does not derive from Schema to the
+            # same rule as ours: no "4" -> 4, true -> 1, 1.5 -> 1.
+            return entry.params.model_validate(params, strict=True)
         except Exception as exc:  # pydantic.ValidationError
             raise ConfigError(validation_message(exc, where, entry.params)) from None
 
 
-class ComponentConfig(BaseModel):
+class ComponentConfig(Schema):
     """A config section naming a registered component, plus that component's own parameters
     (checked against the component's schema by :meth:`Registry.check_section`)."""
 
+    # The component's own keys are kept here and checked (strictly: its schema is a Schema)
+    # by :meth:`Registry.check_section`, which knows which component they belong to.
     model_config = ConfigDict(extra="allow")
     name: str
 

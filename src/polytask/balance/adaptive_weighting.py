@@ -16,10 +16,11 @@ import math
 from typing import Protocol, runtime_checkable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from polytask.balance.base import BALANCERS, BackwardResult, Balancer
+from polytask.config_errors import MAX_STEPS, Schema
 from polytask.errors import ConfigError, PolytaskError
 from polytask.tasks import Task
 
@@ -57,8 +58,7 @@ class _IndexedBalancer(Balancer):
 # -- FAMO ------------------------------------------------------------------------------------
 
 
-class FAMOParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FAMOParams(Schema):
     w_lr: float = Field(default=0.025, gt=0.0, description="Adam learning rate of the logits")
     gamma: float = Field(default=1e-3, ge=0.0, description="weight decay (L2) of the logits")
     eps: float = Field(default=1e-8, gt=0.0, description="added to L_k - min_k before the log")
@@ -183,8 +183,7 @@ def build_famo(tasks: list[Task], params: BaseModel) -> Balancer:
 # -- smooth Tchebycheff -----------------------------------------------------------------------
 
 
-class STCHParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class STCHParams(Schema):
     mu: float = Field(default=1.0, gt=0.0, description="smoothing; -> 0 gives the max")
     preference: dict[str, float] | None = Field(
         default=None, description="per-task preference (normalised); default: task weights"
@@ -193,7 +192,10 @@ class STCHParams(BaseModel):
         default=None, description="per-task ideal point z* (default 0), in loss units"
     )
     warmup_steps: int = Field(
-        default=0, ge=0, description="divide each loss by its mean over its first N steps"
+        default=0,
+        ge=0,
+        le=MAX_STEPS,
+        description="divide each loss by its mean over its first N steps",
     )
 
 
@@ -308,8 +310,7 @@ class HasLastSharedLayer(Protocol):
     def last_shared_parameters(self) -> list[nn.Parameter]: ...
 
 
-class GradNormParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class GradNormParams(Schema):
     alpha: float = Field(default=1.5, ge=0.0, description="strength of the rate balancing")
     min_weight: float = Field(
         default=1e-3, gt=0.0, description="floor of a weight before renormalisation"

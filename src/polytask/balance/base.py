@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from polytask.balance.diagnostics import TaskGramian
+from polytask.config_errors import Schema
 from polytask.errors import ConfigError
 from polytask.registry import Registry
 from polytask.tasks import Task
@@ -103,8 +104,7 @@ def build_balancer(name: str, params: dict[str, Any], tasks: list[Task]) -> Bala
     return balancer
 
 
-class StaticParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StaticParams(Schema):
     weights: dict[str, float] | None = Field(
         default=None, description="per-task weights; default: each task's own `weight`"
     )

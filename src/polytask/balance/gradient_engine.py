@@ -38,12 +38,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from polytask.balance.base import BackwardResult, Balancer
 from polytask.balance.diagnostics import TaskGramian
 from polytask.balance.gramian import GramianRecorder
+from polytask.config_errors import Schema, Steps
 from polytask.errors import ConfigError, PolytaskError
 from polytask.tasks import Task
 
@@ -54,17 +55,16 @@ GradientMode = Literal["exact", "representation"]
 GRADIENT_MODES: tuple[GradientMode, ...] = ("exact", "representation")
 
 
-class EngineParams(BaseModel):
+class EngineParams(Schema):
     """How per-task gradients are obtained; every gradient-level method accepts these keys."""
 
-    model_config = ConfigDict(extra="forbid")
     mode: GradientMode = Field(
         default="exact",
         description="exact: Gramian over shared parameters; representation: over the shared "
         "representation (MGDA-UB style, cheaper)",
     )
-    update_every: int = Field(
-        default=1, ge=1, description="recompute the weights every T steps, reuse in between"
+    update_every: Steps = Field(
+        default=1, description="recompute the weights every T steps, reuse in between"
     )
     task_subset: int | None = Field(
         default=None, ge=1, description="draw this many present tasks per step (default: all)"

@@ -37,6 +37,7 @@ from polytask.balance.gradient_engine import (
     GramianWeighting,
     MatrixAggregator,
 )
+from polytask.config_errors import Steps
 from polytask.errors import ConfigError, PolytaskError
 from polytask.tasks import Task
 
@@ -255,7 +256,7 @@ class GradDropAggregator(MatrixAggregator):
 # -- parameters ----------------------------------------------------------------------------------
 class MGDAParams(EngineParams):
     epsilon: float = Field(default=1e-3, gt=0, description="Frank-Wolfe stopping tolerance")
-    max_iters: int = Field(default=100, ge=1)
+    max_iters: Steps = 100
 
 
 class CAGradParams(EngineParams):

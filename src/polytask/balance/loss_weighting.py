@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from polytask.balance.base import BALANCERS, Balancer, BalancerFactory
+from polytask.config_errors import Schema
 from polytask.tasks import Task
 
 
@@ -107,8 +108,7 @@ class GeometricLoss(Balancer):
         return self._geometric_mean(losses), self.weights(losses)
 
 
-class DWAParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DWAParams(Schema):
     temperature: float = Field(default=2.0, gt=0.0)
 
 

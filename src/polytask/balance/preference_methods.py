@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from polytask.balance.base import BALANCERS, Balancer
 from polytask.balance.gradient_engine import EngineParams, GradientBalancer, GramianWeighting
 from polytask.balance.gradient_methods import unit_trace
+from polytask.config_errors import Schema
 from polytask.errors import ConfigError, PolytaskError
 from polytask.tasks import Task
 
@@ -166,8 +167,8 @@ CosmosRay = Literal["epo", "paper"]
 CosmosSampling = Literal["example", "batch"]
 
 
-class COSMOSParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+class COSMOSParams(Schema):
+    model_config = ConfigDict(populate_by_name=True)
     alpha: float | list[float] = Field(
         default=1.2,
         description="Dirichlet concentration of the sampled preferences (one value, or one per "

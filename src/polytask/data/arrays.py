@@ -30,7 +30,15 @@ def is_missing(value: object) -> bool:
 
 
 def resolve_path(value: str, base_dir: Path | None) -> Path:
-    path = Path(value).expanduser()
+    """``value`` with ``~`` / ``~user`` expanded, relative to ``base_dir`` unless absolute;
+    the one place a path the user wrote (in the config or in a table) is resolved."""
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~nosuchuser, or no home directory to put for ~
+        user = str(value).split("/", 1)[0]
+        raise DataError(
+            f"path '{value}': cannot expand '{user}' (no such user or no home directory)"
+        ) from None
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     return path

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from polytask.config_errors import MAX_VOCAB, Rows, Schema, Seed, VocabSize
+from polytask.data.arrays import resolve_path
 from polytask.data.datasets import DATASETS
 from polytask.data.inputs import INPUTS
 from polytask.data.sampling import SamplingConfig
@@ -18,17 +20,13 @@ from polytask.registry import ComponentConfig
 from polytask.tasks import Task
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SplitConfig(_Strict):
+class SplitConfig(Schema):
     """How rows are split into train / validation / test."""
 
     method: Literal["random", "group", "files", "column"] = "random"
     val: float = Field(default=0.15, ge=0.0, lt=1.0)
     test: float = Field(default=0.15, ge=0.0, lt=1.0)
-    seed: int | None = None
+    seed: Seed | None = None
     val_path: str | None = None
     test_path: str | None = None
     column: str | None = Field(
@@ -36,7 +34,7 @@ class SplitConfig(_Strict):
     )
 
 
-class DataConfig(_Strict):
+class DataConfig(Schema):
     """Where the table is and what role each column plays."""
 
     path: str | None = None
@@ -69,8 +67,8 @@ class DataConfig(_Strict):
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
     categorical_encoding: Literal["auto", "onehot", "embedding"] = "auto"
-    onehot_max_categories: int = Field(default=10, ge=1)
-    max_categories: int = Field(default=1000, ge=1)
+    onehot_max_categories: int = Field(default=10, ge=1, le=MAX_VOCAB)
+    max_categories: VocabSize = 1000
     min_frequency: int = Field(default=1, ge=1)
     unseen: Literal["unknown", "error"] = "unknown"
     missing_numeric: Literal["median", "mean", "zero"] = "median"
@@ -101,11 +99,11 @@ class DataConfig(_Strict):
         description="stream a Parquet data.path in chunks instead of loading it (tables "
         "larger than memory)",
     )
-    stream_chunk: int = Field(default=65536, ge=1, description="stream: rows read at a time")
-    stream_buffer: int = Field(
-        default=262144, ge=1, description="stream: rows shuffled together before batching"
+    stream_chunk: Rows = Field(default=65536, description="stream: rows read at a time")
+    stream_buffer: Rows = Field(
+        default=262144, description="stream: rows shuffled together before batching"
     )
-    stream_sample: int = Field(
+    stream_sample: Rows = Field(
         default=100000, ge=100, description="stream: training rows sampled for medians/tasks"
     )
 
@@ -130,7 +128,7 @@ SOURCE_KEYS = (
 )
 
 
-class SourceConfig(_Strict):
+class SourceConfig(Schema):
     """One ``[[data.sources]]`` entry: a table and the tasks it labels."""
 
     name: str = Field(min_length=1)
@@ -282,8 +280,7 @@ class DataJob:
         return list(self.tasks)
 
     def resolve(self, path: str) -> Path:
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else Path(self.base_dir) / p
+        return resolve_path(path, Path(self.base_dir))
 
     def for_source(self, source: SourceConfig) -> DataJob:
         """The job as seen by one source: ``[data]`` with the source's own keys."""

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from polytask.data.arrays import resolve_path
 from polytask.data.config import DataJob, DataRequest
 from polytask.data.datasets import DATASETS, load_dataset
 from polytask.data.files import read_lines, scan_folder
@@ -209,9 +210,10 @@ def _load_and_split(cfg: DataJob, frame: pd.DataFrame | None, salt: int = 0) -> 
 
 def _load_sources(
     cfg: DataJob, frames: Mapping[str, pd.DataFrame]
-) -> tuple[_Loaded, list[tuple[str, list[str], np.ndarray]]]:
-    """Every ``[[data.sources]]`` table read, split and stacked into one, each task's labels
-    kept only on the rows of the sources declaring it; plus each source's training rows."""
+) -> tuple[_Loaded, list[tuple[str, list[str], np.ndarray]], dict[str, np.ndarray]]:
+    """Every ``[[data.sources]]`` table read, split and stacked into one; plus each source's
+    training rows and, per task, the rows of the sources declaring it (its labels count
+    there only: see :func:`_task_table`)."""
     tasks = cfg.task_objects()
     path_columns = [c for t in tasks if t.dense for c in t.targets]
     if cfg.data.input is not None:
@@ -221,6 +223,7 @@ def _load_sources(
     parts: list[pd.DataFrame] = []
     splits: list[list[np.ndarray]] = [[], [], []]
     train_rows: list[tuple[str, list[str], np.ndarray]] = []
+    labels: dict[str, list[np.ndarray]] = {t.name: [] for t in tasks}
     offset = 0
     first: _Loaded | None = None
     for i, sc in enumerate(cfg.data.sources):
@@ -234,9 +237,7 @@ def _load_sources(
         loaded = _load_and_split(cfg.for_source(sc), frame, zlib.crc32(sc.name.encode()))
         df = loaded.df.copy()
         for task in tasks:
-            for col in task.targets:
-                if task.name not in sc.tasks and col in df.columns:
-                    df[col] = pd.NA  # this source does not label the task
+            labels[task.name].append(np.full(len(df), task.name in sc.tasks))
         for col in path_columns:
             # Relative file paths are relative to each source's own folder.
             if col in df.columns and loaded.files_root is not None:
@@ -252,12 +253,26 @@ def _load_sources(
     names = ", ".join(f"'{sc.name}'" for sc in cfg.data.sources)
     stacked = (np.concatenate(splits[0]), np.concatenate(splits[1]), np.concatenate(splits[2]))
     merged = _Loaded(combined, f"sources {names}", stacked, first.group, first.ignore, None)
-    return merged, train_rows
+    return merged, train_rows, {name: np.concatenate(rows) for name, rows in labels.items()}
+
+
+def _task_table(df: pd.DataFrame, task: Task, labelled: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """The target column(s) of ``task`` with its labels kept only on the rows of the sources
+    that declare it. Per task, not per column: two sources may fill one column (``score``)
+    for two tasks (``score_a`` from school a, ``score_b`` from school b), and blanking the
+    column for a source that does not label one task would erase the other task's labels."""
+    if task.name not in labelled:
+        return df
+    keep = pd.Series(labelled[task.name], index=df.index)
+    table: pd.DataFrame = pd.DataFrame(
+        {col: df[col].where(keep) for col in task.targets}, index=df.index
+    )
+    return table
 
 
 def _absolute(value: object, root: Path) -> object:
-    if isinstance(value, str) and value.strip() and not Path(value).expanduser().is_absolute():
-        return str(root / value)
+    if isinstance(value, str) and value.strip():
+        return str(resolve_path(value, root))
     return value
 
 
@@ -307,10 +322,11 @@ def prepare_data(
             )
         return _prepare_stream(cfg)
     sources: list[tuple[str, list[str], np.ndarray]] | None = None
+    labelled: dict[str, np.ndarray] = {}
     if cfg.data.sources:
         if frame is not None:
             raise ConfigError("config error: data.sources: give the sources' tables, not a frame")
-        loaded, sources = _load_sources(cfg, frames or {})
+        loaded, sources, labelled = _load_sources(cfg, frames or {})
     else:
         loaded = _load_and_split(cfg, frame)
     df, source, files_root = loaded.df, loaded.source, loaded.files_root
@@ -321,7 +337,11 @@ def prepare_data(
     require_columns(df, target_cols, source, "target")
     role_columns = [c for c in (loaded.group, data.id, data.split.column) if c is not None]
     known = dict(fitted or {})
-    tasks = [known.get(t.name) or fit_task(t, df, train_idx, source, files_root) for t in tasks]
+    tasks = [
+        known.get(t.name)
+        or fit_task(t, _task_table(df, t, labelled), train_idx, source, files_root)
+        for t in tasks
+    ]
     pre: TablePreprocessor | InputProcessor
     if preprocessor is not None:
         pre = preprocessor
@@ -334,7 +354,9 @@ def prepare_data(
         features = _feature_columns(cfg, df, source, target_cols, loaded.ignore, role_columns)
         pre = _fit_table(cfg, df, features, train_idx, source)
     inputs = pre.transform(df, source, files_root)
-    encoded = {t.name: encode_targets(t, df, source, files_root) for t in tasks}
+    encoded = {
+        t.name: encode_targets(t, _task_table(df, t, labelled), source, files_root) for t in tasks
+    }
     full = TensorData(
         inputs,
         {k: v[0] for k, v in encoded.items()},

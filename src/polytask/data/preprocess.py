@@ -120,6 +120,27 @@ def as_text(series: pd.Series) -> pd.Series:
     return text.fillna(MISSING_TOKEN).astype(object)
 
 
+#: Standardised feature values are clipped to this many standard deviations: a value far
+#: outside the training range (1e308 at prediction time) would otherwise reach the network as
+#: an infinite float32. No training value comes near it (|z| <= sqrt(n) on the training rows).
+MAX_STANDARD_SCORE = 1e6
+
+
+def finite_mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of finite float64 ``values``, finite even when the values
+    are near the float64 limit: numpy's own (so ordinary columns keep their exact bits) unless
+    its sum or squares overflow, then computed on the values divided by their largest
+    magnitude, where neither can, and scaled back (the mean and std are at most that
+    magnitude, so scaling back cannot overflow either)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = float(values.mean()), float(values.std())
+    if np.isfinite(mean) and np.isfinite(std):
+        return mean, std
+    scale = float(np.abs(values).max())
+    scaled = values / scale
+    return float(scaled.mean()) * scale, float(scaled.std()) * scale
+
+
 def numeric_column(
     name: str,
     mean: float,
@@ -134,6 +155,12 @@ def numeric_column(
     values, the fill, whether every observed value is 0 or 1 and whether any was missing)."""
     if not opts.scale_binary and binary:
         mean, std = 0.0, 1.0
+    if not all(np.isfinite((mean, std, fill))):
+        # A last guard for statistics summed elsewhere (streaming): whatever is saved in
+        # preprocessing.json must be finite, or the model cannot be loaded.
+        raise DataError(
+            f"column '{name}' holds values too large to standardise (mean {mean}, std {std})"
+        )
     return NumericColumn(
         name=name,
         mean=mean,
@@ -189,20 +216,25 @@ class TablePreprocessor:
     @staticmethod
     def _fit_numeric(series: pd.Series, opts: PreprocessOptions, source: str) -> NumericColumn:
         x = as_float(series, source)
+        # inf and -inf count as missing, like NaN: filled and flagged by the indicator.
         observed = x[np.isfinite(x)]
         if observed.size == 0:
-            raise DataError(f"{source}: numeric column '{series.name}' has no value in train")
+            raise DataError(
+                f"{source}: numeric column '{series.name}' has no finite value in train "
+                "(list it in data.ignore)"
+            )
         fill = {
             "median": float(np.median(observed)),
-            "mean": float(observed.mean()),
+            "mean": finite_mean_std(observed)[0],
             "zero": 0.0,
         }[opts.missing_numeric]
         filled = np.where(np.isfinite(x), x, fill)
         binary = bool(np.isin(observed, (0.0, 1.0)).all())
+        mean, std = finite_mean_std(filled)
         return numeric_column(
             str(series.name),
-            float(filled.mean()),
-            float(filled.std()),
+            mean,
+            std,
             fill,
             binary=binary,
             has_missing=observed.size < x.size,
@@ -249,7 +281,9 @@ class TablePreprocessor:
         for col in self.numeric:
             x = as_float(df[col.name], source)
             present = np.isfinite(x)
-            blocks.append(((np.where(present, x, col.fill) - col.mean) / col.std)[:, None])
+            with np.errstate(over="ignore"):
+                z = (np.where(present, x, col.fill) - col.mean) / col.std
+            blocks.append(np.clip(z, -MAX_STANDARD_SCORE, MAX_STANDARD_SCORE)[:, None])
             if col.indicator:
                 blocks.append((~present).astype(np.float64)[:, None])
         indices: list[np.ndarray] = []

@@ -32,16 +32,17 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
+
+from polytask.config_errors import Schema, Steps
 
 Strategy = Literal["proportional", "uniform", "temperature", "annealed", "round_robin"]
 
 
-class SamplingConfig(BaseModel):
+class SamplingConfig(Schema):
     """The ``[sampling]`` section: how batches are drawn from the data sources."""
 
-    model_config = ConfigDict(extra="forbid")
     strategy: Strategy = "proportional"
     temperature: float = Field(default=2.0, gt=0.0, description="temperature: T of n^(1/T)")
     anneal_end: float = Field(
@@ -49,7 +50,7 @@ class SamplingConfig(BaseModel):
     )
     batches: Literal["homogeneous", "mixed"] = "homogeneous"
     epoch: Literal["sum", "largest", "smallest", "steps"] = "sum"
-    steps: int | None = Field(default=None, ge=1, description="epoch = 'steps': steps per epoch")
+    steps: Steps | None = Field(default=None, description="epoch = 'steps': steps per epoch")
 
 
 def sampling_exponent(cfg: SamplingConfig, epoch: int, epochs: int) -> float:
@@ -152,7 +153,7 @@ class SourceSampler:
         if self._single_pass():
             n = self.sizes[0]
             steps = -(-n // batch_size)
-            return steps - 1 if n > 1 and n % batch_size == 1 else steps
+            return steps - 1 if batch_size > 1 and n % batch_size == 1 else steps
         return epoch_steps(self.sizes, self.probabilities(epoch, epochs), batch_size, self.cfg)
 
     def _single_pass(self) -> bool:
@@ -171,12 +172,13 @@ class SourceSampler:
         ignore it (the trainer drops the unscheduled tasks' losses instead)."""
         if self._single_pass():
             # Exactly one shuffled pass, dropping a final single row as TensorData.batches
-            # does (batch norm cannot train on it): runs without sources are unchanged.
+            # does (batch norm cannot train on it): runs without sources are unchanged. With
+            # batch_size 1 every batch is a single row and none is a leftover to drop.
             n = self.sizes[0]
             order = torch.randperm(n, generator=generator)
             for step, start in enumerate(range(0, n, batch_size)):
                 stop = min(start + batch_size, n)
-                if stop - start == 1 and n > 1:
+                if stop - start == 1 and batch_size > 1:
                     break
                 yield Draw(step, {0: order[start:stop]})
             return

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import gzip
+import lzma
+import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -29,6 +33,12 @@ def table_format(path: Path, declared: str = "auto") -> str:
     )
 
 
+def _compression(path: Path) -> str:
+    """The compression a table's name announces, as users call it."""
+    names = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz", ".zip": "zip"}
+    return names.get(path.suffix.lower(), "compressed data")
+
+
 def read_table(
     path: str | Path, *, fmt: str = "auto", na_values: Sequence[str] = ()
 ) -> pd.DataFrame:
@@ -47,6 +57,10 @@ def read_table(
             df = pd.read_csv(p, sep=sep, na_values=list(na_values), skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise DataError(f"data file '{p}': the table is empty") from None
+    except (EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile, gzip.BadGzipFile):
+        # A cut-off download: the decompressor runs out of input (EOFError, which is not an
+        # OSError and would escape as a bare interrupt) or finds garbage.
+        raise DataError(f"file '{p}' is truncated or not valid {_compression(p)}") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"data file '{p}': cannot read it as {kind}: {first}") from None

@@ -83,14 +83,15 @@ class TensorData:
     ) -> Iterator[Batch]:
         """Batches in a random order when ``generator`` is given, in row order otherwise.
 
-        A final batch of a single row is dropped when shuffling: batch normalisation cannot
-        train on it, and the next epoch's permutation covers that row again.
+        A final batch of a single row is dropped when shuffling (unless every batch is one
+        row): batch normalisation cannot train on it, and the next epoch's permutation covers
+        that row again.
         """
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else None
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            if order is not None and stop - start == 1 and n > 1:
+            if order is not None and stop - start == 1 and batch_size > 1:
                 break
             index = order[start:stop] if order is not None else torch.arange(start, stop)
             yield self.take(index)
@@ -98,4 +99,4 @@ class TensorData:
     def steps_per_epoch(self, batch_size: int) -> int:
         n = len(self)
         steps = -(-n // batch_size)
-        return steps - 1 if n > 1 and n % batch_size == 1 else steps
+        return steps - 1 if batch_size > 1 and n % batch_size == 1 else steps

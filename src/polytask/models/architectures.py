@@ -13,9 +13,10 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Literal, cast
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from polytask.config_errors import Layers, Schema, Widths
 from polytask.errors import ConfigError, PolytaskError
 from polytask.models.encoders import Encoder, MLPEncoder, mlp_layers
 from polytask.models.heads import HeadFactory
@@ -185,10 +186,9 @@ def _mix(weights: Tensor, experts: list[Tensor]) -> Tensor:
 # -- soft parameter sharing -------------------------------------------------------------------
 
 
-class SoftParams(BaseModel):
+class SoftParams(Schema):
     """Parameters of soft sharing."""
 
-    model_config = ConfigDict(extra="forbid")
     penalty_weight: float = Field(
         default=1e-3,
         ge=0.0,
@@ -301,10 +301,9 @@ def _nuclear_norm(w: Tensor) -> Tensor:
 # -- cross-stitch networks --------------------------------------------------------------------
 
 
-class CrossStitchParams(BaseModel):
+class CrossStitchParams(Schema):
     """Parameters of cross-stitch networks."""
 
-    model_config = ConfigDict(extra="forbid")
     alpha_same: float = Field(
         default=0.9,
         ge=0.0,
@@ -406,11 +405,10 @@ def _last_layer(module: nn.Module) -> list[nn.Parameter]:
     return list(layers[-1].parameters(recurse=False))
 
 
-class MMoEParams(BaseModel):
+class MMoEParams(Schema):
     """Parameters of MMoE."""
 
-    model_config = ConfigDict(extra="forbid")
-    n_experts: int = Field(default=4, ge=1, description="expert encoders shared by every task")
+    n_experts: Layers = Field(default=4, description="expert encoders shared by every task")
 
 
 class MMoE(Architecture):
@@ -469,14 +467,13 @@ class MMoE(Architecture):
         return [p for expert in self.experts for p in _last_layer(expert)]
 
 
-class PLEParams(BaseModel):
+class PLEParams(Schema):
     """Parameters of CGC / PLE."""
 
-    model_config = ConfigDict(extra="forbid")
-    shared_experts: int = Field(default=1, ge=1, description="shared experts per level")
-    task_experts: int = Field(default=1, ge=1, description="experts of each task per level")
-    levels: int = Field(default=1, ge=1, description="extraction levels; 1 is CGC")
-    upper_widths: list[int] | None = Field(
+    shared_experts: Layers = Field(default=1, description="shared experts per level")
+    task_experts: Layers = Field(default=1, description="experts of each task per level")
+    levels: Layers = Field(default=1, description="extraction levels; 1 is CGC")
+    upper_widths: Widths | None = Field(
         default=None,
         min_length=1,
         description="hidden widths of the experts of levels 2 and up, which read the previous "

@@ -52,14 +52,19 @@ def mel_filterbank(n_fft: int, sample_rate: int, n_mels: int, f_min: float, f_ma
 
     Filter ``m`` has its corners at ``n_mels + 2`` frequencies equally spaced in mel from
     ``f_min`` to ``f_max``: it is 0 below corner ``m`` and above corner ``m + 2`` and 1 at corner
-    ``m + 1``, linear in Hz in between. Computed in float64 for exact corners.
+    ``m + 1``, linear in Hz in between. Computed in float64 for exact corners, on the CPU
+    even where the model is built on the ``meta`` device (to check a model file's shapes
+    without allocating): the filters are checked by value when they are built.
     """
-    bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
+    cpu = torch.device("cpu")
+    bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64, device=cpu) * sample_rate / n_fft
     lo, hi = (
-        hz_to_mel(torch.tensor(f_min, dtype=torch.float64)),
-        hz_to_mel(torch.tensor(f_max, dtype=torch.float64)),
+        hz_to_mel(torch.tensor(f_min, dtype=torch.float64, device=cpu)),
+        hz_to_mel(torch.tensor(f_max, dtype=torch.float64, device=cpu)),
     )
-    corners = mel_to_hz(torch.linspace(float(lo), float(hi), n_mels + 2, dtype=torch.float64))
+    corners = mel_to_hz(
+        torch.linspace(float(lo), float(hi), n_mels + 2, dtype=torch.float64, device=cpu)
+    )
     left, center, right = corners[:-2, None], corners[1:-1, None], corners[2:, None]
     rising = (bins[None, :] - left) / (center - left)
     falling = (right - bins[None, :]) / (right - center)

@@ -11,21 +11,21 @@ pool them, dense heads decode them back to the input resolution, and MTAN reads 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from polytask.config_errors import Layers, Schema, Widths
 from polytask.data.spec import InputSpec
 from polytask.models.encoders import ENCODERS, Encoder
 
 
-class CNNParams(BaseModel):
+class CNNParams(Schema):
     """Parameters of the ResNet-style CNN encoder."""
 
-    model_config = ConfigDict(extra="forbid")
-    widths: list[int] = Field(
+    widths: Widths = Field(
         default=[32, 64, 128], min_length=1, description="channels of each stage"
     )
-    blocks: int = Field(default=1, ge=1, description="residual blocks per stage")
+    blocks: Layers = Field(default=1, description="residual blocks per stage")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="2-d dropout after each stage")
 
 

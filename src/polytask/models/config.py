@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
+from polytask.config_errors import Schema
 from polytask.models.architectures import ARCHITECTURES
 from polytask.models.encoders import ENCODERS
 from polytask.models.heads import HeadParams
 from polytask.registry import ComponentConfig, with_default_name
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(Schema):
     """``[model]``: what the network is made of."""
 
-    model_config = ConfigDict(extra="forbid")
     encoder: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="mlp"))
     architecture: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="hard"))
     head: HeadParams = Field(default_factory=HeadParams)

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from polytask.config_errors import Schema, Width, Widths
 from polytask.data.spec import InputSpec
 from polytask.registry import Registry
 
@@ -78,16 +79,15 @@ def mlp_layers(
     return nn.Sequential(*layers)
 
 
-class MLPParams(BaseModel):
+class MLPParams(Schema):
     """Parameters of the tabular MLP encoder."""
 
-    model_config = ConfigDict(extra="forbid")
-    widths: list[int] = Field(default=[256, 128], min_length=1)
+    widths: Widths = Field(default=[256, 128], min_length=1)
     activation: Activation = "relu"
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     norm: Norm = "batch"
-    embedding_dim: int | None = Field(
-        default=None, ge=1, description="embedding width; default min(32, 1.6 * n^0.56)"
+    embedding_dim: Width | None = Field(
+        default=None, description="embedding width; default min(32, 1.6 * n^0.56)"
     )
 
 

@@ -16,22 +16,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
+from polytask.config_errors import Schema, Widths
 from polytask.errors import ConfigError
 from polytask.models.encoders import Activation, Norm, make_activation, mlp_layers
 
 
-class HeadParams(BaseModel):
+class HeadParams(Schema):
     """The tower each task gets on top of the shared representation."""
 
-    model_config = ConfigDict(extra="forbid")
-    widths: list[int] = Field(default=[64])
+    widths: Widths = Field(default=[64])
     activation: Activation = "relu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     norm: Norm = "none"
-    decoder_channels: list[int] = Field(
+    decoder_channels: Widths = Field(
         default=[64], description="dense tasks: channels of the decoder's 3x3 conv layers"
     )
 

@@ -30,9 +30,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from polytask.config_errors import Schema, Width
 from polytask.errors import ConfigError
 from polytask.models.architectures import ARCHITECTURES, Architecture, _params
 from polytask.models.cnn import BasicBlock, CNNEncoder
@@ -40,13 +41,11 @@ from polytask.models.encoders import Encoder
 from polytask.models.heads import HeadFactory
 
 
-class MTANParams(BaseModel):
+class MTANParams(Schema):
     """Parameters of MTAN."""
 
-    model_config = ConfigDict(extra="forbid")
-    reduction: int = Field(
+    reduction: Width = Field(
         default=4,
-        ge=1,
         description="hidden channels of each attention module = its stage's width // reduction "
         "(at least 1); the official ResNet-MTAN uses 4, the SegNet-MTAN 1",
     )

@@ -27,9 +27,10 @@ from __future__ import annotations
 from typing import Any, Literal, cast
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from polytask.config_errors import Layers, Schema, Width, Widths
 from polytask.data.inputs.minilm import (
     MINILM_DIM,
     MINILM_LAYERS,
@@ -45,13 +46,12 @@ from polytask.models.encoders import ENCODERS, Activation, Encoder, Norm, mlp_la
 
 
 # -- embedding bag ----------------------------------------------------------------------------
-class EmbeddingBagParams(BaseModel):
+class EmbeddingBagParams(Schema):
     """Parameters of the bag-of-embeddings encoder."""
 
-    model_config = ConfigDict(extra="forbid")
-    dim: int = Field(default=64, ge=1, description="embedding width")
+    dim: Width = Field(default=64, description="embedding width")
     mode: Literal["mean", "sum"] = Field(default="mean", description="how a bag is reduced")
-    widths: list[int] = Field(
+    widths: Widths = Field(
         default_factory=list, description="MLP layers after the bag; [] = the bag itself"
     )
     activation: Activation = "relu"
@@ -123,14 +123,13 @@ def build_embedding_bag(spec: InputSpec, params: BaseModel) -> Encoder:
 
 
 # -- transformer ------------------------------------------------------------------------------
-class TransformerParams(BaseModel):
+class TransformerParams(Schema):
     """Parameters of the small Transformer text encoder."""
 
-    model_config = ConfigDict(extra="forbid")
-    width: int = Field(default=128, ge=8, description="model width d_model")
-    layers: int = Field(default=2, ge=1)
-    heads: int = Field(default=4, ge=1, description="attention heads; must divide width")
-    ff_width: int | None = Field(default=None, ge=1, description="feed-forward width; 4 x width")
+    width: Width = Field(default=128, ge=8, description="model width d_model")
+    layers: Layers = 2
+    heads: Layers = Field(default=4, description="attention heads; must divide width")
+    ff_width: Width | None = Field(default=None, description="feed-forward width; 4 x width")
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     embedding_dropout: float = Field(
         default=0.1, ge=0.0, lt=1.0, description="dropout on token + position embeddings"
@@ -203,10 +202,9 @@ def build_transformer(spec: InputSpec, params: BaseModel) -> Encoder:
     return TransformerTextEncoder(spec, params)
 
 
-class MiniLMParams(BaseModel):
+class MiniLMParams(Schema):
     """Parameters of the fine-tuned MiniLM encoder."""
 
-    model_config = ConfigDict(extra="forbid")
     train_layers: int | None = Field(
         default=None,
         ge=0,

@@ -23,7 +23,7 @@ from polytask.losses import BatchLoss
 from polytask.models.model import MultiTaskModel, build_model
 from polytask.tasks import Task
 from polytask.train.callbacks.tensorboard import TensorBoardLogger
-from polytask.train.trainer import Callback, FitResult, Trainer
+from polytask.train.trainer import Callback, FitResult, Trainer, check_trainable
 from polytask.train.tuning import Tuning, tune, tune_training_run
 
 
@@ -69,6 +69,8 @@ def build_run(
         arch = architecture or cfg.model.architecture.name
         tuning = tune(cfg.finetune, model, tasks, arch, balancer, fixed_tasks)
     balancer.check_model(model)
+    # Here, not only in the trainer: before the run directory is written.
+    check_trainable(model, cfg.train)
     if tuning is None:
         return BuiltRun(model, balancer, tasks)
     return BuiltRun(model, balancer, tasks, tuning, tuning.param_groups, list(tuning.callbacks))

@@ -19,7 +19,13 @@ from polytask.evaluate.reference import Comparison, against_reference
 from polytask.models.model import MultiTaskModel
 from polytask.run.baselines import train_baselines
 from polytask.run.build import build_run, train_built
-from polytask.run.directory import check_out_dir, create_out_dir, model_dir, write_results
+from polytask.run.directory import (
+    check_out_dir,
+    create_out_dir,
+    model_dir,
+    protected_paths,
+    write_results,
+)
 from polytask.run.predictor import Predictor
 from polytask.run.variant import RunVariant, variant_for
 from polytask.tasks import Task
@@ -151,54 +157,60 @@ def run(
     With an output directory, it receives ``model/`` (the model directory), ``checkpoints/``,
     the metrics log, ``baselines/<task>/`` and ``results.json``
     (:mod:`polytask.run.directory`). All input checks run before the directory is touched, so
-    bad input leaves nothing behind. ``variant`` names what a feature built on the run changes
-    (:class:`polytask.run.variant.RunVariant`); by default the registered studies' rule for
-    ``cfg`` (``[distill]`` teachers make a distillation), else the plain run.
+    bad input leaves nothing behind; the directory is locked while the run writes it, and
+    ``overwrite`` replaces a previous run only once the new one has finished. ``variant``
+    names what a feature built on the run changes (:class:`polytask.run.variant.RunVariant`);
+    by default the registered studies' rule for ``cfg`` (``[distill]`` teachers make a
+    distillation), else the plain run.
     """
     out_dir = Path(out) if out is not None else (cfg.resolve(cfg.out) if cfg.out else None)
-    check_out_dir(out_dir, resume, overwrite)
+    check_out_dir(out_dir, resume, overwrite, protected_paths(cfg))
     check_tensorboard(cfg, out_dir)
     if variant is None:
         variant = variant_for(cfg, console)
     data = prepare_data(cfg, frame, frames, soft_targets=variant.soft_targets)
     tasks = data.tasks
     built = build_run(cfg, data.input_spec, tasks)
-    create_out_dir(out_dir, cfg, resume, overwrite)
-    fit = train_built(
-        cfg,
-        built,
-        data,
-        out_dir,
-        resume=resume,
-        quiet=quiet,
-        console=console,
-        callbacks=callbacks,
-        loss_fn=variant.loss(tasks) if variant.loss is not None else None,
-    )
-    model = built.model
-    eval_split, split_name = data.evaluation_split()
-    _, metrics = evaluate_data(model, tasks, eval_split, cfg.train.eval_batch_size)
-
-    baselines: dict[str, dict[str, float]] = {}
-    if variant.reference is not None:
-        baselines = variant.reference(tasks, eval_split)
-    elif cfg.baselines and len(tasks) > 1:
-        baselines = train_baselines(
-            cfg, data, tasks, eval_split, out_dir, resume=resume, quiet=quiet, console=console
+    # ``work_dir`` is ``out_dir``, or with ``overwrite`` the sibling that replaces it only once
+    # this block has finished; the directory is locked until then.
+    with create_out_dir(out_dir, cfg, resume, overwrite) as work_dir:
+        fit = train_built(
+            cfg,
+            built,
+            data,
+            work_dir,
+            resume=resume,
+            quiet=quiet,
+            console=console,
+            callbacks=callbacks,
+            loss_fn=variant.loss(tasks) if variant.loss is not None else None,
         )
-    comparison = against_reference(tasks, metrics, baselines, split_name, variant.reference_name)
-    summary = {
-        "split": split_name,
-        "best_epoch": fit.best_epoch,
-        "multi_task": metrics,
-        "single_task": baselines if variant.reference is None else {},
-        "comparison": comparison.to_dict(),
-        **(variant.summary(model, baselines) if variant.summary is not None else {}),
-    }
-    lineage = variant.lineage(data) if variant.lineage is not None else None
-    predictor = run_predictor(cfg, model, tasks, data, summary, lineage)
-    if out_dir is not None:
-        save_run(out_dir, predictor, summary)
+        model = built.model
+        eval_split, split_name = data.evaluation_split()
+        _, metrics = evaluate_data(model, tasks, eval_split, cfg.train.eval_batch_size)
+
+        baselines: dict[str, dict[str, float]] = {}
+        if variant.reference is not None:
+            baselines = variant.reference(tasks, eval_split)
+        elif cfg.baselines and len(tasks) > 1:
+            baselines = train_baselines(
+                cfg, data, tasks, eval_split, work_dir, resume=resume, quiet=quiet, console=console
+            )
+        comparison = against_reference(
+            tasks, metrics, baselines, split_name, variant.reference_name
+        )
+        summary = {
+            "split": split_name,
+            "best_epoch": fit.best_epoch,
+            "multi_task": metrics,
+            "single_task": baselines if variant.reference is None else {},
+            "comparison": comparison.to_dict(),
+            **(variant.summary(model, baselines) if variant.summary is not None else {}),
+        }
+        lineage = variant.lineage(data) if variant.lineage is not None else None
+        predictor = run_predictor(cfg, model, tasks, data, summary, lineage)
+        if work_dir is not None:
+            save_run(work_dir, predictor, summary)
     return RunResult(predictor, fit, metrics, baselines, comparison, out_dir)
 
 

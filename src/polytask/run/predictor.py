@@ -3,11 +3,14 @@
 A model directory holds ``model.safetensors`` (weights) and JSON files: ``model.json``
 (architecture and input shape), ``tasks.json`` (fitted task specs), ``preprocessing.json``,
 ``metrics.json`` and, for a fine-tuned or distilled model, ``lineage.json``. Nothing is
-unpickled on load. Directories are written atomically.
+unpickled on load, and every file is checked before anything is built
+(:mod:`polytask.run.model_schema`). Directories are written atomically, and only when every
+weight and statistic is finite.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -16,12 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from polytask._version import __version__
-from polytask.data.inputs import InputProcessor, input_from_dict
-from polytask.data.inputs.base import FORMAT as INPUT_FORMAT
+from polytask.data.inputs import InputProcessor
 from polytask.data.preprocess import TablePreprocessor
 from polytask.data.spec import InputSpec
 from polytask.data.tables import read_table
@@ -30,12 +31,20 @@ from polytask.data.tensors import TensorData
 from polytask.errors import DataError, PolytaskError
 from polytask.evaluate.evaluation import evaluate_data, predict_outputs
 from polytask.models.config import ModelConfig
-from polytask.models.model import MultiTaskModel, build_model
-from polytask.state_io import atomic_directory, read_json, write_json
+from polytask.models.model import MultiTaskModel
+from polytask.run.model_schema import (
+    MODEL_FORMAT,
+    describe_for_save,
+    load_weights,
+    nonfinite_tensor,
+    read_model_files,
+)
+from polytask.safe_read import read_json_file
+from polytask.state_io import atomic_directory, write_json, write_tensors
 from polytask.tasks import Task
 from polytask.tasks.preferences import parse_preference
 
-MODEL_FORMAT = "polytask.model/1"
+__all__ = ["MODEL_FORMAT", "Predictor", "load", "mark_missing", "model_dir"]
 
 
 class Predictor:
@@ -110,9 +119,20 @@ class Predictor:
         preference: str | Sequence[float] | None = None,
     ) -> dict[str, Tensor]:
         """Raw outputs (logits / standardised values) for every task; file paths in ``df``
-        (images, recordings) are resolved against ``base_dir``. ``preference``: the trade-off
-        a preference-conditioned model serves (one weight per task, e.g. ``[0.7, 0.3]``;
-        default uniform)."""
+        (images, recordings) are resolved against ``base_dir``. Cells holding one of the
+        model's missing-value markers (``na_values``) are missing, as when a table is read with
+        :meth:`read`. ``preference``: the trade-off a preference-conditioned model serves (one
+        weight per task, e.g. ``[0.7, 0.3]``; default uniform)."""
+        return self._outputs(mark_missing(df, self.na_values), source, base_dir, preference)
+
+    def _outputs(
+        self,
+        df: pd.DataFrame,
+        source: str,
+        base_dir: Path | None,
+        preference: str | Sequence[float] | None,
+    ) -> dict[str, Tensor]:
+        """:meth:`outputs` of a frame whose markers are already applied."""
         r = self._preference(preference)
         inputs = self.preprocessor.transform(df, source, base_dir)
         with self.model.preferring(r):
@@ -127,9 +147,11 @@ class Predictor:
         preference: str | Sequence[float] | None = None,
     ) -> pd.DataFrame:
         """Predictions in the user's labels and units: one or more columns per task (a
-        column of arrays for per-pixel tasks). ``preference``: see :meth:`outputs`."""
+        column of arrays for per-pixel tasks); a row whose output is not finite gets no label
+        (an empty cell). Missing-value markers and ``preference``: see :meth:`outputs`."""
         chosen = self._select(tasks)
-        outputs = self.outputs(df, source, base_dir, preference)
+        df = mark_missing(df, self.na_values)
+        outputs = self._outputs(df, source, base_dir, preference)
         columns: dict[str, Any] = {}
         if self.id_column is not None and self.id_column in df.columns:
             columns[self.id_column] = df[self.id_column].to_numpy()
@@ -146,13 +168,23 @@ class Predictor:
         base_dir: Path | None = None,
         preference: str | Sequence[float] | None = None,
     ) -> dict[str, dict[str, float]]:
-        """Metrics of each task whose target column(s) ``df`` holds (missing labels skipped).
+        """Metrics of every task (or of the ``tasks`` named), each of whose label columns
+        ``df`` must hold; rows with a missing label are skipped. Missing-value markers and
         ``preference``: see :meth:`outputs`."""
         r = self._preference(preference)
-        chosen = [t for t in self._select(tasks) if all(c in df.columns for c in t.targets)]
-        if not chosen:
-            wanted = sorted({c for t in self._select(tasks) for c in t.targets})
+        chosen = self._select(tasks)
+        absent = [(t.name, c) for t in chosen for c in t.targets if c not in df.columns]
+        if len(absent) == sum(len(t.targets) for t in chosen):
+            wanted = sorted({c for t in chosen for c in t.targets})
             raise DataError(f"{source}: none of the target columns {wanted} found; cannot score")
+        if absent:
+            task, column = absent[0]
+            held = [t.name for t in chosen if all(c in df.columns for c in t.targets)]
+            raise DataError(
+                f"{source}: task '{task}' reads label column '{column}', which is missing; "
+                f"score only the tasks it holds with tasks={held} (command line: --task)"
+            )
+        df = mark_missing(df, self.na_values)
         encoded = {t.name: encode_targets(t, df, source, base_dir) for t in chosen}
         data = TensorData(
             self.preprocessor.transform(df, source, base_dir),
@@ -165,27 +197,34 @@ class Predictor:
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the model directory atomically (replacing an existing one)."""
+        """Write the model directory atomically (replacing an existing one). Refused, with
+        nothing written, when a weight or a statistic is not finite or a file would not load
+        back (the files are checked as :func:`load` checks them)."""
         target = Path(path)
+        refused = f"cannot save the model to '{target}'"
+        weights = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        bad = nonfinite_tensor(weights)
+        if bad is not None:
+            raise PolytaskError(f"{refused}: weight {bad!r} holds non-finite values (NaN or inf)")
+        meta = {
+            "format": MODEL_FORMAT,
+            "polytask_version": __version__,
+            "model": self.model_config.model_dump(),
+            "input_spec": asdict(self.input_spec),
+            "id_column": self.id_column,
+            "na_values": self.na_values,
+        }
+        tasks = [t.to_dict() for t in self.tasks]
+        preprocessing = self.preprocessor.to_dict()
+        try:
+            describe_for_save(meta, tasks, preprocessing)
+        except PolytaskError as exc:
+            raise PolytaskError(f"{refused}: {exc}") from None
         with atomic_directory(target) as staging:
-            save_file(
-                {k: v.detach().contiguous() for k, v in self.model.state_dict().items()},
-                str(staging / "model.safetensors"),
-                metadata={"format": MODEL_FORMAT},
-            )
-            write_json(
-                staging / "model.json",
-                {
-                    "format": MODEL_FORMAT,
-                    "polytask_version": __version__,
-                    "model": self.model_config.model_dump(),
-                    "input_spec": asdict(self.input_spec),
-                    "id_column": self.id_column,
-                    "na_values": self.na_values,
-                },
-            )
-            write_json(staging / "tasks.json", [t.to_dict() for t in self.tasks])
-            write_json(staging / "preprocessing.json", self.preprocessor.to_dict())
+            write_tensors(staging / "model.safetensors", weights, {"format": MODEL_FORMAT})
+            write_json(staging / "model.json", meta)
+            write_json(staging / "tasks.json", tasks)
+            write_json(staging / "preprocessing.json", preprocessing)
             write_json(staging / "metrics.json", self.metrics)
             if self.lineage:
                 write_json(staging / "lineage.json", self.lineage)
@@ -197,47 +236,83 @@ def _task_columns(task: Task, out: Tensor) -> dict[str, np.ndarray]:
     return task.spec.decode(task, out)
 
 
+def mark_missing(df: pd.DataFrame, markers: Sequence[str]) -> pd.DataFrame:
+    """``df`` with every cell that holds one of the missing-value ``markers`` made missing,
+    as :func:`polytask.data.tables.read_table` does when it reads a file: a text cell that
+    is a marker (surrounding spaces aside), a number equal to a marker that is a number
+    (``-999``). ``df`` itself is left as it is; without a hit it is returned unchanged."""
+    if not markers:
+        return df
+    texts = {m.strip() for m in markers}
+    numbers = [float(m) for m in markers if _is_number(m)]
+    changed: dict[str, pd.Series] = {}
+    for column in df.columns:
+        series = df[column]
+        if pd.api.types.is_bool_dtype(series):
+            continue
+        if pd.api.types.is_numeric_dtype(series):
+            hit = series.isin(numbers) if numbers else None
+        else:
+            hit = series.map(lambda v: isinstance(v, str) and v.strip() in texts).astype(bool)
+        if hit is not None and bool(hit.any()):
+            changed[column] = series.astype(object).mask(hit, np.nan)
+    if not changed:
+        return df
+    marked: pd.DataFrame = df.copy(deep=False)
+    for column, values in changed.items():
+        marked[column] = values
+    return marked
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def model_dir(path: str | Path) -> Path:
-    """``path`` itself if it is a model directory, or its ``model/`` subfolder (a run dir)."""
+    """``path`` itself if it is a model directory, or its ``model/`` subfolder (a run dir).
+
+    A ``model.json`` that is there but not a regular file still marks the directory: reading
+    it then says what is wrong with it."""
     p = Path(path)
-    if (p / "model.json").is_file():
+    if os.path.lexists(p / "model.json"):
         return p
-    if (p / "model" / "model.json").is_file():
+    if os.path.lexists(p / "model" / "model.json"):
         return p / "model"
     if not p.exists():
         raise PolytaskError(f"model directory '{p}' not found")
     raise PolytaskError(f"'{p}' is not a polytask model directory (no model.json)")
 
 
+def _optional_object(path: Path) -> dict[str, Any]:
+    """The JSON object of an optional file (``metrics.json``, ``lineage.json``); {} if absent."""
+    if not os.path.lexists(path):
+        return {}
+    data = read_json_file(path)
+    if not isinstance(data, dict):
+        raise PolytaskError(f"'{path}': expected a JSON object, found {type(data).__name__}")
+    return data
+
+
 def load(path: str | Path) -> Predictor:
-    """Load a model directory (or a run directory holding ``model/``) without unpickling."""
+    """Load a model directory (or a run directory holding ``model/``) without unpickling.
+
+    Every file is checked before anything is built (:mod:`polytask.run.model_schema`): a
+    damaged or edited file is a one-line :class:`PolytaskError` naming it."""
     directory = model_dir(path)
-    meta = read_json(directory / "model.json")
-    if meta.get("format") != MODEL_FORMAT:
-        raise PolytaskError(f"'{directory}': unsupported model format {meta.get('format')!r}")
-    tasks = [Task.from_dict(t) for t in read_json(directory / "tasks.json")]
-    pre_data = read_json(directory / "preprocessing.json")
-    pre: TablePreprocessor | InputProcessor = (
-        input_from_dict(pre_data)
-        if pre_data.get("format") == INPUT_FORMAT
-        else TablePreprocessor.from_dict(pre_data)
-    )
-    spec = InputSpec(**meta["input_spec"])
-    model_cfg = ModelConfig.model_validate(meta["model"])
-    model = build_model(tasks, spec, model_cfg, seed=0)
-    model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
-    metrics_path = directory / "metrics.json"
-    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
-    lineage_path = directory / "lineage.json"
-    lineage = read_json(lineage_path) if lineage_path.is_file() else {}
+    files = read_model_files(directory)
+    model = load_weights(directory / "model.safetensors", files)
     return Predictor(
         model,
-        tasks,
-        pre,
-        model_cfg,
-        spec,
-        id_column=meta.get("id_column"),
-        na_values=meta.get("na_values"),
-        metrics=metrics,
-        lineage=lineage,
+        files.tasks,
+        files.preprocessor,
+        files.meta.model,
+        files.input_spec,
+        id_column=files.meta.id_column,
+        na_values=files.meta.na_values,
+        metrics=_optional_object(directory / "metrics.json"),
+        lineage=_optional_object(directory / "lineage.json"),
     )

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from polytask.config_errors import Schema
 from polytask.tasks.kinds import KINDS
 from polytask.tasks.task import Task, TaskKind
 
 
-class TaskConfig(BaseModel):
+class TaskConfig(Schema):
     """One ``[[tasks]]`` entry: the declared fields of :class:`polytask.Task` (all but
     :data:`~polytask.tasks.task.FITTED_FIELDS`), with the bounds pydantic checks and names in
     its messages; ``Task.validate`` then checks what spans fields. A test holds the two field
     lists and defaults equal."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1)
     kind: TaskKind

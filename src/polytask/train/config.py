@@ -5,36 +5,32 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from polytask.config_errors import MAX_LAYERS, BatchSize, Epochs, Schema, Steps
 from polytask.errors import ConfigError
 from polytask.tasks import Task
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TrainConfig(_Strict):
+class TrainConfig(Schema):
     """Optimisation budget and bookkeeping."""
 
-    epochs: int = Field(default=20, ge=1)
-    batch_size: int = Field(default=256, ge=1)
-    eval_batch_size: int = Field(default=8192, ge=1)
+    epochs: Epochs = 20
+    batch_size: BatchSize = 256
+    eval_batch_size: BatchSize = 8192
     lr: float = Field(default=1e-3, gt=0.0)
     weight_decay: float = Field(default=1e-4, ge=0.0)
     scheduler: Literal["none", "cosine", "linear"] = "cosine"
     warmup: float = Field(default=0.0, ge=0.0, lt=1.0, description="fraction of steps")
     grad_clip: float | None = Field(default=1.0, gt=0.0)
-    patience: int | None = Field(default=5, ge=1)
+    patience: Epochs | None = 5
     min_delta: float = Field(default=0.0, ge=0.0)
     criterion: str = "mean_relative"
     log_format: Literal["jsonl", "csv"] = "jsonl"
     progress: bool = True
-    threads: int | None = Field(default=None, ge=1)
-    checkpoint_every: int | None = Field(
+    threads: int | None = Field(default=None, ge=1, le=4096)
+    checkpoint_every: Steps | None = Field(
         default=None,
-        ge=1,
         description="also checkpoint every N steps, so a resume continues mid-epoch",
     )
     tensorboard: bool = Field(
@@ -42,9 +38,19 @@ class TrainConfig(_Strict):
         description="also write the per-epoch log as TensorBoard scalars to "
         "<run dir>/tensorboard/ (needs the tensorboard extra and a run directory)",
     )
+    nonfinite: Literal["stop", "skip"] = Field(
+        default="stop",
+        description="a step whose loss or gradient is NaN/inf: stop (an error naming the step "
+        "and the tasks) or skip it (no optimiser step; counted as skipped_steps in the log)",
+    )
+    max_skipped: Steps | None = Field(
+        default=10,
+        description="nonfinite = 'skip': stop anyway once more steps than this were skipped "
+        "in the run (None: no bound)",
+    )
 
 
-class FinetuneConfig(_Strict):
+class FinetuneConfig(Schema):
     """``[finetune]``: how ``polytask finetune BASE CONFIG`` continues from a trained model (and
     how a run freezes a pretrained encoder): what is frozen, learning rates per group, gradual
     unfreezing (:mod:`polytask.studies.finetune`)."""
@@ -54,7 +60,9 @@ class FinetuneConfig(_Strict):
         description="encoder: every shared parameter; layers: the first `layers` shared layers; "
         "none: everything trains",
     )
-    layers: int = Field(default=0, ge=0, description="with freeze = 'layers': how many")
+    layers: int = Field(
+        default=0, ge=0, le=MAX_LAYERS, description="with freeze = 'layers': how many"
+    )
     shared_lr_scale: float = Field(
         default=1.0, gt=0.0, description="learning rate of the shared parameters, x train.lr"
     )
@@ -74,7 +82,7 @@ class FinetuneConfig(_Strict):
         description="gradual: unfreeze one frozen layer every `unfreeze_every` epochs, from the "
         "top down (Howard & Ruder, ULMFiT, 2018)",
     )
-    unfreeze_every: int = Field(default=1, ge=1)
+    unfreeze_every: Epochs = 1
     keep_tasks: bool = Field(
         default=True,
         description="keep the base model's tasks that this run does not train (heads frozen)",

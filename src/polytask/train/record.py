@@ -47,6 +47,8 @@ class EpochRecord:
     #: steps it was scheduled (empty when every step trains every task).
     schedule: dict[str, float] = field(default_factory=dict)
     scheduled_steps: dict[str, int] = field(default_factory=dict)
+    #: Steps skipped for a non-finite loss or gradient (``train.nonfinite = "skip"``).
+    skipped_steps: int = 0
 
 
 class EpochStats:
@@ -59,6 +61,9 @@ class EpochStats:
         self.seen = {t: 0 for t in tasks}
         self.source_rows = {s: 0 for s in sources}
         self.scheduled = {t: 0 for t in tasks}
+        #: Batches drawn, optimiser steps taken and steps skipped as non-finite (a batch
+        #: without a label for a trained task takes no step): an epoch must take one.
+        self.steps = {"drawn": 0, "taken": 0, "skipped": 0}
 
     def state(self) -> dict[str, Any]:
         return {k: dict(v) for k, v in vars(self).items()}
@@ -66,6 +71,8 @@ class EpochStats:
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore from ``state``, which may hold other keys (the callbacks' running sums)."""
         for key in list(vars(self)):
+            if key == "steps" and key not in state:
+                continue  # a checkpoint written before the step counts: they start at 0
             setattr(self, key, dict(state[key]))
 
     def add_step(

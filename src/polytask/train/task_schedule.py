@@ -23,19 +23,20 @@ import math
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from polytask.config_errors import Epochs, Schema
 
 
-class ScheduleConfig(BaseModel):
+class ScheduleConfig(Schema):
     """The ``[schedule]`` section."""
 
-    model_config = ConfigDict(extra="forbid")
     name: Literal["all", "round_robin", "random", "progress"] = "all"
     tasks_per_step: int = Field(default=1, ge=1)
     temperature: float = Field(
         default=0.1, gt=0.0, description="progress: softness of exp(-r / temperature)"
     )
-    window: int = Field(default=1, ge=1, description="progress: epochs progress is measured over")
+    window: Epochs = Field(default=1, description="progress: epochs progress is measured over")
 
 
 class TaskScheduler:

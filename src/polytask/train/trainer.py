@@ -1,18 +1,25 @@
 """The training loop: one step of joint multi-task training reads top to bottom in
 :meth:`Trainer._step`::
 
-    lr -> outputs = model(inputs) -> masked per-task losses -> balancer.backward -> clip -> step
+    lr -> outputs = model(inputs) -> masked per-task losses -> balancer.backward -> clip
+       -> finite? (losses and gradient norm: one check) -> step
 
 Around it the trainer runs the epochs (task scheduling, source sampling, validation, the
 criterion) and calls named callbacks (:mod:`polytask.train.callbacks`) for everything else:
 gradient diagnostics, early stopping, checkpoints (resumable to identical weights), the metrics
 log, the progress display, and the user's callbacks. It reads only a balancer's declared
-capabilities (``changes_forward``), never writes into a balancer and never looks at a
-component's name.
+capabilities (``changes_forward``), never writes into a balancer (but for putting its own
+state back when a step is skipped) and never looks at a component's name.
+
+A non-finite loss, gradient or weight stops training with one line naming the epoch, the step
+and the tasks (``train.nonfinite = "skip"`` skips such steps instead, up to
+``train.max_skipped``); an epoch that takes no optimiser step is an error; a checkpoint that
+does not fit the run is rejected, naming the first difference, before anything is restored.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,11 +28,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from rich.console import Console
-from torch import nn
+from torch import Tensor, nn
 
 from polytask.balance.base import BackwardResult, Balancer
 from polytask.data.sources import SourceSet, TrainingData
 from polytask.data.tensors import Batch, TensorData
+from polytask.errors import ConfigError, PolytaskError
 from polytask.evaluate.evaluation import evaluate_data
 from polytask.losses import BatchLoss, LabelLoss
 from polytask.models.model import MultiTaskModel
@@ -40,8 +48,25 @@ from polytask.train.callbacks.metrics_log import flatten_row as _flatten_row
 from polytask.train.callbacks.progress import ProgressDisplay
 from polytask.train.config import TrainConfig
 from polytask.train.criterion import Criterion
+from polytask.train.nonfinite import (
+    ADVICE,
+    NonFiniteGuard,
+    StepSnapshot,
+    TrainingDiverged,
+    nonfinite_losses,
+    nonfinite_tensor,
+    total,
+)
 from polytask.train.record import EpochRecord, EpochStats
 from polytask.train.schedule import lr_factor
+from polytask.train.state_check import (
+    CheckpointMismatch,
+    check_counters,
+    check_extra_state,
+    check_optimizer,
+    check_tensors,
+    match,
+)
 from polytask.train.task_schedule import ScheduleConfig, TaskScheduler
 
 __all__ = [
@@ -51,7 +76,9 @@ __all__ = [
     "StepHook",
     "Trainer",
     "TrainerCallback",
+    "TrainingDiverged",
     "_flatten_row",
+    "check_trainable",
 ]
 
 
@@ -63,6 +90,26 @@ class FitResult:
     best_criterion: float
     history: list[EpochRecord] = field(default_factory=list)
     stopped_early: bool = False
+    #: Steps skipped for a non-finite loss or gradient over the run (``train.nonfinite``).
+    skipped_steps: int = 0
+
+
+def check_trainable(model: nn.Module, config: TrainConfig) -> None:
+    """Reject, before anything trains, settings that cannot train ``model``: a learning rate
+    that is not a finite positive number, and one row per batch under batch normalisation
+    (which cannot normalise a single row and would fail in the first forward pass)."""
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise ConfigError(
+            f"config error: train.lr: expected a finite number > 0, found {config.lr}"
+        )
+    if config.batch_size == 1 and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    ):
+        raise ConfigError(
+            "config error: train.batch_size: 1 row per batch cannot train the model's batch "
+            "normalisation (it needs 2 or more); use train.batch_size >= 2, or an encoder "
+            "without batch norm (model.encoder.norm = 'layer' or 'none')"
+        )
 
 
 class Callback(Protocol):
@@ -116,6 +163,7 @@ class Trainer:
         self.tasks = tasks
         self.balancer = balancer
         balancer.check_model(model)
+        check_trainable(model, config)
         self.config = config
         self.seed = seed
         self.callbacks = list(callbacks)
@@ -145,6 +193,12 @@ class Trainer:
         self.scheduler = TaskScheduler([t.name for t in tasks], schedule or ScheduleConfig())
         self.diagnostics = GradientDiagnostics([t.name for t in tasks])
         self.early_stopping = EarlyStopping(config.patience, config.min_delta)
+        self.guard = NonFiniteGuard(config.nonfinite, config.max_skipped)
+        #: Where the last optimiser step was taken and the tasks it trained (messages about
+        #: weights that it made non-finite, found by the next step's check or the epoch's end).
+        self._last_update: tuple[tuple[int, int, int, int], list[str]] | None = None
+        #: The training data of a resume in progress (a mid-epoch point is checked against it).
+        self._resuming: TrainingData | None = None
         #: The callbacks in the order their hooks run (:meth:`fit` adds the run directory's).
         self.hooks = self._hooks()
         #: Steps of the current epoch done (during a step: those before it), and its length.
@@ -201,10 +255,31 @@ class Trainer:
         if resume:
             if checkpoints is None:
                 raise ValueError("resume needs the run directory holding the checkpoints")
-            checkpoints.restore(self)
+            self._resuming = sources  # check_state checks a mid-epoch point against them
+            try:
+                checkpoints.restore(self)
+            except CheckpointMismatch as exc:
+                raise _mismatch_in(checkpoints.dir / "last", exc) from None
+            finally:
+                self._resuming = None
+            best = self.early_stopping.best_weights
+            if best is not None:
+                try:
+                    check_tensors(
+                        "model", self.model.state_dict(), best, finite=True, owner="model"
+                    )
+                except CheckpointMismatch as exc:
+                    raise _mismatch_in(checkpoints.dir / "best", exc) from None
         else:
             torch.manual_seed(self.seed)  # dropout draws from the global RNG
-        total_steps = sum(sources.steps(cfg.batch_size, e, cfg.epochs) for e in range(cfg.epochs))
+        steps = [sources.steps(cfg.batch_size, e, cfg.epochs) for e in range(cfg.epochs)]
+        if min(steps) < 1:
+            raise PolytaskError(
+                f"epoch {steps.index(min(steps)) + 1} would take no optimiser step with "
+                f"train.batch_size = {cfg.batch_size}{_rows_note(sources)}; lower "
+                "train.batch_size"
+            )
+        total_steps = sum(steps)
         while (
             self.epoch < cfg.epochs
             and not self.early_stopping.exhausted
@@ -212,6 +287,9 @@ class Trainer:
         ):
             started = time.perf_counter()
             stats, probs = self._train_epoch(sources, total_steps)
+            # Before validation, early stopping's copy of the weights and the checkpoints.
+            self._check_epoch(stats, sources)
+            self.check_weights()
             train_loss, weights = stats.summary()
             self.balancer.end_epoch(train_loss)
             val_loss, val_metrics = evaluate_data(self.model, self.tasks, val, cfg.eval_batch_size)
@@ -234,7 +312,14 @@ class Trainer:
                 sampling=dict(zip(sources.names, probs, strict=True)),
                 schedule=schedule,
                 scheduled_steps=stats.scheduled if schedule else {},
+                skipped_steps=stats.steps["skipped"],
             )
+            if record.skipped_steps and not self.quiet:
+                self.console.print(
+                    f"[{self.label}] epoch {record.epoch}: skipped {record.skipped_steps} "
+                    f"step(s) with a non-finite loss or gradient (train.nonfinite = 'skip')",
+                    soft_wrap=True,
+                )
             self.history.append(record)
             for hook in self.hooks:  # diagnostics and early stopping complete the record first
                 hook.on_epoch_end(self, record)
@@ -242,7 +327,57 @@ class Trainer:
             hook.on_fit_end(self)  # early stopping loads the best weights
         stopping = self.early_stopping
         return FitResult(
-            stopping.best_epoch, stopping.best_criterion, list(self.history), stopping.exhausted
+            stopping.best_epoch,
+            stopping.best_criterion,
+            list(self.history),
+            stopping.exhausted,
+            self.guard.skipped,
+        )
+
+    def _check_epoch(self, stats: EpochStats, sources: TrainingData) -> None:
+        """An epoch that took no optimiser step learned nothing: never a silent success."""
+        counts = stats.steps
+        if counts["taken"]:
+            return
+        epoch = self.epoch + 1
+        if counts["drawn"] == 0:
+            reason = (
+                f"no batch was drawn with train.batch_size = {self.config.batch_size}"
+                f"{_rows_note(sources)}; lower train.batch_size"
+            )
+        elif counts["skipped"]:
+            reason = (
+                f"all {counts['drawn']} steps were skipped as non-finite (train.nonfinite = "
+                "'skip'); lower train.lr or check the data"
+            )
+        else:
+            reason = (
+                f"none of its {counts['drawn']} batches of train.batch_size = "
+                f"{self.config.batch_size}{_rows_note(sources)} had a label for a trained task"
+            )
+        raise PolytaskError(f"epoch {epoch} took no optimiser step: {reason}")
+
+    def check_weights(self, *, parameters_only: bool = False) -> None:
+        """Raise unless every model tensor and learned balancer parameter is finite (before
+        anything is validated as a result or saved). ``parameters_only``: leave out buffers
+        (batch-norm statistics), which the forward pass changes: non-finite inputs make them
+        non-finite in the same step as the losses, and the losses then name the cause."""
+        model = (
+            self.model.named_parameters() if parameters_only else self.model.state_dict().items()
+        )
+        named = [*model, *((f"balancer.{k}", p) for k, p in self.balancer.named_parameters())]
+        bad = nonfinite_tensor(named)
+        if bad is None:
+            return
+        if self._last_update is not None:
+            position, tasks = self._last_update
+            where = _where(*position)
+        else:
+            where, tasks = f"epoch {self.epoch + 1}", []
+        trained = f" (tasks trained: {_names(tasks)})" if tasks else ""
+        raise TrainingDiverged(
+            f"training diverged at {where}: weight '{bad}' is not finite after the update"
+            f"{trained}; lower train.lr or check the data for extreme values"
         )
 
     def _train_epoch(
@@ -291,6 +426,7 @@ class Trainer:
                 if i < skip:
                     continue
                 self.step_in_epoch = i
+                stats.steps["drawn"] += 1
                 for src, count in drawn.counts.items():
                     stats.source_rows[src] += count
                 chosen = plan[drawn.step] if plan is not None else None
@@ -320,6 +456,9 @@ class Trainer:
         self.progress = self.step / max(total_steps, 1)
         for hook in self.hooks:
             hook.before_step(self, batch)
+        # Skip policy only: the forward pass moves batch-norm statistics and the backward a
+        # balancer's state; a skipped step puts both back as they were here.
+        snapshot = self.guard.snapshot(self.model, self.balancer)
         if self.balancer.changes_forward:  # e.g. per-task gradient hooks, preference sampling
             outputs = self.balancer.forward(self.model, batch.inputs)
         else:
@@ -333,26 +472,95 @@ class Trainer:
         if losses:
             for hook in self.hooks:
                 hook.before_backward(self, losses)
-            result = self.balancer.backward(losses, self.model)
-            penalty = self.model.regularizer()
-            if penalty is not None:
-                # A penalty on the parameters (soft sharing's coupling) is no task's loss: it
-                # joins the gradient unweighted, outside the balancer.
-                penalty.backward()  # type: ignore[no-untyped-call]
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model_params, cfg.grad_clip)
-            self.optimizer.step()
-            stats.add_step(losses, result.weights, batch.masks)
+            result = self._backward(losses, model_params, snapshot)
+            if result is not None:
+                self.optimizer.step()
+                stats.add_step(losses, result.weights, batch.masks)
+                stats.steps["taken"] += 1
+                position = (self.epoch, self.step_in_epoch, self.steps_in_epoch, self.step)
+                self._last_update = (position, list(losses))  # formatted only for a message
+            else:
+                stats.steps["skipped"] += 1
         self.step += 1
         self.step_in_epoch += 1
         for hook in self.hooks:
             hook.after_step(self, losses, result)
 
+    def _backward(
+        self,
+        losses: dict[str, Tensor],
+        model_params: list[nn.Parameter],
+        snapshot: StepSnapshot | None,
+    ) -> BackwardResult | None:
+        """The balancer's backward pass, the regulariser's and clipping, then the step's one
+        finiteness check; None: the step is skipped (``train.nonfinite = "skip"``: gradients
+        zeroed, the balancer's state as it was). A divergence that may not be skipped raises."""
+        cfg = self.config
+        try:
+            result = self.balancer.backward(losses, self.model)
+        except Exception:
+            # A balancer's solver may fail on NaN losses before any check could see them:
+            # report the weights or losses, the cause; any other failure is the balancer's own.
+            self.check_weights(parameters_only=True)
+            problem = nonfinite_losses(losses)
+            if problem is None:
+                raise
+            self._skip(problem, snapshot)
+            return None
+        penalty = self.model.regularizer()
+        if penalty is not None:
+            # A penalty on the parameters (soft sharing's coupling) is no task's loss: it
+            # joins the gradient unweighted, outside the balancer.
+            penalty.backward()  # type: ignore[no-untyped-call]
+        norms: list[Tensor] = []
+        if cfg.grad_clip is not None:
+            # Clipping computes the total norm anyway: checking it costs nothing more.
+            norms.append(nn.utils.clip_grad_norm_(model_params, cfg.grad_clip))
+        else:
+            norms.append(total(p.grad for p in model_params if p.grad is not None))
+        learned = [p.grad for p in self.balancer.parameters() if p.grad is not None]
+        if learned:
+            norms.append(total(learned))
+        if self.guard.all_finite(losses, norms):
+            return result
+        # The failure path may synchronise freely. Non-finite weights (from the last update)
+        # make every later loss non-finite: name them first, and never skip them.
+        self.check_weights(parameters_only=True)
+        problem = nonfinite_losses(losses)
+        if problem is None and not all(math.isfinite(float(n)) for n in norms):
+            problem = f"the gradient of tasks {_names(list(losses))} is not finite"
+        if problem is None:
+            return result  # the check's sum overflowed on finite values: a false alarm
+        self._skip(problem, snapshot)
+        return None
+
+    def _skip(self, problem: str, snapshot: StepSnapshot | None) -> None:
+        """Skip the step (no optimiser step, gradients zeroed, the batch-norm statistics and the
+        balancer's state restored) or, under the stop policy or past ``train.max_skipped``,
+        raise."""
+        message = f"training diverged at {self._where()}: {problem}"
+        if not self.guard.skips:
+            raise TrainingDiverged(f"{message}; {ADVICE}")
+        self.optimizer.zero_grad(set_to_none=True)
+        if snapshot is not None:
+            snapshot.restore(self.model, self.balancer)
+        self.guard.count_skip(message)
+
+    def _where(self) -> str:
+        """The step in progress, as messages name it."""
+        return _where(self.epoch, self.step_in_epoch, self.steps_in_epoch, self.step)
+
     # -- checkpointed state ----------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """Everything a checkpoint holds (``checkpoints/last``): with a position in the epoch
-        (``partial``) when written mid-epoch."""
-        counters: dict[str, Any] = {"epoch": self.epoch, "step": self.step}
+        (``partial``) when written mid-epoch. Non-finite weights are never checkpointed: they
+        raise here, before anything is written."""
+        self.check_weights()
+        counters: dict[str, Any] = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "skipped": self.guard.skipped,
+        }
         for hook in self.hooks:
             counters.update(hook.state())
         counters.update(reference=self.reference, history=[asdict(r) for r in self.history])
@@ -376,19 +584,130 @@ class Trainer:
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state` returned, so training continues exactly."""
+        """Restore what :meth:`state` returned, so training continues exactly. A state that
+        does not fit this run raises :class:`CheckpointMismatch` before anything changes."""
+        self.check_state(state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.balancer.load_state_dict(state["balancer"])
         set_rng_state(state["rng"], self.generator)
         t = state["trainer"]
         self.epoch, self.step = int(t["epoch"]), int(t["step"])
+        self.guard.skipped = int(t.get("skipped", 0))
+        self._last_update = None
         self.reference = t["reference"]
         self.history = [EpochRecord(**r) for r in t["history"]]
         for hook in self.hooks:
             hook.load_state(t)
         self.scheduler.load_state(state["scheduler"])
         self._resume_point = state.get("partial")
+
+    def check_state(self, state: Any) -> None:
+        """Raise :class:`CheckpointMismatch` unless ``state`` (what :meth:`state` wrote, read
+        back) fits this trainer: its model, optimiser groups, balancer, scheduler, counters
+        and, during a resume, the training data of a mid-epoch point (``state_check``)."""
+        if not isinstance(state, dict):
+            raise CheckpointMismatch(f"state: expected a table, found {type(state).__name__}")
+        for key in ("model", "optimizer", "balancer", "rng", "scheduler", "trainer"):
+            if key not in state:
+                raise CheckpointMismatch(f"{key}: expected the {key} state, found nothing")
+        check_tensors("model", self.model.state_dict(), state["model"], finite=True, owner="model")
+        owner = f"balancer '{self.balancer.name}'"
+        # A balancer's buffers may hold NaN by design (DWA: an epoch not seen yet).
+        check_tensors(
+            "balancer", self.balancer.state_dict(), state["balancer"], finite=False, owner=owner
+        )
+        check_extra_state("balancer", self.balancer, state["balancer"])
+        # After the balancer: another balancer's learned parameters change the groups.
+        check_optimizer(self.optimizer, state["optimizer"])
+        match("rng", rng_state(self.generator), state["rng"])
+        match("scheduler", self.scheduler.state(), state["scheduler"])
+        _check_loss_tables("scheduler.history", state["scheduler"]["history"])
+        counters: dict[str, Any] = {"epoch": 0, "step": 0, "history": []}
+        for hook in self.hooks:
+            counters.update(hook.state())
+        found = state["trainer"]
+        check_counters("trainer", counters, found)
+        if "skipped" in found:  # absent from checkpoints written before it was counted
+            check_counters("trainer", {"skipped": 0, "history": []}, found)
+        reference = found.get("reference")
+        if reference is not None:
+            if not isinstance(reference, dict):
+                raise CheckpointMismatch(
+                    f"trainer.reference: expected metrics by task, found {reference!r:.80}"
+                )
+            for task, metrics in reference.items():
+                _check_loss_tables(f"trainer.reference.{task}", [metrics])
+        if state.get("partial") is not None:
+            self._check_partial(state["partial"])
+
+    def _check_partial(self, partial: Any) -> None:
+        """A mid-epoch resume point: its epoch start (generators, sampler, scheduler), its
+        position and the running sums of the trainer and its callbacks."""
+        start = {"generator": self.generator.get_state(), "scheduler": self.scheduler.state()}
+        if self._resuming is not None:
+            start["sampler"] = self._resuming.state()
+        found = partial.get("start") if isinstance(partial, dict) else None
+        if not isinstance(found, dict) or "sampler" not in found:
+            raise CheckpointMismatch("partial.start: expected the epoch's start, found none")
+        if self._resuming is None:
+            found = {k: v for k, v in found.items() if k != "sampler"}
+        # Row orders are as long as their source was when drawn: compare kinds, not sizes.
+        match("partial.start", start, found, shapes=False)
+        match("partial.start.generator", start["generator"], found["generator"])
+        position = partial.get("step_in_epoch")
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise CheckpointMismatch(
+                f"partial.step_in_epoch: expected a step number, found {position!r}"
+            )
+        names = self._resuming.names if self._resuming is not None else None
+        sums = EpochStats([t.name for t in self.tasks], names or []).state()
+        if names is None:
+            sums.pop("source_rows")
+        for hook in self.hooks:
+            sums.update(hook.epoch_state())
+        stats = partial.get("stats")
+        if not isinstance(stats, dict):
+            raise CheckpointMismatch("partial.stats: expected the epoch's running sums, found none")
+        for key, want in sums.items():
+            if key == "steps" and key not in stats:
+                continue  # written before the epoch's step counts were kept
+            if key not in stats:
+                raise CheckpointMismatch(f"partial.stats.{key}: expected a table, found nothing")
+            match(f"partial.stats.{key}", want, stats[key])
+
+
+def _check_loss_tables(key: str, rows: Any) -> None:
+    """``rows``: a list of tables of numbers (validation losses by task, metrics by name)."""
+    ok = isinstance(rows, list | tuple) and all(
+        isinstance(r, dict)
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in r.values())
+        for r in rows
+    )
+    if not ok:
+        raise CheckpointMismatch(f"{key}: expected tables of numbers by name, found {rows!r:.80}")
+
+
+def _mismatch_in(directory: Path, exc: CheckpointMismatch) -> PolytaskError:
+    return PolytaskError(f"checkpoint '{directory}' does not match the config: {exc.detail}")
+
+
+def _where(epoch: int, step_in_epoch: int, steps_in_epoch: int, step: int) -> str:
+    """A step as messages name it (1-based; the counters are 0-based)."""
+    return (
+        f"epoch {epoch + 1}, step {step_in_epoch + 1} of {steps_in_epoch} "
+        f"(step {step + 1} of the run)"
+    )
+
+
+def _names(tasks: list[str]) -> str:
+    return ", ".join(f"'{t}'" for t in tasks)
+
+
+def _rows_note(sources: TrainingData) -> str:
+    """`` (N training rows)`` where the training data knows its size."""
+    rows = len(sources) if isinstance(sources, SourceSet) else getattr(sources, "n_train", None)
+    return f" ({rows} training rows)" if isinstance(rows, int) else ""
 
 
 class _Epochly(TrainerCallback):

@@ -25,31 +25,43 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import Tensor
 
+from polytask.config_errors import Schema
 from polytask.data.arrays import is_missing, resolve_path
-from polytask.data.inputs.base import INPUTS, InputProcessor
+from polytask.data.inputs.base import INPUTS, InputProcessor, StoredState, parse_state
 from polytask.data.spec import InputSpec
 from polytask.errors import ConfigError, DataError
 
+#: Highest sample rate and longest fixed length a config may ask for: an hour at 384 kHz is
+#: already 1.4e9 samples per recording.
+MAX_SAMPLE_RATE = 384_000
+MAX_SECONDS = 3600.0
 
-class AudioParams(BaseModel):
+
+class AudioParams(Schema):
     """Parameters of the audio input."""
 
-    model_config = ConfigDict(extra="forbid")
     column: str = Field(default="audio", description="column of audio file paths or 1-D arrays")
     sample_rate: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_SAMPLE_RATE,
         description="samples per second every recording must have; default: the rate of the "
         "first training file (required when the column holds arrays)",
     )
     seconds: float | None = Field(
-        default=None, gt=0, description="fixed length; default: the longest training recording"
+        default=None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="fixed length; default: the longest training recording",
     )
     max_seconds: float = Field(
-        default=10.0, gt=0, description="cap on the fitted length when seconds is not set"
+        default=10.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="cap on the fitted length when seconds is not set",
     )
     crop: Literal["start", "center"] = Field(
         default="start", description="which part of a longer recording to keep"
@@ -233,7 +245,20 @@ class AudioInput(InputProcessor):
         return {"sample_rate": self.sample_rate, "samples": self.samples}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.sample_rate, self.samples = int(state["sample_rate"]), int(state["samples"])
+        stored = parse_state(AudioState, state)
+        self.sample_rate, self.samples = stored.sample_rate, stored.samples
+
+
+#: Most samples a fitted recording length may have: the longest length a config can ask for.
+MAX_SAMPLES = round(MAX_SAMPLE_RATE * MAX_SECONDS)
+
+
+class AudioState(StoredState):
+    """What :class:`AudioInput` fits, as stored: a rate and a length within the settings'
+    bounds (a model file must not choose a larger allocation per recording)."""
+
+    sample_rate: int = Field(ge=1, le=MAX_SAMPLE_RATE)
+    samples: int = Field(ge=1, le=MAX_SAMPLES)
 
 
 @INPUTS.register("audio", params=AudioParams, summary="a recording per row (audio file or array)")

@@ -13,17 +13,50 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor
 
+from polytask.config_errors import validation_message
 from polytask.data.spec import InputSpec
 from polytask.errors import DataError
 from polytask.registry import Registry
 
 FORMAT = "polytask.input/1"
+
+
+class StoredState(BaseModel):
+    """Base of the schemas of what processors fit (their :meth:`InputProcessor.state`): the
+    state is read back from a model directory, which may have been edited, so its types are
+    strict, unknown keys are refused and floats must be finite."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+StateT = TypeVar("StateT", bound=StoredState)
+
+
+def parse_state(schema: type[StateT], state: object) -> StateT:
+    """``state`` checked against ``schema``; a one-line :class:`DataError` naming the field."""
+    try:
+        return schema.model_validate(state)
+    except ValidationError as exc:
+        # validation_message words config errors; here the field sits in preprocessing.json.
+        message = validation_message(exc, "state", schema).removeprefix("config error: ")
+        raise DataError(f"preprocessing: {message}") from None
+
+
+class StoredInput(BaseModel):
+    """The shape of :meth:`InputProcessor.to_dict`'s output, checked before anything in it is
+    used; the parameters and the state are then checked by their own schemas."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    format: Literal["polytask.input/1"]
+    name: str
+    params: dict[str, Any]
+    state: dict[str, Any]
 
 
 class InputProcessor(ABC):
@@ -81,9 +114,18 @@ class InputProcessor(ABC):
         return {
             "format": FORMAT,
             "name": self.name,
-            "params": self.params.model_dump(mode="json"),
+            "params": self.params.model_dump(mode="json", exclude=set(local_params(self.params))),
             "state": self.state(),
         }
+
+
+def local_params(params: BaseModel | type[BaseModel]) -> frozenset[str]:
+    """The parameters of a processor that belong to the machine, not to the model (a cache
+    folder), as its parameter schema declares them in a ``local_params`` class variable. They
+    are never saved in ``preprocessing.json``, and ignored there if a file holds them, so a
+    model file cannot choose where anything is written."""
+    declared: frozenset[str] = getattr(params, "local_params", frozenset())
+    return declared
 
 
 InputFactory = Callable[[BaseModel], InputProcessor]
@@ -96,10 +138,19 @@ def build_input(name: str, params: dict[str, Any], where: str = "data.input") ->
     return entry.factory(INPUTS.validate_params(name, params, where))
 
 
-def input_from_dict(data: dict[str, Any]) -> InputProcessor:
-    """A fitted processor from :meth:`InputProcessor.to_dict`'s output."""
-    if data.get("format") != FORMAT:
-        raise DataError(f"preprocessing: unsupported input format {data.get('format')!r}")
-    processor = build_input(data["name"], data["params"])
-    processor.load_state(data["state"])
+def input_from_dict(data: object) -> InputProcessor:
+    """A fitted processor from :meth:`InputProcessor.to_dict`'s output (as read from a model
+    directory: every part checked, machine-local parameters dropped)."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise DataError(f"preprocessing: unsupported input format {found!r}")
+    try:
+        stored = StoredInput.model_validate(data)
+    except ValidationError as exc:
+        message = validation_message(exc, "", StoredInput).removeprefix("config error: ")
+        raise DataError(f"preprocessing: {message}") from None
+    local = local_params(INPUTS.get(stored.name).params)
+    params = {k: v for k, v in stored.params.items() if k not in local}
+    processor = build_input(stored.name, params, "params")
+    processor.load_state(stored.state)
     return processor

@@ -9,27 +9,27 @@ then each channel is standardised with the training images' mean and standard de
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, model_validator
 from torch import Tensor
 
+from polytask.config_errors import MAX_WIDTH, Schema, Width
 from polytask.data.arrays import cell_array, stack_column
-from polytask.data.inputs.base import INPUTS, InputProcessor
+from polytask.data.inputs.base import INPUTS, InputProcessor, StoredState, parse_state
 from polytask.data.spec import InputSpec
 from polytask.errors import DataError
 
 
-class ImageParams(BaseModel):
+class ImageParams(Schema):
     """Parameters of the image input."""
 
-    model_config = ConfigDict(extra="forbid")
     column: str = Field(default="image", description="column of arrays or image file paths")
-    size: list[int] | None = Field(
+    size: list[Width] | None = Field(
         default=None, min_length=2, max_length=2, description="[height, width] to resize to"
     )
     channels: Literal[1, 3] | None = Field(
@@ -121,7 +121,23 @@ class ImageInput(InputProcessor):
         return {"shape": self.shape, "mean": self.mean, "std": self.std}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.shape, self.mean, self.std = state["shape"], state["mean"], state["std"]
+        stored = parse_state(ImageState, state)
+        self.shape, self.mean, self.std = stored.shape, stored.mean, stored.std
+
+
+class ImageState(StoredState):
+    """What :class:`ImageInput` fits, as stored: ``[C, H, W]`` (1 to 4 channels, sides
+    bounded like ``size``) and one finite mean and positive std per channel."""
+
+    shape: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(min_length=3, max_length=3)
+    mean: list[float] = Field(max_length=4)
+    std: list[Annotated[float, Field(gt=0.0)]] = Field(max_length=4)
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> ImageState:
+        if self.shape[0] > 4 or not len(self.mean) == len(self.std) == self.shape[0]:
+            raise ValueError(f"mean and std need one value per channel of shape {self.shape}")
+        return self
 
 
 def _scale(array: np.ndarray) -> np.ndarray:

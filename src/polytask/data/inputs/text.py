@@ -45,22 +45,25 @@ They go in ``inputs["ngrams"]``, left-aligned and padded with 0.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import Tensor
 
-from polytask.data.inputs.base import INPUTS, InputProcessor
+from polytask.config_errors import MAX_VOCAB, BatchSize, Schema, VocabSize, Width
+from polytask.data.inputs.base import INPUTS, InputProcessor, StoredState, parse_state
 from polytask.data.inputs.minilm import (
     MINILM_DIM,
     MINILM_VOCAB_SIZE,
@@ -70,6 +73,8 @@ from polytask.data.inputs.minilm import (
     minilm_tokenizer,
 )
 from polytask.data.spec import InputSpec
+from polytask.errors import PolytaskError
+from polytask.safe_read import regular_file
 
 #: Words (inner apostrophes kept), apostrophe-led clitics, any other single non-space char.
 TOKEN_PATTERN = r"\w+(?:['’]\w+)*|['’]\w+|[^\w\s]"
@@ -132,23 +137,22 @@ def pad_rows(rows: Iterable[list[int]], width: int) -> Tensor:
 
 
 # -- the project's tokenizer and vocabulary ---------------------------------------------------
-class TextParams(BaseModel):
+class TextParams(Schema):
     """Parameters of the text input (tokenizer, vocabulary, n-grams)."""
 
-    model_config = ConfigDict(extra="forbid")
     column: str = Field(default="text", description="column of texts")
     lowercase: bool = True
-    max_tokens: int = Field(default=256, ge=1, description="tokens kept per text (the first)")
+    max_tokens: Width = Field(default=256, description="tokens kept per text (the first)")
     min_frequency: int = Field(default=1, ge=1, description="training count to enter the vocab")
-    max_size: int | None = Field(
-        default=50_000, ge=1, description="vocabulary size cap (most frequent words)"
+    max_size: VocabSize | None = Field(
+        default=50_000, description="vocabulary size cap (most frequent words)"
     )
     ngrams: int = Field(default=1, ge=1, le=3, description="word n-grams up to this order")
     ngram_mode: Literal["hashed", "counted"] = "hashed"
-    ngram_buckets: int = Field(default=100_000, ge=1, description="hashed: number of buckets")
+    ngram_buckets: VocabSize = Field(default=100_000, description="hashed: number of buckets")
     ngram_min_frequency: int = Field(default=2, ge=1, description="counted: training count")
-    ngram_max_size: int | None = Field(
-        default=100_000, ge=1, description="counted: n-gram vocabulary cap"
+    ngram_max_size: VocabSize | None = Field(
+        default=100_000, description="counted: n-gram vocabulary cap"
     )
 
 
@@ -242,9 +246,18 @@ class TextInput(InputProcessor):
         return {"vocabulary": self.vocabulary, "ngram_vocabulary": self.ngram_vocabulary}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.vocabulary = list(state["vocabulary"])
-        self.ngram_vocabulary = list(state["ngram_vocabulary"])
+        stored = parse_state(TextState, state)
+        self.vocabulary = stored.vocabulary
+        self.ngram_vocabulary = stored.ngram_vocabulary
         self._index()
+
+
+class TextState(StoredState):
+    """What :class:`TextInput` fits, as stored: its vocabularies, bounded like the settings
+    that cap them (``max_size``, ``ngram_max_size``)."""
+
+    vocabulary: list[str] = Field(max_length=MAX_VOCAB)
+    ngram_vocabulary: list[str] = Field(max_length=MAX_VOCAB)
 
 
 @INPUTS.register("text", params=TextParams, summary="a text per row: tokens over a vocabulary")
@@ -267,10 +280,31 @@ class EmbeddingCache:
         return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
     def _load(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self.path.is_file():
+        if not os.path.lexists(self.path):
             return np.zeros((0, 16), dtype=np.uint8), np.zeros((0, 0), dtype=np.float32)
-        with np.load(self.path) as data:
-            return data["keys"], data["vectors"]
+        regular_file(self.path)  # a FIFO or device there would block or never end
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                keys, vectors = data["keys"], data["vectors"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise PolytaskError(
+                f"'{self.path}' is not a readable embedding cache ({type(exc).__name__}); "
+                "delete it to rebuild the cache"
+            ) from None
+        if not (
+            keys.dtype == np.uint8
+            and keys.ndim == 2
+            and keys.shape[1] == 16
+            and vectors.dtype == np.float32
+            and vectors.ndim == 2
+            and len(vectors) == len(keys)
+            and bool(np.isfinite(vectors).all())
+        ):
+            raise PolytaskError(
+                f"'{self.path}' does not hold 16-byte keys and finite float32 vectors, one per "
+                "key; delete it to rebuild the cache"
+            )
+        return keys, vectors
 
     def get(self, texts: list[str], dim: int = 384) -> tuple[np.ndarray, list[int]]:
         """float32 ``[len(texts), dim]`` (zeros where unknown) and the indices not cached."""
@@ -291,31 +325,40 @@ class EmbeddingCache:
         keys, old = self._load()
         merged = {k.tobytes(): v for k, v in zip(keys, old, strict=True)}
         merged.update((self.key(t), v) for t, v in zip(texts, vectors, strict=True))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(f".{self.path.stem}.{os.getpid()}.part.npz")
-        np.savez(
-            partial,
-            keys=np.frombuffer(b"".join(merged), dtype=np.uint8).reshape(-1, 16),
-            vectors=np.stack(list(merged.values())).astype(np.float32),
-        )
-        partial.replace(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                partial,
+                keys=np.frombuffer(b"".join(merged), dtype=np.uint8).reshape(-1, 16),
+                vectors=np.stack(list(merged.values())).astype(np.float32),
+            )
+            partial.replace(self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            raise PolytaskError(
+                f"cannot write the embedding cache '{self.path}': {exc.strerror or exc}"
+            ) from None
 
 
-class SentenceEmbeddingParams(BaseModel):
+class SentenceEmbeddingParams(Schema):
     """Parameters of the frozen sentence-embedding input."""
 
-    model_config = ConfigDict(extra="forbid")
     column: str = Field(default="text", description="column of texts")
     max_tokens: int = Field(
         default=256, ge=3, le=512, description="word pieces per text incl. [CLS]/[SEP]"
     )
     normalize: bool = Field(default=True, description="L2-normalise, as encode() does")
-    batch_size: int = Field(default=64, ge=1, description="texts per forward pass")
+    batch_size: BatchSize = Field(default=64, description="texts per forward pass")
     cache_dir: str | None = Field(
         default=None,
         description="folder keeping the embeddings of every text seen (one .npz per setting, "
         "keyed by a hash of each text), so that no text is embedded twice",
     )
+    #: The cache folder is this machine's setting: never saved with a model (see
+    #: :func:`polytask.data.inputs.base.local_params`).
+    local_params: ClassVar[frozenset[str]] = frozenset({"cache_dir"})
 
 
 def minilm_ids(texts: list[str], max_tokens: int) -> list[list[int]]:
@@ -430,10 +473,9 @@ def build_sentence_embedding(params: BaseModel) -> InputProcessor:
     return SentenceEmbeddingInput(params)
 
 
-class MiniLMTokensParams(BaseModel):
+class MiniLMTokensParams(Schema):
     """Parameters of the MiniLM word-piece input."""
 
-    model_config = ConfigDict(extra="forbid")
     column: str = Field(default="text", description="column of texts")
     max_tokens: int = Field(
         default=256, ge=3, le=512, description="word pieces per text incl. [CLS]/[SEP]"

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from polytask.config import register_section
+from polytask.config_errors import Epochs, Schema, Steps
 from polytask.studies.affinity.grouping import SearchMethod
 
 
-class AffinityConfig(BaseModel):
+class AffinityConfig(Schema):
     """``[affinity]``: how ``polytask affinity`` measures lookahead task affinity and suggests a
     grouping (:mod:`polytask.studies.affinity.study`). The command's options override these keys;
     an unset key takes the default of :func:`polytask.studies.affinity.study.affinity`."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    every: int | None = Field(
+    every: Steps | None = Field(
         default=None,
-        ge=1,
         description="measure every N training steps; default: 1 in a probe, else 5",
     )
     lr: float | None = Field(
@@ -28,8 +26,8 @@ class AffinityConfig(BaseModel):
     max_groups: int | None = Field(
         default=None, ge=1, description="budget of groups (models); default min(tasks, 3)"
     )
-    probe_epochs: int | None = Field(
-        default=None, ge=1, description="training epochs of a probe (--probe); default 1"
+    probe_epochs: Epochs | None = Field(
+        default=None, description="training epochs of a probe (--probe); default 1"
     )
     search: SearchMethod = Field(
         default="auto", description="grouping search; auto: exhaustive, exact DP, beam by size"

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from polytask.config import register_section
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+from polytask.config_errors import Schema, Seed
 
 #: The name of the single-task baselines in a comparison; no configuration may take it.
 SINGLE_TASK = "single-task"
@@ -26,7 +22,7 @@ def _fixed_by_compare(key: str) -> bool:
     return any(key == f or key.startswith(f + ".") for f in fixed)
 
 
-class CompareConfiguration(_Strict):
+class CompareConfiguration(Schema):
     """One ``[[compare.configurations]]`` entry: a multi-task set-up, written as ``--set``
     overrides of the run configuration."""
 
@@ -40,10 +36,10 @@ class CompareConfiguration(_Strict):
     )
 
 
-class SeededConfig(_Strict):
+class SeededConfig(Schema):
     """A section that repeats its runs over seeds (``[compare]``, ``[pareto]``)."""
 
-    seeds: int | list[int] = Field(
+    seeds: int | list[Seed] = Field(
         default=5,
         description="a number of seeds (counting up from the config's seed) or the seeds",
     )

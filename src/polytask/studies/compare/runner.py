@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +30,11 @@ from polytask.evaluate.reference import against_reference
 from polytask.run.baselines import train_baseline
 from polytask.run.directory import (
     CONFIG,
+    has_checkpoint,
     is_finished,
     read_config,
     read_results,
+    remove_run_dir,
     write_config,
 )
 from polytask.run.pipeline import run, run_predictor, save_run
@@ -199,9 +200,11 @@ def ensure_run(
                 "delete it (or use another --out) to train it again"
             )
         return read_outcome(run_dir), False
-    resume = matches and (run_dir / "checkpoints" / "last" / "state.json").is_file()
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)  # an unfinished run without a usable checkpoint starts over
+    resume = matches and has_checkpoint(run_dir)
+    if not resume:
+        # An unfinished run without a usable checkpoint starts over: only a polytask run that
+        # no live process holds is deleted (anything else fails, untouched).
+        remove_run_dir(run_dir)
     if spec.task is not None:
         data = cache.get(spec.cfg, frame, frames)
         if data.test is None:

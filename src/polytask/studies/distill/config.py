@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from polytask.config import register_section
+from polytask.config_errors import Schema
 
 
-class DistillConfig(BaseModel):
+class DistillConfig(Schema):
     """``[distill]``: train the run's model (the student) on teachers' outputs as well as the
     labels (:mod:`polytask.studies.distill`; ``polytask distill``). Without teachers, no
     distillation."""
-
-    model_config = ConfigDict(extra="forbid")
 
     teachers: list[str] = Field(
         default_factory=list,

@@ -19,12 +19,12 @@ from typing import Any
 import pandas as pd
 import torch
 from rich.console import Console
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from polytask.errors import ConfigError, DataError
 from polytask.run.predictor import Predictor, load, model_dir
-from polytask.state_io import atomic_directory, file_sha256
+from polytask.state_io import atomic_directory, file_sha256, write_tensors
 from polytask.tasks import Task
 
 #: Format tag of a cached teacher-output file.
@@ -180,7 +180,7 @@ class TeacherOutputs:
             raw.update({n: outputs[n].contiguous() for n in mine})
         if cached is not None:
             with atomic_directory(cached.parent) as staging:
-                save_file(raw, str(staging / cached.name), metadata={"format": CACHE_FORMAT})
+                write_tensors(staging / cached.name, raw, {"format": CACHE_FORMAT})
         return self._converted(raw, by_name)
 
     def _converted(self, raw: dict[str, Tensor], by_name: dict[str, Task]) -> dict[str, Tensor]:

@@ -32,7 +32,7 @@ from polytask.evaluate.evaluation import evaluate_data
 from polytask.evaluate.reference import against_reference
 from polytask.models.model import build_model
 from polytask.run.build import build_run, train_built
-from polytask.run.directory import check_out_dir, create_out_dir
+from polytask.run.directory import check_out_dir, create_out_dir, protected_paths
 from polytask.run.pipeline import RunResult, check_tensorboard, save_run
 from polytask.run.predictor import Predictor
 from polytask.studies.finetune.base import (
@@ -189,7 +189,9 @@ def finetune(
     if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg)
     out_dir = Path(out) if out is not None else (cfg.resolve(cfg.out) if cfg.out else None)
-    check_out_dir(out_dir, resume, overwrite)
+    check_out_dir(
+        out_dir, resume, overwrite, [*protected_paths(cfg), ("the base model", Path(base))]
+    )
     check_tensorboard(cfg, out_dir)
     source = load_base(base)
     plan = check_run_config(cfg, source)
@@ -221,84 +223,87 @@ def finetune(
     assert built.tuning is not None  # a given model is always tuned
     tuning = built.tuning
     frozen_at_start = tuning.plan.frozen_names()
-    # Every check passed: from here on the output directory may be written.
-    create_out_dir(out_dir, cfg, resume, overwrite)
-    fit = train_built(
-        cfg,
-        built,
-        data,
-        out_dir,
-        resume=resume,
-        quiet=quiet,
-        console=console,
-        callbacks=callbacks,
-        label="finetune",
-    )
-    if tuning.unfreezing is not None:
-        tuning.unfreezing.settle(len(fit.history))
-    batch = cfg.train.eval_batch_size
-    eval_split, split_name = data.evaluation_split()
-    _, metrics = evaluate_data(model, tasks, eval_split, batch)
-    base_metrics: dict[str, dict[str, float]] = {}
-    if plan.continued:
-        continued = [fitted[n] for n in plan.continued]
-        _, base_metrics = evaluate_data(source.model, continued, eval_split, batch)
-    comparison = against_reference(tasks, metrics, base_metrics, split_name, reference="base model")
+    # Every check passed: from here on the output directory may be written (locked; with
+    # ``overwrite``, ``work_dir`` is the sibling that replaces it once the block finished).
+    with create_out_dir(out_dir, cfg, resume, overwrite) as work_dir:
+        fit = train_built(
+            cfg,
+            built,
+            data,
+            work_dir,
+            resume=resume,
+            quiet=quiet,
+            console=console,
+            callbacks=callbacks,
+            label="finetune",
+        )
+        if tuning.unfreezing is not None:
+            tuning.unfreezing.settle(len(fit.history))
+        batch = cfg.train.eval_batch_size
+        eval_split, split_name = data.evaluation_split()
+        _, metrics = evaluate_data(model, tasks, eval_split, batch)
+        base_metrics: dict[str, dict[str, float]] = {}
+        if plan.continued:
+            continued = [fitted[n] for n in plan.continued]
+            _, base_metrics = evaluate_data(source.model, continued, eval_split, batch)
+        comparison = against_reference(
+            tasks, metrics, base_metrics, split_name, reference="base model"
+        )
 
-    lineage = _lineage(cfg, source, plan, tuning, frozen_at_start, data)
-    # What never trained must be exactly the base's: weights and batch-norm statistics.
-    frozen_check = unchanged_tensors(
-        model.state_dict(), source.model.state_dict(), tuning.plan.frozen_state_names()
-    )
-    checked = [data.val] + ([data.test] if data.test is not None else [])
-    inputs = {k: torch.cat([s.inputs[k] for s in checked]) for k in data.val.inputs}
-    outputs = compare_outputs(source.model, model, plan.kept, inputs, batch)
-    # The returned model is an ordinary one again: nothing frozen, nothing held in eval mode.
-    model.keep_in_eval([])
-    model.requires_grad_(True)
-    predictor = Predictor(
-        model,
-        model_tasks,
-        source.predictor.preprocessor,
-        model_cfg,
-        spec,
-        id_column=cfg.data.id or source.predictor.id_column,
-        na_values=list(dict.fromkeys([*source.predictor.na_values, *cfg.data.na_values])),
-        lineage=lineage,
-    )
-    encoder_trained = tuning.plan.frozen < len(tuning.plan.groups) or tuning.plan.released > 0
-    old_tasks: dict[str, Any] = {
-        "kept": plan.kept,
-        "continued": plan.continued,
-        "outputs": {
-            "split": "+".join(["val"] + (["test"] if data.test is not None else [])),
-            "rows": int(next(iter(inputs.values())).shape[0]),
-            "per_task": outputs,
-        },
-        "frozen_tensors": frozen_check,
-        **_measure_old_tasks(
-            source,
-            predictor,
-            plan,
-            reference,
-            row_index,
-            eval_split,
-            split_name,
-            encoder_trained or any(not c["unchanged"] for c in outputs.values()),
-        ),
-    }
-    summary = {
-        "split": split_name,
-        "best_epoch": fit.best_epoch,
-        "multi_task": metrics,
-        "single_task": {},
-        "comparison": comparison.to_dict(),
-        "base_model": base_metrics,
-        "old_tasks": old_tasks,
-    }
-    predictor.metrics = summary
-    if out_dir is not None:
-        save_run(out_dir, predictor, summary)
+        lineage = _lineage(cfg, source, plan, tuning, frozen_at_start, data)
+        # What never trained must be exactly the base's: weights and batch-norm statistics.
+        frozen_check = unchanged_tensors(
+            model.state_dict(), source.model.state_dict(), tuning.plan.frozen_state_names()
+        )
+        checked = [data.val] + ([data.test] if data.test is not None else [])
+        inputs = {k: torch.cat([s.inputs[k] for s in checked]) for k in data.val.inputs}
+        outputs = compare_outputs(source.model, model, plan.kept, inputs, batch)
+        # The returned model is an ordinary one again: nothing frozen, nothing held in eval mode.
+        model.keep_in_eval([])
+        model.requires_grad_(True)
+        predictor = Predictor(
+            model,
+            model_tasks,
+            source.predictor.preprocessor,
+            model_cfg,
+            spec,
+            id_column=cfg.data.id or source.predictor.id_column,
+            na_values=list(dict.fromkeys([*source.predictor.na_values, *cfg.data.na_values])),
+            lineage=lineage,
+        )
+        encoder_trained = tuning.plan.frozen < len(tuning.plan.groups) or tuning.plan.released > 0
+        old_tasks: dict[str, Any] = {
+            "kept": plan.kept,
+            "continued": plan.continued,
+            "outputs": {
+                "split": "+".join(["val"] + (["test"] if data.test is not None else [])),
+                "rows": int(next(iter(inputs.values())).shape[0]),
+                "per_task": outputs,
+            },
+            "frozen_tensors": frozen_check,
+            **_measure_old_tasks(
+                source,
+                predictor,
+                plan,
+                reference,
+                row_index,
+                eval_split,
+                split_name,
+                encoder_trained or any(not c["unchanged"] for c in outputs.values()),
+            ),
+        }
+        summary = {
+            "split": split_name,
+            "best_epoch": fit.best_epoch,
+            "multi_task": metrics,
+            "single_task": {},
+            "comparison": comparison.to_dict(),
+            "base_model": base_metrics,
+            "old_tasks": old_tasks,
+        }
+        predictor.metrics = summary
+        if work_dir is not None:
+            save_run(work_dir, predictor, summary)
     return RunResult(predictor, fit, metrics, base_metrics, comparison, out_dir)
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from polytask.config import register_section
+from polytask.config_errors import Epochs, Seed
 from polytask.studies.compare.config import SeededConfig
 
 
@@ -15,7 +16,7 @@ class ParetoConfig(SeededConfig):
     (:mod:`polytask.studies.pareto`): one run per preference vector (and seed), plus, when the
     balancer is ``cosmos``, one preference-conditioned run evaluated at the same preferences."""
 
-    seeds: int | list[int] = Field(
+    seeds: int | list[Seed] = Field(
         default=1,
         description="a number of seeds (counting up from the config's seed) or the seeds",
     )
@@ -41,9 +42,8 @@ class ParetoConfig(SeededConfig):
         default_factory=list,
         description="balancing methods also trained once per seed, each giving one point",
     )
-    conditioned_epochs: int | None = Field(
+    conditioned_epochs: Epochs | None = Field(
         default=None,
-        ge=1,
         description="train.epochs of the conditioned (cosmos) run; default: train.epochs. One "
         "model for every preference may need a longer budget than one run for one preference",
     )

@@ -142,6 +142,15 @@ class Kind:
                 f"{where}: pos_weight has {len(task.pos_weight)} values for "
                 f"{len(task.targets)} label columns"
             )
+        # Checked here rather than in the [[tasks]] schema so that a Task built in Python and
+        # a tasks.json read back are held to the same rule: a weight <= 0 or not finite makes
+        # the loss negative, zero or NaN and trains to nonsense without an error.
+        pw = task.pos_weight
+        for value in pw if isinstance(pw, list) else [] if pw is None else [pw]:
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
+                raise ConfigError(
+                    f"{where}: pos_weight must be a finite number > 0 (got {value!r})"
+                )
         if task.class_weights is not None:
             if not self.accepts_class_weights:
                 raise ConfigError(
@@ -152,6 +161,13 @@ class Kind:
                 raise ConfigError(
                     f"{where}: class_weights has {len(task.class_weights)} values for "
                     f"{len(task.classes)} classes"
+                )
+            cw = task.class_weights
+            bad = [v for v in cw if not (_is_number(v) and math.isfinite(v) and v >= 0)]
+            if bad or not any(v > 0 for v in cw):
+                got = f"got {bad[0]!r}" if bad else "all are 0"
+                raise ConfigError(
+                    f"{where}: class_weights must be finite numbers >= 0, at least one > 0 ({got})"
                 )
         if task.classes is not None:
             if len(set(task.classes)) != len(task.classes):
@@ -349,6 +365,11 @@ class KindRegistry:
 KINDS = KindRegistry()
 
 
+def _is_number(value: object) -> bool:
+    """A real number, not a bool (``True`` is an int to Python, not a weight to a user)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _kinds_accepting(field: str) -> str:
     """``"binary and multilabel"``: the kinds whose declarations may set ``field``."""
     names = [k.name for k in KINDS if getattr(k, f"accepts_{field}")]
@@ -401,12 +422,31 @@ def classes_mismatch(student: TaskLike, teacher: TaskLike) -> str | None:
     return None
 
 
+#: Largest magnitude of a regression-like target. Predictions and metrics are computed in
+#: float32, where a squared error of a 1e20 target is already infinite; 1e15 keeps the error,
+#: its square summed over millions of rows and the scale all finite.
+MAX_TARGET_MAGNITUDE = 1e15
+
+
+def check_magnitude(values: np.ndarray, where: str, column: str) -> None:
+    """A :class:`DataError` naming ``column`` when a finite value is too large to standardise
+    (beyond :data:`MAX_TARGET_MAGNITUDE`); infinite values are missing labels, not checked."""
+    finite = np.abs(values[np.isfinite(values)])
+    if finite.size and float(finite.max()) > MAX_TARGET_MAGNITUDE:
+        raise DataError(
+            f"{where}: column '{column}' holds values too large to standardise "
+            f"(max |x| = {float(finite.max()):.3g}; at most {MAX_TARGET_MAGNITUDE:g})"
+        )
+
+
 def fitted_scale(values: np.ndarray, where: str, column: str, what: str) -> dict[str, Any]:
     """``target_mean`` and ``target_std`` of the finite training ``values`` (a std of 0 is
-    taken as 1); a :class:`DataError` naming the column when none is finite."""
+    taken as 1); a :class:`DataError` naming the column when none is finite or one is too
+    large to standardise."""
     values = values[np.isfinite(values)]
     if values.size == 0:
         raise DataError(f"{where}: column '{column}' has no valid {what} in train")
+    check_magnitude(values, where, column)
     std = float(values.std())
     return {"target_mean": float(values.mean()), "target_std": std or 1.0}
 
@@ -427,6 +467,29 @@ def to_standard(task: TaskLike, values: Tensor) -> Tensor:
     """Standardise values in the original unit with ``task``'s scale."""
     mean, std = _scale(task)
     return (values - mean) / std
+
+
+def probabilities(output: Tensor, to_proba: Callable[[Tensor], Tensor]) -> np.ndarray:
+    """``to_proba(output)`` as float64, NaN wherever the output is not finite: a logit of inf
+    (an overflow) gives a probability of 1 that nothing supports."""
+    proba = to_proba(output).double().numpy()
+    finite = torch.isfinite(output).numpy()
+    return np.where(finite, proba, np.nan) if not finite.all() else proba
+
+
+def labelled_where(labels: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """``labels`` with no label (``None``) where ``known`` is False: a class is never attached
+    to a NaN probability. Unchanged (same dtype) when every row is known."""
+    if bool(known.all()):
+        return labels
+    out = labels.astype(object)
+    out[~known] = None
+    return out
+
+
+def finite_or_nan(values: np.ndarray) -> np.ndarray:
+    """``values`` with NaN for every infinity: an overflowed prediction is no value."""
+    return np.where(np.isfinite(values), values, np.nan)
 
 
 def per_row_column(maps: np.ndarray) -> np.ndarray:

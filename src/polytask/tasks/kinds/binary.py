@@ -24,6 +24,8 @@ from polytask.tasks.kinds.base import (
     Sigmoid,
     TaskLike,
     classes_mismatch,
+    labelled_where,
+    probabilities,
 )
 from polytask.tasks.kinds.columns import fit_label_classes, label_codes
 
@@ -105,8 +107,9 @@ class Binary(Sigmoid):
     def decode(self, task: TaskLike, output: Tensor) -> dict[str, np.ndarray]:
         assert task.classes is not None
         classes = np.array(task.classes, dtype=object)
-        p = torch.sigmoid(output).double().numpy()
-        return {task.name: classes[(p >= 0.5).astype(np.int64)], f"{task.name}_proba": p}
+        p = probabilities(output, torch.sigmoid)
+        labels = labelled_where(classes[(p >= 0.5).astype(np.int64)], np.isfinite(p))
+        return {task.name: labels, f"{task.name}_proba": p}
 
     def teacher_mismatch(self, student: TaskLike, teacher: TaskLike) -> str | None:
         return classes_mismatch(student, teacher)

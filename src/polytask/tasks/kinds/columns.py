@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from polytask.errors import DataError
-from polytask.tasks.kinds.base import TaskLike
+from polytask.tasks.kinds.base import TaskLike, check_magnitude
 
 
 def _label_text(value: object) -> str:
@@ -122,8 +122,13 @@ def label_codes(task: TaskLike, table: pd.DataFrame, source: str) -> tuple[np.nd
     return np.where(valid, codes, 0), valid
 
 
-def standardised(task: TaskLike, values: np.ndarray, valid: np.ndarray) -> tuple[Tensor, Tensor]:
-    """Values on the task's standard scale (0 where invalid) and the validity mask."""
+def standardised(
+    task: TaskLike, values: np.ndarray, valid: np.ndarray, source: str
+) -> tuple[Tensor, Tensor]:
+    """Values on the task's standard scale (0 where invalid) and the validity mask; a
+    :class:`DataError` naming the column when a valid value is too large to standardise (a
+    validation row of 1e308 would otherwise become an infinite float32 target)."""
+    check_magnitude(np.where(valid, values, 0.0), f"{source}: task '{task.name}'", task.targets[0])
     mean = task.target_mean or 0.0
     std = task.target_std or 1.0
     scaled = np.where(valid, (values - mean) / std, 0.0).astype(np.float32)

@@ -18,6 +18,7 @@ from polytask.tasks.kinds.base import (
     LoadArrays,
     MetricFactory,
     TaskLike,
+    finite_or_nan,
     fitted_scale,
     per_row_column,
 )
@@ -64,7 +65,7 @@ class DenseRegression(Regression):
         rows = present.reshape((-1,) + (1,) * (maps.ndim - 1))
         values = maps.astype(np.float64)
         valid = np.isfinite(values) & rows
-        return standardised(task, values, valid)
+        return standardised(task, values, valid, source)
 
     def example(self, rng: np.random.Generator, n: int) -> tuple[dict[str, Any], pd.DataFrame]:
         maps = []
@@ -86,4 +87,5 @@ class DenseRegression(Regression):
 
     def decode(self, task: TaskLike, output: Tensor) -> dict[str, np.ndarray]:
         # One array per row, in the target's own unit.
-        return {task.name: per_row_column(self.to_original_units(task, output).double().numpy())}
+        values = self.to_original_units(task, output.double()).numpy()
+        return {task.name: per_row_column(finite_or_nan(values))}

@@ -17,6 +17,8 @@ from polytask.tasks.kinds.base import (
     LossState,
     MetricFactory,
     TaskLike,
+    labelled_where,
+    probabilities,
 )
 from polytask.tasks.kinds.columns import fit_label_classes, label_codes
 
@@ -81,8 +83,11 @@ class Multiclass(ClassIndexed):
     def decode(self, task: TaskLike, output: Tensor) -> dict[str, np.ndarray]:
         assert task.classes is not None
         classes = np.array(task.classes, dtype=object)
-        probs = torch.softmax(output, dim=-1).double().numpy()
-        cols = {task.name: classes[probs.argmax(axis=1)]}
+        probs = probabilities(output, lambda o: torch.softmax(o, dim=-1))
+        # One non-finite logit makes the whole row's softmax meaningless.
+        known = np.isfinite(probs).all(axis=1)
+        probs[~known] = np.nan
+        cols = {task.name: labelled_where(classes[np.nan_to_num(probs).argmax(axis=1)], known)}
         for j, label in enumerate(task.classes):
             cols[f"{task.name}_proba_{label}"] = probs[:, j]
         return cols

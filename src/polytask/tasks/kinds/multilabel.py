@@ -19,6 +19,8 @@ from polytask.tasks.kinds.base import (
     MetricFactory,
     Sigmoid,
     TaskLike,
+    labelled_where,
+    probabilities,
 )
 from polytask.tasks.kinds.columns import binary_column
 
@@ -43,6 +45,12 @@ class Multilabel(Sigmoid):
     def check_target(self, task: TaskLike, where: str) -> None:
         if isinstance(task.target, str) or len(task.target) < 1:
             raise ConfigError(f"{where}: a multilabel target is a list of 0/1 columns")
+        if len(task.target) < 2:
+            # The multilabel metrics need 2 labels or more; one 0/1 column is a binary task.
+            raise ConfigError(
+                f"{where}: a multilabel target lists at least 2 columns; for the one column "
+                f"{task.target[0]!r} use kind 'binary'"
+            )
 
     def n_outputs(self, task: TaskLike) -> int:
         return len(task.targets)
@@ -92,10 +100,11 @@ class Multilabel(Sigmoid):
         return preds[valid_rows], tgt[valid_rows]
 
     def decode(self, task: TaskLike, output: Tensor) -> dict[str, np.ndarray]:
-        proba = torch.sigmoid(output).double().numpy()
+        proba = probabilities(output, torch.sigmoid)
         cols: dict[str, np.ndarray] = {}
         for j, label in enumerate(task.targets):
-            cols[f"{task.name}.{label}"] = (proba[:, j] >= 0.5).astype(np.int64)
+            decided = (proba[:, j] >= 0.5).astype(np.int64)
+            cols[f"{task.name}.{label}"] = labelled_where(decided, np.isfinite(proba[:, j]))
             cols[f"{task.name}.{label}_proba"] = proba[:, j]
         return cols
 

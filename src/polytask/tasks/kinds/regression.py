@@ -15,6 +15,7 @@ from polytask.tasks.kinds.base import (
     LossState,
     MetricFactory,
     TaskLike,
+    finite_or_nan,
     fitted_scale,
     from_standard,
     to_standard,
@@ -52,7 +53,7 @@ class Regression(Kind):
         self, task: TaskLike, table: pd.DataFrame, source: str, load_arrays: LoadArrays
     ) -> tuple[Tensor, Tensor]:
         values = numeric(table[task.targets[0]], source)
-        return standardised(task, values, np.isfinite(values))
+        return standardised(task, values, np.isfinite(values), source)
 
     def example(self, rng: np.random.Generator, n: int) -> tuple[dict[str, Any], pd.DataFrame]:
         values = rng.normal(40.0, 12.0, n)
@@ -76,11 +77,18 @@ class Regression(Kind):
         out, tgt = output[mask], target[mask]
         return self.to_original_units(task, out), self.to_original_units(task, tgt)
 
+    def degenerate(self, name: str, target: Tensor) -> bool:
+        """R² compares the errors with the labels' own variance, which one label does not have
+        (torchmetrics raises): NaN, as AUROC on one class."""
+        return name == "r2" and target.numel() < 2
+
     def to_original_units(self, task: TaskLike, values: Tensor) -> Tensor:
         return from_standard(task, values)
 
     def decode(self, task: TaskLike, output: Tensor) -> dict[str, np.ndarray]:
-        return {task.name: self.to_original_units(task, output).double().numpy()}
+        # In float64: a large but finite output times the target scale may overflow float32.
+        values = self.to_original_units(task, output.double()).numpy()
+        return {task.name: finite_or_nan(values)}
 
     def to_student_units(self, student: TaskLike, teacher: TaskLike, output: Tensor) -> Tensor:
         # From the teacher's standardisation to the student's.

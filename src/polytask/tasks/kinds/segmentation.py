@@ -18,6 +18,7 @@ from polytask.tasks.kinds.base import (
     LossState,
     MetricFactory,
     TaskLike,
+    labelled_where,
     per_row_column,
 )
 
@@ -130,8 +131,10 @@ class Segmentation(ClassIndexed):
         return pixels.argmax(dim=-1), target[mask]
 
     def decode(self, task: TaskLike, output: Tensor) -> dict[str, np.ndarray]:
-        # One class-index map per row.
-        return {task.name: per_row_column(output.argmax(dim=1).numpy())}
+        # One class-index map per row; none for a row whose logits are not all finite.
+        known = torch.isfinite(output).flatten(1).all(dim=1).numpy()
+        maps = per_row_column(output.nan_to_num().argmax(dim=1).numpy())
+        return {task.name: labelled_where(maps, known)}
 
 
 def _is_int(text: str) -> bool:

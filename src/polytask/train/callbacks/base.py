@@ -11,7 +11,8 @@ stopping, checkpointing, metrics log, progress; then the user's):
 ``before_backward(trainer, losses)``
     with the step's masked per-task losses, before ``balancer.backward`` (the graph is intact);
 ``after_step(trainer, losses, result)``
-    after ``optimizer.step()`` (``result`` is None on a step with no label to learn from);
+    after ``optimizer.step()`` (``result`` is None on a step with no label to learn from, and
+    on a step skipped for a non-finite loss or gradient under ``train.nonfinite = "skip"``);
 ``on_steps_end(trainer)``
     after the epoch's last step, before validation;
 ``on_epoch_end(trainer, record)``

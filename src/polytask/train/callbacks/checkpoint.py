@@ -3,20 +3,27 @@ random number generators, task scheduler, the trainer's counters and history) af
 and every ``checkpoint_every`` steps (then with the position in the epoch), and
 ``checkpoints/best`` (the best epoch's weights) when an epoch improves the criterion.
 
-Files are safetensors + JSON written atomically (:mod:`polytask.state_io`); the layout is the
-trainer's :meth:`~polytask.train.trainer.Trainer.state`. Resuming restores it, so training
-continues to the same weights as an uninterrupted run.
+Files are safetensors + JSON (:mod:`polytask.state_io`); the layout is the trainer's
+:meth:`~polytask.train.trainer.Trainer.state`. Resuming restores it, so training continues to
+the same weights as an uninterrupted run.
+
+A checkpoint is one atomic unit: each save stages a whole new ``checkpoints`` folder (``last/``
+written, ``best/`` written or hard-linked from the previous one) and exchanges it with the old
+one in one step, so a kill at any moment leaves the previous checkpoint or the new one, whole,
+and never a ``last`` that disagrees with its ``best``.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from torch import Tensor
 
 from polytask.balance.base import BackwardResult
 from polytask.errors import PolytaskError
-from polytask.state_io import atomic_directory, load_state, save_state
+from polytask.state_io import atomic_directory, fault_point, load_state, recover, save_state
 from polytask.train.callbacks.base import TrainerCallback, TrainerView
 from polytask.train.callbacks.early_stopping import EarlyStopping
 from polytask.train.record import EpochRecord
@@ -42,15 +49,26 @@ class Checkpointing(TrainerCallback):
         self.save(trainer, best=record.best)
 
     def save(self, trainer: TrainerView, *, best: bool) -> None:
-        """Write ``last`` (full state) and, if ``best``, ``best`` (the model's weights)."""
-        with atomic_directory(self.dir / "last") as staging:
-            save_state(staging, trainer.state())
-        if best:
-            with atomic_directory(self.dir / "best") as staging:
-                save_state(staging, {"model": trainer.model.state_dict(), "epoch": trainer.epoch})
+        """Write ``last`` (full state) and ``best`` (the model's weights: new if ``best``, else
+        the previous ones) as one new ``checkpoints`` folder (module docstring)."""
+        previous = self.dir / "best"
+        with atomic_directory(self.dir) as staging:
+            (staging / "last").mkdir()
+            save_state(staging / "last", trainer.state())
+            fault_point("checkpoint.last")
+            if best:
+                (staging / "best").mkdir()
+                save_state(
+                    staging / "best", {"model": trainer.model.state_dict(), "epoch": trainer.epoch}
+                )
+            elif previous.is_dir():
+                _link_files(previous, staging / "best")
 
     def restore(self, trainer: TrainerView) -> None:
         """Restore everything :meth:`save` wrote, so training continues exactly."""
+        # A save killed half-way leaves staging folders; where there is no atomic exchange it
+        # may have moved the checkpoint aside: put it back before reading it.
+        recover(self.dir)
         last = self.dir / "last"
         if not (last / "state.json").is_file():
             raise PolytaskError(f"cannot resume: no checkpoint in '{last}'")
@@ -58,3 +76,14 @@ class Checkpointing(TrainerCallback):
         best = self.dir / "best"
         if (best / "state.json").is_file():
             self.early_stopping.best_weights = load_state(best)["model"]
+
+
+def _link_files(source: Path, target: Path) -> None:
+    """Give ``target`` the files of ``source`` (flat), hard-linked: saved files are never
+    changed in place, so sharing them is safe and costs no copy; a copy where links fail."""
+    target.mkdir()
+    for path in source.iterdir():
+        try:
+            os.link(path, target / path.name)
+        except OSError:
+            shutil.copy2(path, target / path.name)

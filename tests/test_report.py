@@ -466,6 +466,25 @@ def test_cli_report(tmp_path: Path) -> None:
     assert not (directory / "report").exists()
 
 
+def test_cli_report_never_replaces_a_folder_of_user_files(tmp_path: Path) -> None:
+    directory = write_affinity(tmp_path / "aff")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me\n", encoding="utf-8")
+    (mine / "index.html").write_text("<html>my own page</html>\n", encoding="utf-8")
+    res = run_cli("report", directory, "--out", mine)
+    assert res.code == 2
+    line = res.err.strip()
+    assert "\n" not in line and str(mine) in line and "did not write" in line, line
+    assert sorted(p.name for p in mine.iterdir()) == ["index.html", "notes.txt"]
+    assert (mine / "notes.txt").read_text(encoding="utf-8") == "keep me\n"
+    # An earlier report in the same folder is replaced as a whole, as before.
+    assert run_cli("report", directory, "--out", tmp_path / "again").code == 0
+    (tmp_path / "again" / "stale.png").write_bytes(b"")
+    assert run_cli("report", directory, "--out", tmp_path / "again").code == 0
+    assert not (tmp_path / "again" / "stale.png").exists()
+
+
 @pytest.mark.parametrize(
     ("setup", "expected"),
     [

@@ -17,15 +17,48 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from polytask.errors import PolytaskError
 from polytask.report import sections
 from polytask.report.figures import require_matplotlib
 from polytask.report.html import render_page
 from polytask.report.loading import detect, load_affinity, load_compare, load_pareto, load_run
 from polytask.state_io import atomic_directory, atomic_write_text
 
-__all__ = ["report"]
+__all__ = ["check_report_folder", "report"]
 
 INDEX = "index.html"
+# What render_page writes into every page's head: how an earlier report is recognised.
+_GENERATOR = b'<meta name="generator" content="polytask '
+
+
+def check_report_folder(target: Path) -> None:
+    """Refuse (one line) to replace ``target`` unless it is absent, empty, or an earlier
+    report: nothing but polytask's ``index.html`` and PNG figures. A report replaces its
+    folder as a whole, so ``--out .`` or a folder of the user's files would be deleted."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise PolytaskError(f"report folder '{target}' exists and is not a directory")
+    entries = sorted(target.iterdir())
+    if not entries:
+        return
+    foreign = [p.name for p in entries if not _written_by_report(p)]
+    if foreign:
+        raise PolytaskError(
+            f"report folder '{target}' holds files polytask did not write (e.g. '{foreign[0]}'); "
+            "give --out an empty or new folder, or a folder holding an earlier report"
+        )
+
+
+def _written_by_report(path: Path) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
+    if path.suffix == ".png":
+        return True
+    if path.name != INDEX:
+        return False
+    with path.open("rb") as handle:
+        return _GENERATOR in handle.read(4096)
 
 
 def report(path: str | Path, *, out: str | Path | None = None) -> Path:
@@ -57,6 +90,7 @@ def report(path: str | Path, *, out: str | Path | None = None) -> Path:
         parts,
     )
     target = Path(out) if out is not None else directory / "report"
+    check_report_folder(target)
     with atomic_directory(target) as staging:
         for section in parts:
             for figure in section.figures:

@@ -160,6 +160,7 @@ def test_skip_policy_counts_and_reports_skipped_steps(frame: pd.DataFrame, tmp_p
     assert result.fit.skipped_steps == 2
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["skipped_steps"] for row in logged] == [1, 1]
+    assert json.loads((out / "results.json").read_text())["skipped_steps"] == 2
     for name, tensor in result.predictor.model.state_dict().items():
         assert torch.isfinite(tensor).all(), name
     # The mean training loss is over the steps taken: the skipped NaN is not in it.

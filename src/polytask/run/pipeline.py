@@ -202,6 +202,7 @@ def run(
         summary = {
             "split": split_name,
             "best_epoch": fit.best_epoch,
+            "skipped_steps": fit.skipped_steps,
             "multi_task": metrics,
             "single_task": baselines if variant.reference is None else {},
             "comparison": comparison.to_dict(),

@@ -295,6 +295,7 @@ def finetune(
         summary = {
             "split": split_name,
             "best_epoch": fit.best_epoch,
+            "skipped_steps": fit.skipped_steps,
             "multi_task": metrics,
             "single_task": {},
             "comparison": comparison.to_dict(),

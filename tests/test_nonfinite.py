@@ -316,6 +316,20 @@ def _trainer_and_state(frame: pd.DataFrame, out: Path) -> tuple[Trainer, dict[st
             lambda s: s["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)),
             "optimizer.state[0].exp_avg: expected shape [",
         ),
+        # Found by the fuzz campaign: a moment or a step count edited to null passed the
+        # optimiser's own reader and failed inside the next step.
+        (
+            lambda s: s["optimizer"]["state"][0].update(exp_avg=None),
+            "optimizer.state[0].exp_avg: expected a float32 tensor of shape [",
+        ),
+        (
+            lambda s: s["optimizer"]["state"][0].update(step=None),
+            "optimizer.state[0].step: expected a float32 tensor of shape [], found null",
+        ),
+        (
+            lambda s: s["optimizer"]["state"][0].pop("exp_avg_sq"),
+            "optimizer.state[0]: expected keys 'exp_avg', 'exp_avg_sq', 'step'",
+        ),
         (lambda s: s["trainer"].update(epoch="1"), "trainer.epoch: expected int 0, found str '1'"),
         (
             lambda s: s["trainer"].update(step=-4),

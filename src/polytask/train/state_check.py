@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -180,6 +181,7 @@ def check_optimizer(optimizer: torch.optim.Optimizer, found: Any) -> None:
     state = found["state"]
     if not isinstance(state, Mapping):
         raise _mismatch("optimizer.state", "a table", _what(state))
+    reference = _reference_entry(optimizer)
     for index, entry in state.items():
         key = f"optimizer.state[{index}]"
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(params):
@@ -188,6 +190,7 @@ def check_optimizer(optimizer: torch.optim.Optimizer, found: Any) -> None:
             )
         if not isinstance(entry, Mapping):
             raise _mismatch(key, "a table", _what(entry))
+        _check_entry_kinds(key, reference, entry)
         for name, value in entry.items():
             if not isinstance(value, Tensor):
                 continue
@@ -196,6 +199,47 @@ def check_optimizer(optimizer: torch.optim.Optimizer, found: Any) -> None:
                 raise _mismatch(f"{key}.{name}", _shape(want), _shape(value))
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise _mismatch(f"{key}.{name}", "finite values", "NaN or inf")
+
+
+def _reference_entry(optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """What one parameter's state looks like for this optimiser and its settings: the state of
+    a throwaway copy after one step on a one-element parameter (None if it cannot be built).
+
+    The optimiser's own reader trusts the file: a moment edited to ``null`` passes
+    ``load_state_dict`` and fails inside the next ``step``, as a traceback.
+    """
+    probe = torch.nn.Parameter(torch.zeros(1))
+    # Only what the constructor takes: groups also carry polytask's keys (lr_scale) and some
+    # derived ones (AdamW's decoupled_weight_decay is in its defaults, not its signature).
+    accepted = inspect.signature(type(optimizer)).parameters
+    settings = {
+        k: v for k, v in optimizer.param_groups[0].items() if k in accepted and k != "params"
+    }
+    try:
+        throwaway = type(optimizer)([probe], **settings)
+        probe.grad = torch.zeros(1)
+        throwaway.step()
+    except Exception:  # an optimiser that cannot be rebuilt this way: kinds are not checked
+        return None
+    return dict(throwaway.state[probe])
+
+
+def _check_entry_kinds(
+    key: str, reference: dict[str, Any] | None, entry: Mapping[Any, Any]
+) -> None:
+    """Each saved per-parameter entry holds the reference's keys, each a tensor where the
+    reference has one (its shape is checked by the caller)."""
+    if reference is None:
+        return
+    if set(entry) != set(reference):
+        raise _mismatch(key, f"keys {_names(reference)}", f"keys {_names(entry)}")
+    for name, want in reference.items():
+        if isinstance(want, Tensor) != isinstance(entry[name], Tensor):
+            raise _mismatch(f"{key}.{name}", _what(want), _what(entry[name]))
+
+
+def _names(table: Mapping[Any, Any]) -> str:
+    return ", ".join(repr(k) for k in sorted(table, key=str)) or "none"
 
 
 #: Counters that cannot be negative (a callback's own numbers may be).
@@ -251,3 +295,12 @@ def _record_fields() -> dict[str, tuple[Any, bool]]:
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         fields[f.name] = (example, required)
     return fields
+
+
+def check_scaler(expected: Mapping[str, Any], found: Any) -> None:
+    """The float16 gradient scaler's state (``scaler``): the same keys, numbers, and a
+    finite scale > 0 (a checkpoint of another precision carries none, and is not checked)."""
+    match("scaler", dict(expected), found)
+    scale = found.get("scale")
+    if not (isinstance(scale, int | float) and 0 < float(scale) < float("inf")):
+        raise CheckpointMismatch(f"scaler.scale: expected a finite number > 0, found {scale!r}")

@@ -327,6 +327,14 @@ def _trainer_and_state(frame: pd.DataFrame, out: Path) -> tuple[Trainer, dict[st
             "optimizer.state[0].step: expected a float32 tensor of shape [], found null",
         ),
         (
+            lambda s: s["optimizer"]["param_groups"][0]["params"].__setitem__(0, []),
+            "optimizer.param_groups[0].params: expected parameter numbers 0..",
+        ),
+        (
+            lambda s: s["optimizer"]["param_groups"][0]["params"].__setitem__(1, False),
+            "optimizer.param_groups[0].params: expected parameter numbers 0..",
+        ),
+        (
             lambda s: s["optimizer"]["state"][0].pop("exp_avg_sq"),
             "optimizer.state[0]: expected keys 'exp_avg', 'exp_avg_sq', 'step'",
         ),

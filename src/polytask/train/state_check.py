@@ -171,6 +171,15 @@ def check_optimizer(optimizer: torch.optim.Optimizer, found: Any) -> None:
         ids = got.get("params")
         if not isinstance(ids, list | tuple) or len(ids) != len(group["params"]):
             raise _mismatch(f"{key}.params", f"{len(group['params'])} parameters", _what(ids))
+        # torch numbers the parameters 0, 1, ... across the groups in order; another numbering
+        # would pair moments with the wrong parameters (or fail to hash, for a list).
+        numbering = list(range(len(params), len(params) + len(ids)))
+        if (
+            any(isinstance(i, bool) or not isinstance(i, int) for i in ids)
+            or list(ids) != numbering
+        ):
+            shown = f"{numbering[0]}..{numbering[-1]}" if numbering else "none"
+            raise _mismatch(f"{key}.params", f"parameter numbers {shown}", _what(list(ids)))
         for name, want in group.items():
             if name in ("params", "lr"):  # lr is set from the config at every step
                 continue

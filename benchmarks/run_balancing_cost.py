@@ -278,7 +278,9 @@ def autojac_step(problem: Problem, method: str) -> Step:
         inputs, targets, masks = data.next()
         z = model.represent(inputs)
         outputs = {n: model.task_output(n, z) for n in names}
-        losses = task_losses(problem.losses, outputs, targets, masks)
+        # One loss call per task, as torchjd's examples do: mtl_backward frees each task's
+        # graph after its pass, so losses stacked by task_losses (one shared graph) would fail.
+        losses = {n: problem.losses[n](outputs[n], targets[n], masks[n]) for n in names}
         optimizer.zero_grad(set_to_none=True)
         mtl_backward(
             list(losses.values()),

@@ -48,6 +48,7 @@ from polytask.data.tensors import TensorData
 from polytask.models.model import MultiTaskModel, build_model
 from polytask.tasks import Task
 from polytask.train.config import TrainConfig
+from polytask.train.schedule import lr_factor
 from polytask.train.trainer import Trainer
 
 TARGET_RATIO = 0.8
@@ -78,8 +79,13 @@ def hand_loop(
     epochs: int,
     seed: int,
 ) -> None:
-    """What one would write by hand: no masks (labels are complete), no clipping, fixed lr."""
+    """What one would write by hand: no masks (labels are complete); ``cfg.grad_clip`` and
+    ``cfg.scheduler`` as the Trainer reads them (none and a fixed lr in the like-for-like run;
+    ``run_trainer_overhead.py`` times the defaults)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(model.parameters())
+    total_steps = epochs * -(-len(train) // cfg.batch_size)
+    step = 0
     generator = torch.Generator().manual_seed(seed)
     losses: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
         t.name: F.binary_cross_entropy_with_logits if t.kind == "binary" else F.mse_loss
@@ -97,9 +103,15 @@ def hand_loop(
                 fn(outputs[name], train.targets[name].index_select(0, index))
                 for name, fn in losses.items()
             )
+            if cfg.scheduler != "none":
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(step, total_steps, cfg.scheduler, 0.0)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[union-attr]
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
+            step += 1
 
 
 def trainer_run(

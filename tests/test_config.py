@@ -55,7 +55,8 @@ def test_valid_config_and_defaults() -> None:
             "config error: train.epoch: unknown key; valid keys: epochs, batch_size, "
             "eval_batch_size, lr, weight_decay, scheduler, warmup, grad_clip, patience, "
             "min_delta, criterion, log_format, progress, threads, checkpoint_every, tensorboard, "
-            "nonfinite, max_skipped",
+            "nonfinite, max_skipped, device, precision, compile, diagnostics, "
+            "nonfinite_check_every",
         ),
         (
             "data.split.methd=random",

@@ -181,7 +181,11 @@ def test_balancer_weights_follow_the_tasks_not_their_order(name: str) -> None:
 
 BATCH = 4
 #: Encoders that cannot be built offline from a tiny spec.
-SKIP_ENCODERS = {"minilm": "needs the pretrained all-MiniLM-L6-v2 weights (the text extra)"}
+SKIP_ENCODERS = {
+    "minilm": "needs the pretrained all-MiniLM-L6-v2 weights (the text extra)",
+    "hf": "needs a saved Hugging Face model directory (tests/test_backbones.py builds one)",
+    "timm": "needs timm and a model name (tests/test_backbones.py uses a stand-in)",
+}
 
 
 def _inputs(kind: str) -> tuple[InputSpec, dict[str, Tensor]]:

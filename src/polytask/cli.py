@@ -1,4 +1,5 @@
-"""Command line: ``polytask train | distill | finetune | evaluate | predict | demo | list | fetch``.
+"""Command line: ``polytask train | distill | finetune | evaluate | predict | serve | demo | list |
+fetch``.
 
 Each command parses its arguments and calls the Python API; it adds no logic of its own. A
 :class:`~polytask.errors.PolytaskError` is printed as one line on stderr with exit code 2.
@@ -6,19 +7,25 @@ Each command parses its arguments and calls the Python API; it adds no logic of 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+import polytask
 from polytask.errors import PolytaskError
-from polytask.registry import Registry
-from polytask.studies.distill.config import DistillConfig
+
+if TYPE_CHECKING:
+    from polytask.registry import Registry
+
+# Module level imports only what every call needs: ``polytask --help`` must not import torch,
+# pydantic or the metrics libraries (seconds of CPU); each command imports what it uses.
 
 app = typer.Typer(
     name="polytask",
@@ -36,6 +43,14 @@ PREFERENCE_HELP = (
 )
 
 
+DEVICE_HELP = "auto (a GPU when present) | cpu | cuda | cuda:N | mps"
+
+
+def device_override(device: str | None) -> list[str]:
+    """``--device`` as the ``--set train.device=...`` it stands for (checked by the schema)."""
+    return [] if device is None else [f"train.device={json.dumps(device)}"]
+
+
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="TOML run configuration")],
@@ -48,13 +63,14 @@ def train(
     baselines: Annotated[
         bool | None, typer.Option(help="also train single-task baselines (default: config)")
     ] = None,
+    device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a multi-task model (and single-task baselines) from a config file."""
     from polytask.config import load_config
     from polytask.run.pipeline import run
 
-    overrides = list(set_ or [])
+    overrides = list(set_ or []) + device_override(device)
     if baselines is not None:
         overrides.append(f"baselines={'true' if baselines else 'false'}")
     cfg = load_config(config, overrides)
@@ -81,16 +97,16 @@ def distill(
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Distil teachers (one model per task, or one multi-task model) into the config's model,
     and compare the student with its teachers on the test split."""
-    import json
-
     from polytask.config import load_config
     from polytask.run.pipeline import run
+    from polytask.studies.distill.config import DistillConfig
 
-    overrides = list(set_ or [])
+    overrides = list(set_ or []) + device_override(device)
     if teacher:
         paths = [str(p.resolve()) for p in teacher]
         overrides.append(f"distill.teachers={json.dumps(paths)}")
@@ -155,29 +171,98 @@ def predict(
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV or Parquet to write")],
     task: Annotated[list[str] | None, typer.Option("--task", help="only these tasks")] = None,
     preference: Annotated[str | None, typer.Option(help=PREFERENCE_HELP)] = None,
+    chunk_rows: Annotated[
+        int, typer.Option(min=1, help="rows read, predicted and written at a time")
+    ] = 100_000,
+    device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
+    precision: Annotated[
+        str, typer.Option("--precision", help="32 | bf16-mixed | 16-mixed (forward pass)")
+    ] = "32",
 ) -> None:
-    """Predict every task (or a subset) for each row of a table."""
-    from polytask.data.tables import table_format
-    from polytask.run.predictor import load
-    from polytask.state_io import atomic_write_text
+    """Predict every task (or a subset) for each row of a table, in chunks (bounded memory);
+    the output appears only once every row is predicted."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    predictor = load(model_dir)
-    frame = predictor.predict(
-        predictor.read(data),
-        task,
-        source=f"data file '{data}'",
-        base_dir=Path(data).parent,
-        preference=preference,
-    )
-    if table_format(output) == "parquet":
-        tmp = output.with_name(f".{output.name}.tmp")
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(output)
-    else:
-        atomic_write_text(output, frame.to_csv(index=False))
+    from polytask.run.batch import predict_file, table_rows
+    from polytask.run.predictor import load
+
+    predictor = load(model_dir, device=device, precision=precision)
+    with Progress(
+        TextColumn("predicting"),
+        BarColumn(),
+        TextColumn("{task.completed:,} rows"),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not err_console.is_terminal,
+        transient=True,
+    ) as progress:
+        bar = progress.add_task("predict", total=table_rows(data))
+        rows = predict_file(
+            predictor,
+            data,
+            output,
+            tasks=task,
+            preference=preference,
+            chunk_rows=chunk_rows,
+            on_chunk=lambda n: progress.advance(bar, n),
+        )
     err_console.print(
-        f"wrote {len(frame)} rows to {output}", markup=False, highlight=False, soft_wrap=True
+        f"wrote {rows} rows to {output}", markup=False, highlight=False, soft_wrap=True
     )
+
+
+@app.command()
+def serve(
+    model_dir: Annotated[Path, typer.Argument(help="model or run directory")],
+    runtime: Annotated[str, typer.Option(help="torch, or onnx (exported at start-up)")] = "torch",
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="server processes")] = 1,
+    max_batch: Annotated[int, typer.Option(min=1, help="rows per forward pass at most")] = 256,
+    max_wait_ms: Annotated[
+        float, typer.Option(min=0.0, help="how long a batch waits for more requests")
+    ] = 2.0,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="requests waiting before new ones get 503")
+    ] = 1024,
+    max_body_bytes: Annotated[
+        int, typer.Option(min=1, help="largest request body (larger: 413)")
+    ] = 10 * 2**20,
+) -> None:
+    """Serve a model over HTTP: POST /predict, GET /metadata, /health, /ready, /metrics."""
+    from polytask.serve import ServeSettings
+    from polytask.serve import serve as run_server
+
+    run_server(
+        ServeSettings(
+            str(model_dir),
+            runtime=runtime,
+            host=host,
+            port=port,
+            workers=workers,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            max_body_bytes=max_body_bytes,
+        )
+    )
+
+
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="model or run directory")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write")],
+    tasks: Annotated[
+        str | None, typer.Option(help="only these tasks, comma-separated (default: all)")
+    ] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default 18; 18 to 21)")] = None,
+) -> None:
+    """Export one ONNX graph: raw columns in, every task's outputs in user units out."""
+    from polytask.export import export_onnx
+
+    chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    path = export_onnx(model_dir, output, tasks=chosen, opset=opset)
+    err_console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -374,6 +459,7 @@ def finetune_command(
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Fine-tune a trained model: new tasks and/or its own tasks on new data, with its shared
@@ -381,7 +467,7 @@ def finetune_command(
     from polytask.config import load_config
     from polytask.studies.finetune import finetune, summary_lines
 
-    cfg = load_config(config, list(set_ or []))
+    cfg = load_config(config, list(set_ or []) + device_override(device))
     target = out or (cfg.resolve(cfg.out) if cfg.out else Path("runs") / config.stem)
     result = finetune(base, cfg, out=target, resume=resume, overwrite=overwrite, quiet=quiet)
     out_console.print(result.comparison.table())
@@ -434,6 +520,9 @@ def main() -> None:
     command = typer.main.get_command(app)
     try:
         with command.make_context("polytask", sys.argv[1:]) as ctx:
+            # Past ``polytask --help``: load the studies' config sections and the plug-ins,
+            # which the package no longer imports up front (see polytask/__init__.py).
+            polytask._load_all()
             command.invoke(ctx)
     except PolytaskError as exc:
         _fail(str(exc), 2)

@@ -37,6 +37,7 @@ from polytask.data.config import DataConfig, SourceConfig, check_data, source_da
 from polytask.data.sampling import SamplingConfig
 from polytask.errors import ConfigError
 from polytask.models.config import ModelConfig, check_model_config
+from polytask.plugins import ensure_loaded
 from polytask.registry import ComponentConfig, with_default_name
 from polytask.tasks import Task, check_unique_names
 from polytask.tasks.config import TaskConfig
@@ -260,3 +261,8 @@ def _deep_copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_deep_copy(v) for v in value]
     return value
+
+
+# Plug-ins register their components before any config is validated against the registries;
+# no longer at ``import polytask``, which every command line call (``--help`` too) pays for.
+ensure_loaded()

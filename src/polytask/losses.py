@@ -33,6 +33,12 @@ class TaskLoss:
             if task.class_weights is not None
             else None
         )
+        #: Tasks with equal keys compute their losses stacked (None: always on its own): the
+        #: kind's loss is a plain mean of unit losses and the weight tensors are equal.
+        self.stack_key: tuple[object, ...] | None = None
+        if self.spec.mean_of_units and self.class_weights is None:
+            pw = None if self.pos_weight is None else tuple(self.pos_weight.flatten().tolist())
+            self.stack_key = (self.spec.name, self.name, pw)
 
     def __call__(self, output: Tensor, target: Tensor, mask: Tensor) -> Tensor | None:
         """Mean loss over the valid labels of a batch, or ``None`` if there are none."""
@@ -54,13 +60,60 @@ def task_losses(
     targets: dict[str, Tensor],
     masks: dict[str, Tensor],
 ) -> dict[str, Tensor]:
-    """Losses of the tasks that have at least one valid label in this batch."""
-    result: dict[str, Tensor] = {}
+    """Losses of the tasks that have at least one valid label in this batch, in ``losses``'
+    order.
+
+    Tasks whose losses can be stacked (same kind, loss and weights, same shapes: see
+    :attr:`TaskLoss.stack_key`) are computed in one vectorised pass, with one host
+    synchronisation for the group instead of one per task; the others one by one. The stacked
+    value is the masked sum of the unit losses over the count of valid units, the mean the
+    per-task path takes (equal up to float summation order)."""
+    groups: dict[tuple[object, ...], list[str]] = {}
     for name, loss_fn in losses.items():
-        value = loss_fn(outputs[name], targets[name], masks[name])
-        if value is not None:
-            result[name] = value
-    return result
+        if loss_fn.stack_key is None:
+            key: tuple[object, ...] = (name,)
+        else:
+            out, tgt, mask = outputs[name], targets[name], masks[name]
+            key = (loss_fn.stack_key, out.shape, out.dtype, tgt.shape, tgt.dtype, mask.shape)
+        groups.setdefault(key, []).append(name)
+    found: dict[str, Tensor] = {}
+    for names in groups.values():
+        if len(names) == 1:
+            value = losses[names[0]](outputs[names[0]], targets[names[0]], masks[names[0]])
+            if value is not None:
+                found[names[0]] = value
+            continue
+        stacked = _stacked_losses(losses[names[0]], names, outputs, targets, masks)
+        found.update(stacked)
+    return {name: found[name] for name in losses if name in found}
+
+
+def _stacked_losses(
+    loss: TaskLoss,
+    names: list[str],
+    outputs: dict[str, Tensor],
+    targets: dict[str, Tensor],
+    masks: dict[str, Tensor],
+) -> dict[str, Tensor]:
+    """The losses of ``names`` (tasks with ``loss``'s stack key) from one ``[K, ...]`` pass."""
+    mask = torch.stack([masks[n] for n in names])
+    counts = mask.flatten(1).sum(dim=1)
+    present = counts.tolist()  # the group's one host synchronisation
+    if not all(present):
+        # A task without a label stays out of the graph altogether, as on the per-task path:
+        # its head must get no gradient (None, not zeros), or weight decay would move it.
+        keep = [i for i, c in enumerate(present) if c > 0]
+        names, mask, counts = [names[i] for i in keep], mask[keep], counts[keep]
+        if not names:
+            return {}
+    # A missing label's placeholder may be anything (NaN included): replace it before the loss,
+    # so neither the value nor the gradient of a masked unit can be NaN.
+    target = torch.stack([targets[n] for n in names])
+    target = torch.where(mask, target, torch.zeros((), dtype=target.dtype))
+    units = loss.spec.unit_losses(loss, torch.stack([outputs[n] for n in names]), target)
+    units = torch.where(mask, units, torch.zeros((), dtype=units.dtype))
+    values = units.flatten(1).sum(dim=1) / counts
+    return dict(zip(names, values.unbind(), strict=True))
 
 
 class BatchLoss(Protocol):

@@ -12,8 +12,10 @@ code imports polytask's registries (``polytask.balance.base.BALANCERS``,
 polytask's built-in components do. This module only finds and loads the entry points: it is a
 base-layer module and imports none of the registries.
 
-:func:`load_plugins` runs once, at the end of ``import polytask`` (so plug-ins are available to
-configs and ``polytask list``); later calls load only entry points not yet loaded. A plug-in that
+:func:`load_plugins` runs at the first look-up in any registry (:func:`ensure_loaded`) and at the
+first use of a name exported by ``polytask``, not at ``import polytask``: plug-ins import torch
+and the registries, which ``polytask --help`` must not pay for. Later calls of
+:func:`load_plugins` load only entry points not yet loaded. A plug-in that
 fails to load raises a one-line :class:`~polytask.errors.PolytaskError` naming the entry point
 and the original error (a name registered twice gives the registry's own message).
 """
@@ -48,6 +50,19 @@ class Plugin:
 
 #: Entry points loaded so far, keyed by ``(name, value)``: loading is idempotent.
 _loaded: dict[tuple[str, str], Plugin] = {}
+#: Whether :func:`ensure_loaded` has run (or is running: a plug-in's own import may look a
+#: name up, which must not start a second, recursive load).
+_started = False
+
+
+def ensure_loaded() -> None:
+    """Load the plug-ins once, on the first look-up in a registry; a flag test afterwards, so
+    registries can call it on every look-up (scanning entry points costs milliseconds)."""
+    global _started
+    if _started:
+        return
+    _started = True
+    load_plugins()
 
 
 def entry_points() -> list[importlib.metadata.EntryPoint]:

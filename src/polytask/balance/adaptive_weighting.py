@@ -395,10 +395,10 @@ class GradNorm(_IndexedBalancer):
         grads = self._weight_gradients(losses, w, norms)
         for name, g in zip(losses, grads, strict=True):
             p = self.loss_weights[name]
-            g = g.to(p.dtype)
+            g = self.scaled(g).to(p.dtype)  # the trainer unscales every gradient alike
             p.grad = g if p.grad is None else p.grad + g
         total = torch.stack([weights[k] * losses[k] for k in losses]).sum()
-        total.backward()  # type: ignore[no-untyped-call]
+        self.scaled(total).backward()  # type: ignore[no-untyped-call]
         return BackwardResult({k: float(v) for k, v in weights.items()})
 
     @staticmethod

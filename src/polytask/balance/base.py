@@ -61,6 +61,11 @@ class Balancer(nn.Module):
         #: The registered name it was built under (set by :func:`build_balancer`; messages).
         self.name = type(self).__name__
         self.task_names = [t.name for t in tasks]
+        #: float16 mixed precision: the gradient scaler's factor, set by the trainer before
+        #: each backward (None otherwise). It multiplies only the backward passes that form
+        #: the update (:meth:`scaled`), so the losses, gradients and Gramians a method weighs
+        #: stay unscaled; the trainer divides the gradients back before clipping.
+        self.grad_scale: Tensor | None = None
 
     def forward(self, model: MultiTaskModel, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Run ``model`` on a training batch. A balancer declaring ``changes_forward``
@@ -81,10 +86,15 @@ class Balancer(nn.Module):
         weights = self.weights(losses)
         return torch.stack([weights[k] * losses[k] for k in losses]).sum(), weights
 
+    def scaled(self, value: Tensor) -> Tensor:
+        """``value`` times the float16 gradient scale (itself without one): what an update's
+        backward pass starts from (:attr:`grad_scale`)."""
+        return value if self.grad_scale is None else value * self.grad_scale
+
     def backward(self, losses: dict[str, Tensor], model: MultiTaskModel) -> BackwardResult:
         """Back-propagate the combined loss; return the weight applied to each task."""
         total, weights = self.combine(losses)
-        total.backward()  # type: ignore[no-untyped-call]
+        self.scaled(total).backward()  # type: ignore[no-untyped-call]
         return BackwardResult({k: float(w) for k, w in weights.items()})
 
     def end_epoch(self, mean_losses: dict[str, float]) -> None:

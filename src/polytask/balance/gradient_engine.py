@@ -188,7 +188,7 @@ class GradientBalancer(Balancer):
         if self._representation is not None:
             return self._split_backward(stacked, names, idx, model, recorder)
         assert recorder is not None  # exact mode on an architecture without one representation
-        eye = torch.eye(len(names), dtype=stacked.dtype)
+        eye = torch.eye(len(names), dtype=stacked.dtype, device=stacked.device)
         weights, measured = self._weigh(recorder.gramian(stacked, eye), stacked, idx)
         applied = self._weighted_backward(stacked, names, weights, model)
         return BackwardResult(applied, measured.gramian, measured.grad_norms)
@@ -238,9 +238,13 @@ class GradientBalancer(Balancer):
     ) -> dict[str, float]:
         shared = [p for p in model.shared_parameters() if p.requires_grad]
         own = [p for n in names for p in model.task_parameters(n) if p.requires_grad]
-        torch.autograd.backward(stacked, grad_tensors=weights, inputs=shared, retain_graph=True)
+        # The update's backward passes carry the float16 gradient scale (Balancer.scaled).
+        weights = weights.to(stacked.device)
+        torch.autograd.backward(
+            stacked, grad_tensors=self.scaled(weights), inputs=shared, retain_graph=True
+        )
         if own:
-            torch.autograd.backward(stacked.sum(), inputs=own)
+            torch.autograd.backward(self.scaled(stacked.sum()), inputs=own)
         return {n: float(w) for n, w in zip(names, weights, strict=True)}
 
     def _split_backward(
@@ -257,8 +261,12 @@ class GradientBalancer(Balancer):
         own = [p for n in names for p in model.task_parameters(n) if p.requires_grad]
         # One backward through the heads: each leaf collects its own task's ∂L_k/∂z and the
         # heads accumulate their own task's gradient.
-        torch.autograd.backward(stacked.sum(), inputs=[*leaves, *own])
+        # (Scaled under float16, as the heads' gradients are part of the update; ∂L_k/∂z is
+        # divided back, so the method weighs the true directions.)
+        torch.autograd.backward(self.scaled(stacked.sum()), inputs=[*leaves, *own])
         dz = torch.stack([leaf.grad for leaf in leaves])  # type: ignore[misc]
+        if self.grad_scale is not None:
+            dz = dz / self.grad_scale
         matrix = dz.reshape(len(names), -1)
         if isinstance(self.method, MatrixAggregator):
             norms = matrix.norm(dim=1)
@@ -274,8 +282,15 @@ class GradientBalancer(Balancer):
             # representation: the Gramian of the directions themselves (MGDA-UB).
             gramian = recorder.gramian(z, dz) if recorder is not None else matrix @ matrix.T
             weights, measured = self._weigh(gramian, stacked, idx)
+            shared = [p for p in model.shared_parameters() if p.requires_grad]
+            if recorder is not None and recorder.covers(shared):
+                # Exact mode: the shared layers' gradients straight from the output gradients
+                # the Gramian already needed, not from a second backward through the trunk.
+                recorder.backward(self.scaled(weights))
+                applied = {n: float(w) for n, w in zip(names, weights, strict=True)}
+                return BackwardResult(applied, measured.gramian, measured.grad_norms)
             direction = torch.einsum("k,k...->...", weights.to(dz.dtype), dz)
-        z.backward(direction)  # type: ignore[no-untyped-call]
+        z.backward(self.scaled(direction))  # type: ignore[no-untyped-call]
         applied = {n: float(w) for n, w in zip(names, weights, strict=True)}
         return BackwardResult(applied, measured.gramian, measured.grad_norms)
 

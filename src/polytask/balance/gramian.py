@@ -51,6 +51,9 @@ class GramianRecorder:
 
     def __init__(self, modules: list[nn.Module]) -> None:
         self._calls: dict[int, _Calls] = {}
+        #: The calls and their ``[K, ...]`` output gradients of the last :meth:`gramian`, kept
+        #: for :meth:`backward`.
+        self._kept: list[tuple[_Calls, list[Tensor]]] = []
         self._handles: list[RemovableHandle] = []
         seen: set[int] = set()
         for root in modules:
@@ -86,24 +89,78 @@ class GramianRecorder:
         recorded = [o for c in calls for o in c.outputs]
         if not recorded:
             raise RuntimeError("no shared layer took part in the forward pass")
-        deltas = _batched_vjp(outputs, recorded, directions)
+        # Under mixed precision the recorded layers ran in bfloat16/float16: the directions
+        # enter in their dtype, the Gramian is accumulated in float32.
+        deltas = _batched_vjp(outputs, recorded, directions.to(outputs.dtype))
         total = torch.zeros(k, k, dtype=torch.float32, device=directions.device)
         start = 0
+        self._kept = []
         for c in calls:
             n = len(c.outputs)
             grads = list(deltas[start : start + n])
             start += n
+            self._kept.append((c, grads))
             if isinstance(c.module, nn.Linear):
                 total += _linear_gramian(c.module, c.inputs, grads)
             else:
                 total += _generic_gramian(c.module, c.outputs, grads)
         return total
 
+    def covers(self, params: list[nn.Parameter]) -> bool:
+        """Whether every one of ``params`` belongs to a layer recorded by the last
+        :meth:`gramian`, so :meth:`backward` can give each its gradient."""
+        recorded = {id(p) for c, _ in self._kept for p in c.module.parameters(recurse=False)}
+        return all(id(p) in recorded for p in params)
+
+    def backward(self, weights: Tensor) -> None:
+        """Accumulate ``Σ_k weights[k] · directions[k]ᵀ ∂outputs/∂θ`` into the ``.grad`` of the
+        recorded layers' parameters, from the output gradients :meth:`gramian` kept.
+
+        This is the weighted backward of the aggregate without a second pass through the
+        shared layers: each layer's parameter gradient follows from its output gradient
+        ``δ = Σ_k w_k δ_k`` alone (``δᵀ a`` and ``Σ_n δ`` for a dense layer, one vector-Jacobian
+        product restricted to its own parameters otherwise), so the gradients with respect to
+        the layers' inputs, which a backward from ``outputs`` would compute again, are skipped.
+        Valid when each parameter is used by its own layer's calls only (the assumption the
+        Gramian itself makes); the engine checks :meth:`covers` first."""
+        kept, self._kept = self._kept, []
+        for c, deltas in kept:
+            combined = [torch.einsum("k,k...->...", weights.to(d.dtype), d) for d in deltas]
+            params = [p for p in c.module.parameters(recurse=False) if p.requires_grad]
+            if isinstance(c.module, nn.Linear):
+                m = c.module
+                a = torch.cat([x.detach().reshape(-1, m.in_features) for x in c.inputs])
+                d = torch.cat([g.reshape(-1, m.out_features) for g in combined])
+                # Mixed precision: the layer's input and output gradient may differ in
+                # dtype (a float32 input to the first layer); the product is taken in float32.
+                grads = {id(m.weight): d.float().T @ a.float()}
+                if m.bias is not None:
+                    grads[id(m.bias)] = d.sum(dim=0)
+                found = [grads[id(p)] for p in params]
+            else:
+                found = list(_vjp(c.outputs, params, combined))
+            for p, g in zip(params, found, strict=True):
+                g = g.to(p.dtype)  # mixed precision: low-precision products, float32 gradients
+                p.grad = g if p.grad is None else p.grad + g
+
+
+def _vjp(
+    outputs: list[Tensor], params: list[nn.Parameter], grads: list[Tensor]
+) -> tuple[Tensor, ...]:
+    return torch.autograd.grad(
+        outputs,
+        params,
+        grad_outputs=grads,
+        retain_graph=True,
+        allow_unused=True,
+        materialize_grads=True,
+    )
+
 
 def _linear_gramian(module: nn.Linear, inputs: list[Tensor], deltas: list[Tensor]) -> Tensor:
-    a = torch.cat([x.detach().reshape(-1, module.in_features) for x in inputs])
+    a = torch.cat([x.detach().reshape(-1, module.in_features) for x in inputs]).float()
     k = deltas[0].shape[0]
-    d = torch.cat([g.reshape(k, -1, module.out_features) for g in deltas], dim=1)
+    d = torch.cat([g.reshape(k, -1, module.out_features) for g in deltas], dim=1).float()
     n, d_in, d_out = a.shape[0], module.in_features, module.out_features
     g = torch.zeros(k, k, dtype=torch.float32, device=a.device)
     if module.weight.requires_grad:
@@ -123,7 +180,7 @@ def _linear_gramian(module: nn.Linear, inputs: list[Tensor], deltas: list[Tensor
 def _generic_gramian(module: nn.Module, outputs: list[Tensor], deltas: list[Tensor]) -> Tensor:
     params = [p for p in module.parameters(recurse=False) if p.requires_grad]
     grads = _batched_vjp(outputs, params, deltas)
-    jac = torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
+    jac = torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1).float()
     return jac @ jac.T
 
 

@@ -14,6 +14,7 @@ from polytask.config_errors import MAX_VOCAB, Rows, Schema, Seed, VocabSize
 from polytask.data.arrays import resolve_path
 from polytask.data.datasets import DATASETS
 from polytask.data.inputs import INPUTS
+from polytask.data.inputs.base import build_input
 from polytask.data.sampling import SamplingConfig
 from polytask.errors import ConfigError
 from polytask.registry import ComponentConfig
@@ -94,6 +95,16 @@ class DataConfig(Schema):
         description="keep this fraction of the training rows (a random subset drawn with the "
         "run seed; validation and test rows are all kept)",
     )
+    workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="processes decoding file-backed inputs (images, audio) batch by batch; "
+        "0 decodes every file once, before training, in this process",
+    )
+    prefetch: int = Field(
+        default=2, ge=1, le=64, description="workers: batches each worker prepares ahead"
+    )
     stream: bool = Field(
         default=False,
         description="stream a Parquet data.path in chunks instead of loading it (tables "
@@ -173,8 +184,25 @@ def check_data(data: DataConfig, sampling: SamplingConfig, tasks: list[Task]) ->
         raise ConfigError("config error: data.split.column: split method 'column' needs it")
     if data.input is not None:
         INPUTS.check_section(data.input, "data.input")
+    if data.workers and not _reads_files(data):
+        raise ConfigError(
+            "config error: data.workers: worker processes decode file-backed inputs "
+            "(data.input 'image' or 'audio'); tables are indexed in memory, set it to 0"
+        )
+    if data.workers and data.sources:
+        raise ConfigError(
+            "config error: data.workers: worker loading reads one table, not data.sources; "
+            "set it to 0"
+        )
     if data.split.method not in ("files", "column") and data.split.val <= 0:
         raise ConfigError("config error: data.split.val: must be > 0 (validation drives training)")
+
+
+def _reads_files(data: DataConfig) -> bool:
+    """Whether the run's input processor decodes files (what worker processes are for)."""
+    if data.input is None:
+        return False
+    return build_input(data.input.name, data.input.params()).reads_files
 
 
 def _check_stream(data: DataConfig) -> None:

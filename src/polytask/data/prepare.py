@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from polytask.data.datasets import DATASETS, load_dataset
 from polytask.data.files import read_lines, scan_folder
 from polytask.data.inputs import InputProcessor
 from polytask.data.inputs.base import build_input
+from polytask.data.loading import FileRows, LoadedSet, LoaderOptions
 from polytask.data.preprocess import PreprocessOptions, TablePreprocessor, infer_types
 from polytask.data.sampling import SamplingConfig
 from polytask.data.sources import Source, SourceSet, TrainingData
@@ -56,12 +57,22 @@ class PreparedData:
     sources: list[Source] | None = None
     #: With ``data.stream``: the streamed training rows (``train`` is then empty).
     stream: StreamingSet | None = None
+    #: With file-backed inputs decoded batch by batch: the training rows' cells (``train``
+    #: then holds their labels only).
+    files: FileRows | None = None
+    loader: LoaderOptions = field(default_factory=LoaderOptions)
 
-    def training_sources(self, sampling: SamplingConfig) -> TrainingData:
-        """The training data as the trainer draws it: the stream, the declared sources, or
-        one table."""
+    def training_sources(
+        self, sampling: SamplingConfig, *, pin_memory: bool = False
+    ) -> TrainingData:
+        """The training data as the trainer draws it: the stream, the declared sources, one
+        table, or file rows decoded by ``data.workers`` processes (in page-locked memory
+        with ``pin_memory``, for a GPU)."""
         if self.stream is not None:
             return self.stream
+        if self.files is not None:
+            options = replace(self.loader, pin_memory=pin_memory)
+            return LoadedSet(self.files, self.train, sampling, options)
         if self.sources is None:
             return SourceSet.single(self.train, sampling)
         return SourceSet(self.sources, sampling)
@@ -342,7 +353,11 @@ def prepare_data(
         or fit_task(t, _task_table(df, t, labelled), train_idx, source, files_root)
         for t in tasks
     ]
+    # Every split's rows in one block, train then validation then test: the splits are
+    # views of it rather than copies (the copies were a third of the peak memory).
+    order = np.concatenate([train_idx, val_idx, test_idx]).astype(np.int64)
     pre: TablePreprocessor | InputProcessor
+    inputs: dict[str, Tensor] | None = None
     if preprocessor is not None:
         pre = preprocessor
     elif data.input is not None:
@@ -352,30 +367,78 @@ def prepare_data(
         pre = processor
     else:
         features = _feature_columns(cfg, df, source, target_cols, loaded.ignore, role_columns)
-        pre = _fit_table(cfg, df, features, train_idx, source)
-    inputs = pre.transform(df, source, files_root)
+        pre, inputs = _fit_table(cfg, df, features, train_idx, order, source)
+    n_train, n_val = len(train_idx), len(val_idx)
+    files = _file_rows(cfg, pre, df, train_idx, source, files_root, sources is not None)
+    # With file rows the training inputs are decoded batch by batch (polytask.data.loading):
+    # only the validation and test rows are decoded now.
+    start = n_train if files is not None else 0
+    index = torch.from_numpy(order)
+    if inputs is None:
+        inputs = {
+            k: v.index_select(0, index[start:]) if files is None else v
+            for k, v in pre.transform(
+                df if files is None else df.iloc[order[start:]], source, files_root
+            ).items()
+        }
     encoded = {
         t.name: encode_targets(t, _task_table(df, t, labelled), source, files_root) for t in tasks
     }
-    full = TensorData(
-        inputs,
-        {k: v[0] for k, v in encoded.items()},
-        {k: v[1] for k, v in encoded.items()},
-        soft_targets(df, source, files_root, tasks) if soft_targets is not None else {},
+    soft = soft_targets(df, source, files_root, tasks) if soft_targets is not None else {}
+    labels = TensorData(
+        {},
+        {k: v[0].index_select(0, index) for k, v in encoded.items()},
+        {k: v[1].index_select(0, index) for k, v in encoded.items()},
+        {k: v.index_select(0, index) for k, v in soft.items()},
     )
-
-    def split(rows: np.ndarray) -> TensorData:
-        return full.rows(torch.from_numpy(rows.astype(np.int64)))
-
-    test = split(test_idx) if len(test_idx) else None
-    train_sources = (
-        [Source(name, labelled, split(rows)) for name, labelled, rows in sources]
-        if sources is not None
-        else None
-    )
+    tail = labels.slice(start, len(order))
+    full = TensorData(inputs, tail.targets, tail.masks, tail.soft)
+    train = labels.slice(0, n_train) if files is not None else full.slice(0, n_train)
+    val = full.slice(n_train - start, n_train + n_val - start)
+    test = full.slice(n_train + n_val - start, len(order) - start) if len(test_idx) else None
+    train_sources = None
+    if sources is not None:
+        # Where each table row landed in the block.
+        position = np.empty(len(df), dtype=np.int64)
+        position[order] = np.arange(len(order))
+        train_sources = [
+            Source(name, labelled, full.rows(torch.from_numpy(position[rows])))
+            for name, labelled, rows in sources
+        ]
     return PreparedData(
-        tasks, pre, split(train_idx), split(val_idx), test, source, files_root, train_sources
+        tasks,
+        pre,
+        train,
+        val,
+        test,
+        source,
+        files_root,
+        train_sources,
+        files=files,
+        loader=LoaderOptions(data.workers, data.prefetch),
     )
+
+
+def _file_rows(
+    cfg: DataJob,
+    pre: TablePreprocessor | InputProcessor,
+    df: pd.DataFrame,
+    train_idx: np.ndarray,
+    source: str,
+    files_root: Path | None,
+    has_sources: bool,
+) -> FileRows | None:
+    """The training rows' undecoded input cells, when they are to be decoded batch by batch:
+    file-backed inputs with ``data.workers`` or augmentation, one table."""
+    if not isinstance(pre, InputProcessor) or not pre.reads_files or has_sources:
+        return None
+    if not (cfg.data.workers or pre.augments):
+        return None
+    # Original row labels are kept, so that a bad file is named by its row as before. Plain
+    # Python objects, not Arrow-backed text: workers are forked, and Arrow's allocator and
+    # thread pool are not safe to use in a forked child.
+    cells = df[pre.columns].iloc[train_idx].astype(object)
+    return FileRows(cells, pre, source, files_root, cfg.seed)
 
 
 def _feature_columns(
@@ -404,11 +467,19 @@ def _feature_columns(
 
 
 def _fit_table(
-    cfg: DataJob, df: pd.DataFrame, features: list[str], train_idx: np.ndarray, source: str
-) -> TablePreprocessor:
+    cfg: DataJob,
+    df: pd.DataFrame,
+    features: list[str],
+    train_idx: np.ndarray,
+    order: np.ndarray,
+    source: str,
+) -> tuple[TablePreprocessor, dict[str, Tensor]]:
+    """The table's preprocessing fitted on the training rows, and the rows ``order`` encoded."""
     data = cfg.data
     numeric, categorical = infer_types(df, features, data.numeric, data.categorical)
-    return TablePreprocessor.fit(df.iloc[train_idx], numeric, categorical, _options(cfg), source)
+    return TablePreprocessor.fit_transform(
+        df, numeric, categorical, _options(cfg), source, train_idx, order
+    )
 
 
 def _options(cfg: DataJob) -> PreprocessOptions:

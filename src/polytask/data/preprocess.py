@@ -11,8 +11,9 @@ later is plain tensor indexing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,6 +121,88 @@ def as_text(series: pd.Series) -> pd.Series:
     return text.fillna(MISSING_TOKEN).astype(object)
 
 
+def _distinct_text(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`as_text` of a column as its distinct labels (an object array ending with the
+    missing token) and each row's index into them: the text is written once per distinct
+    value. ``labels[codes]`` equals ``as_text(series)`` (missing cells get code -1, the
+    last label)."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    text = as_text(pd.Series(uniques, dtype=series.dtype)).to_numpy(dtype=object)
+    labels: np.ndarray = np.append(text, np.array([MISSING_TOKEN], dtype=object))
+    return labels, codes
+
+
+#: The cells of one column as the fast path receives them: a list of Python values (a request's
+#: JSON, typed by inference as ``pd.DataFrame(records)`` types it) or a typed NumPy array (a
+#: frame's column, whose dtype is kept).
+Cells = list[Any] | np.ndarray
+
+#: Integers beyond this lose digits in a float64 column (pandas' type for whole numbers beside a
+#: missing value), so their text is left to :func:`as_text`.
+_EXACT_INT = 2**53
+
+
+def _series(cells: Cells, name: str) -> pd.Series:
+    """``cells`` as the column pandas would hold: a list typed by inference, an array as is."""
+    return pd.Series(cells, name=name)
+
+
+def _plain_number(value: Any) -> bool:
+    """A cell that converts to float64 the same way in NumPy and in ``pd.to_numeric``."""
+    return value is None or (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, (bool, np.bool_))
+    )
+
+
+def cells_as_float(cells: Cells, name: str, source: str) -> np.ndarray:
+    """:func:`as_float` of a few cells without building a Series when they are plain numbers
+    or missing (the common case); any other cell (text, booleans among numbers) sends the
+    column through :func:`as_float` itself, which stays the one definition."""
+    if isinstance(cells, np.ndarray) and cells.dtype.kind in "fiub":
+        return cells.astype(np.float64)
+    if all(_plain_number(v) for v in cells):
+        return np.array([np.nan if v is None else v for v in cells], dtype=np.float64)
+    return as_float(_series(cells, name), source)
+
+
+def cells_as_text(cells: Cells, name: str) -> list[str]:
+    """:func:`as_text` of a few cells without pandas when each is text, missing or a whole
+    number small enough that every column type pandas could infer writes it the same way;
+    anything else (a float such as 2.5, whose text depends on the column's type) sends the
+    column through :func:`as_text` itself, which stays the one definition."""
+    if isinstance(cells, np.ndarray) and cells.dtype.kind in "iu":
+        # An integer column has no missing value and writes each number as Python does.
+        return [str(v) for v in cells.tolist()]
+    if isinstance(cells, np.ndarray) and cells.dtype.kind == "f":
+        # A float column of codes (an integer column with a gap): whole numbers are written as
+        # integers (as_text's rule), NaN is missing; any other number goes to as_text.
+        values = cells.astype(np.float64)
+        known = ~np.isnan(values)
+        if bool((np.abs(values[known]) <= _EXACT_INT).all()) and bool(
+            (values[known] == np.round(values[known])).all()
+        ):
+            return [str(int(v)) if k else MISSING_TOKEN for v, k in zip(values, known, strict=True)]
+    if isinstance(cells, np.ndarray) and cells.dtype.kind != "O":
+        return list(as_text(_series(cells, name)))
+    out: list[str] = []
+    for v in cells:
+        if isinstance(v, str):
+            text = v.strip()
+            out.append(text if text else MISSING_TOKEN)
+        elif v is None or (isinstance(v, float) and v != v):
+            out.append(MISSING_TOKEN)
+        elif (
+            isinstance(v, (int, np.integer))
+            and not isinstance(v, (bool, np.bool_))
+            and abs(int(v)) <= _EXACT_INT
+        ):
+            out.append(str(int(v)))
+        else:
+            return list(as_text(_series(cells, name)))
+    return out
+
+
 #: Standardised feature values are clipped to this many standard deviations: a value far
 #: outside the training range (1e308 at prediction time) would otherwise reach the network as
 #: an infinite float32. No training value comes near it (|z| <= sqrt(n) on the training rows).
@@ -174,7 +257,8 @@ def categorical_column(name: str, counts: pd.Series, opts: PreprocessOptions) ->
     """A fitted categorical column from its training value counts (most frequent first)."""
     kept = counts[counts >= opts.min_frequency].index[: opts.max_categories]
     categories = sorted(str(c) for c in kept)
-    rare = sorted(str(c) for c in counts.index if c not in set(kept))
+    kept_set = set(kept)  # once: built per value, it made fitting quadratic in categories
+    rare = sorted(str(c) for c in counts.index if c not in kept_set)
     if opts.categorical_encoding == "auto":
         encoding: Literal["onehot", "embedding"] = (
             "onehot" if len(categories) <= opts.onehot_max_categories else "embedding"
@@ -183,6 +267,55 @@ def categorical_column(name: str, counts: pd.Series, opts: PreprocessOptions) ->
         encoding = opts.categorical_encoding
     # Rare values are only worth remembering when unseen values must be rejected.
     return CategoricalColumn(name, categories, encoding, rare if opts.unseen == "error" else [])
+
+
+@dataclass
+class _Layout:
+    """Where each fitted column lands in the dense matrix, as arrays, so that encoding is a
+    few whole-matrix operations for any number of rows (derived from the fitted columns only)."""
+
+    fills: np.ndarray
+    means: np.ndarray
+    stds: np.ndarray
+    #: Dense position of each numeric column's standardised value.
+    value_at: np.ndarray
+    #: Which numeric columns have a missing indicator, and its dense position.
+    flagged: np.ndarray
+    flag_at: np.ndarray
+    #: (categorical column, dense offset of its one-hot block) and the embedded columns.
+    onehot: list[tuple[int, int]]
+    embedded: list[int]
+    width: int
+
+    @classmethod
+    def of(cls, numeric: list[NumericColumn], categorical: list[CategoricalColumn]) -> _Layout:
+        value_at, flagged, flag_at = [], [], []
+        at = 0
+        for i, col in enumerate(numeric):
+            value_at.append(at)
+            at += 1
+            if col.indicator:
+                flagged.append(i)
+                flag_at.append(at)
+                at += 1
+        onehot, embedded = [], []
+        for j, cat in enumerate(categorical):
+            if cat.encoding == "onehot":
+                onehot.append((j, at))
+                at += len(cat.categories)
+            else:
+                embedded.append(j)
+        return cls(
+            np.array([c.fill for c in numeric], dtype=np.float64),
+            np.array([c.mean for c in numeric], dtype=np.float64),
+            np.array([c.std for c in numeric], dtype=np.float64),
+            np.array(value_at, dtype=np.int64),
+            np.array(flagged, dtype=np.int64),
+            np.array(flag_at, dtype=np.int64),
+            onehot,
+            embedded,
+            at,
+        )
 
 
 class TablePreprocessor:
@@ -213,14 +346,66 @@ class TablePreprocessor:
         cat_cols = [cls._fit_categorical(df[c], options) for c in categorical]
         return cls(num_cols, cat_cols, options)
 
+    @classmethod
+    def fit_transform(
+        cls,
+        df: pd.DataFrame,
+        numeric: Sequence[str],
+        categorical: Sequence[str],
+        options: PreprocessOptions,
+        source: str,
+        train_rows: np.ndarray,
+        rows: np.ndarray,
+    ) -> tuple[TablePreprocessor, dict[str, Tensor]]:
+        """:meth:`fit` on the rows ``train_rows`` of ``df`` and :meth:`transform` of its rows
+        ``rows`` (in that order), with the same results, without copying the table: each
+        column is converted once for both, and a categorical column's labels are written
+        for its distinct values only (``as_text`` per row was most of the time). Any error
+        sends the table through :meth:`fit` and :meth:`transform`, so that messages name the
+        same row as before."""
+        try:
+            numbers = [as_float(df[c], source) for c in numeric]
+            texts = [_distinct_text(df[c]) for c in categorical]
+        except DataError:
+            fitted = cls.fit(df.iloc[train_rows], numeric, categorical, options, source)
+            fitted.transform(df, source)
+            raise
+        num_cols = [
+            cls._fit_numbers(str(c), x[train_rows], options, source)
+            for c, x in zip(numeric, numbers, strict=True)
+        ]
+        cat_cols = [
+            categorical_column(
+                str(c), pd.Series(labels[codes[train_rows]]).value_counts(sort=True), options
+            )
+            for c, (labels, codes) in zip(categorical, texts, strict=True)
+        ]
+        pre = cls(num_cols, cat_cols, options)
+        if options.unseen == "error":
+            # The first unseen label must be the first in table order, as transform finds it.
+            pre.transform(df, source)
+        codes = [
+            pre._codes(pd.Series(labels), j, source)[row_codes]
+            for j, (labels, row_codes) in enumerate(texts)
+        ]
+        return pre, pre._encode(numbers, codes, len(rows), rows)
+
     @staticmethod
     def _fit_numeric(series: pd.Series, opts: PreprocessOptions, source: str) -> NumericColumn:
-        x = as_float(series, source)
+        return TablePreprocessor._fit_numbers(
+            str(series.name), as_float(series, source), opts, source
+        )
+
+    @staticmethod
+    def _fit_numbers(
+        name: str, x: np.ndarray, opts: PreprocessOptions, source: str
+    ) -> NumericColumn:
+        """A numeric column fitted on its training values ``x`` (float64, NaN missing)."""
         # inf and -inf count as missing, like NaN: filled and flagged by the indicator.
         observed = x[np.isfinite(x)]
         if observed.size == 0:
             raise DataError(
-                f"{source}: numeric column '{series.name}' has no finite value in train "
+                f"{source}: numeric column '{name}' has no finite value in train "
                 "(list it in data.ignore)"
             )
         fill = {
@@ -232,7 +417,7 @@ class TablePreprocessor:
         binary = bool(np.isin(observed, (0.0, 1.0)).all())
         mean, std = finite_mean_std(filled)
         return numeric_column(
-            str(series.name),
+            name,
             mean,
             std,
             fill,
@@ -270,53 +455,107 @@ class TablePreprocessor:
     ) -> dict[str, Tensor]:
         """Encode ``df`` into ``{"numeric": float32[N, D], "categorical": int64[N, C]}``
         (``base_dir`` is unused: tables hold their features, not files)."""
-        missing = [c for c in self.columns if c not in df.columns]
+        self._require(set(df.columns), source)
+        numbers = [as_float(df[col.name], source) for col in self.numeric]
+        codes = [
+            self._codes(as_text(df[cat.name]), j, source) for j, cat in enumerate(self.categorical)
+        ]
+        return self._encode(numbers, codes, len(df))
+
+    def transform_cells(
+        self, columns: Mapping[str, Cells], n: int, source: str
+    ) -> dict[str, Tensor]:
+        """:meth:`transform` of ``n`` rows given as cells per column (lists of Python values
+        or NumPy arrays; missing-value markers already applied), without per-column pandas
+        work: the fast path of ``Predictor`` for a few rows. Equal to :meth:`transform` of the
+        same rows as a frame; it shares the fitted statistics, the category lookup and
+        :meth:`_encode`, and hands any cell it does not convert itself to pandas."""
+        self._require(set(columns), source)
+        numbers = [cells_as_float(columns[col.name], col.name, source) for col in self.numeric]
+        codes = [
+            self._codes(cells_as_text(columns[cat.name], cat.name), j, source)
+            for j, cat in enumerate(self.categorical)
+        ]
+        return self._encode(numbers, codes, n)
+
+    def _require(self, present: set[str], source: str) -> None:
+        missing = [c for c in self.columns if c not in present]
         if missing:
             raise DataError(
                 f"{source}: feature column(s) {missing[:5]} not found; the model was trained "
                 f"with {len(self.columns)} feature columns"
             )
-        n = len(df)
-        blocks: list[np.ndarray] = []
-        for col in self.numeric:
-            x = as_float(df[col.name], source)
+
+    @cached_property
+    def _layout(self) -> _Layout:
+        return _Layout.of(self.numeric, self.categorical)
+
+    @cached_property
+    def _vocabularies(self) -> list[pd.Index]:
+        """Each categorical column's categories as an index, hashed once, not per call."""
+        return [pd.Index(cat.categories) for cat in self.categorical]
+
+    @cached_property
+    def _vocabulary_codes(self) -> list[dict[str, int]]:
+        """The same lookup as a dict: a few labels are found faster there than in an index."""
+        return [{c: i + 1 for i, c in enumerate(cat.categories)} for cat in self.categorical]
+
+    def _encode(
+        self,
+        numbers: Sequence[np.ndarray],
+        codes: Sequence[np.ndarray],
+        n: int,
+        rows: np.ndarray | None = None,
+    ) -> dict[str, Tensor]:
+        """The tensors from each numeric column as float64 and each categorical column's
+        codes (of every row, or of ``rows`` only, in that order): fill, standardise, clip,
+        flag the missing, one-hot or pass the codes on.
+
+        The float32 matrix is filled one column at a time: a float64 matrix of every column
+        at once (and its float32 copy) was most of ``prepare_data``'s peak memory. Each value
+        is computed in float64 and rounded once, exactly as before."""
+        layout = self._layout
+        dense = np.zeros((n, layout.width), dtype=np.float32)
+        flag_of = dict(zip(layout.flagged.tolist(), layout.flag_at.tolist(), strict=True))
+        for i, column in enumerate(numbers):
+            x = column if rows is None else column[rows]
             present = np.isfinite(x)
             with np.errstate(over="ignore"):
-                z = (np.where(present, x, col.fill) - col.mean) / col.std
-            blocks.append(np.clip(z, -MAX_STANDARD_SCORE, MAX_STANDARD_SCORE)[:, None])
-            if col.indicator:
-                blocks.append((~present).astype(np.float64)[:, None])
-        indices: list[np.ndarray] = []
-        for cat in self.categorical:
-            codes = self._codes(df[cat.name], cat, source)
-            if cat.encoding == "onehot":
-                onehot = np.zeros((n, len(cat.categories)), dtype=np.float64)
-                known = codes > 0
-                onehot[np.flatnonzero(known), codes[known] - 1] = 1.0
-                blocks.append(onehot)
-            else:
-                indices.append(codes)
-        dense = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0))
-        index = np.stack(indices, axis=1) if indices else np.zeros((n, 0), dtype=np.int64)
-        return {
-            "numeric": torch.from_numpy(dense.astype(np.float32)),
-            "categorical": torch.from_numpy(index.astype(np.int64)),
-        }
+                z = (np.where(present, x, layout.fills[i]) - layout.means[i]) / layout.stds[i]
+            dense[:, layout.value_at[i]] = np.clip(z, -MAX_STANDARD_SCORE, MAX_STANDARD_SCORE)
+            if i in flag_of:
+                dense[:, flag_of[i]] = ~present
+        for j, offset in layout.onehot:
+            c = codes[j] if rows is None else codes[j][rows]
+            known = c > 0
+            dense[np.flatnonzero(known), offset + c[known] - 1] = 1.0
+        index = np.zeros((n, len(layout.embedded)), dtype=np.int64)
+        for k, j in enumerate(layout.embedded):
+            index[:, k] = codes[j] if rows is None else codes[j][rows]
+        return {"numeric": torch.from_numpy(dense), "categorical": torch.from_numpy(index)}
 
-    def _codes(self, series: pd.Series, cat: CategoricalColumn, source: str) -> np.ndarray:
-        """1-based category indices; 0 for unknown (rare or unseen) values."""
-        text = as_text(series)
-        codes = pd.Index(cat.categories).get_indexer(text) + 1
-        if self.options.unseen == "error":
-            unseen = (codes == 0) & ~text.isin(cat.rare).to_numpy()
-            if bool(unseen.any()):
-                value = text[unseen].iloc[0]
-                raise DataError(
-                    f"{source}: column '{cat.name}' has category {value!r} not seen in "
-                    "training (data.unseen = 'error'; use 'unknown' to map it to a shared slot)"
-                )
-        result: np.ndarray = codes.astype(np.int64)
-        return result
+    def _codes(self, text: pd.Series | list[str], j: int, source: str) -> np.ndarray:
+        """1-based indices into categorical column ``j``'s categories of labels written by
+        :func:`as_text` (a Series) or :func:`cells_as_text` (a list); 0 for unknown (rare or
+        unseen) values."""
+        cat = self.categorical[j]
+        codes: np.ndarray
+        if isinstance(text, list):
+            lookup = self._vocabulary_codes[j]
+            codes = np.array([lookup.get(t, 0) for t in text], dtype=np.int64)
+        else:
+            codes = (self._vocabularies[j].get_indexer(pd.Index(text)) + 1).astype(np.int64)
+        if self.options.unseen == "error" and not bool(codes.all()):
+            rare = set(cat.rare)
+            labels = list(text)
+            for i in np.flatnonzero(codes == 0):
+                if labels[i] not in rare:
+                    raise DataError(
+                        f"{source}: column '{cat.name}' has category {labels[i]!r} not seen in "
+                        "training (data.unseen = 'error'; use 'unknown' to map it to a shared "
+                        "slot)"
+                    )
+        return codes
 
     # -- JSON ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

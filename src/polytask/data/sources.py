@@ -27,6 +27,9 @@ class StepBatch:
     batch: Batch
     counts: dict[str, int]
 
+    def pin_memory(self) -> StepBatch:
+        return StepBatch(self.step, self.batch.pin_memory(), self.counts)
+
 
 class TrainingData(Protocol):
     """What the trainer draws its batches from: in-memory sources or a streamed table."""

@@ -28,6 +28,16 @@ class Batch:
     def __len__(self) -> int:
         return next(iter(self.inputs.values())).shape[0]
 
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked memory, for an asynchronous copy to a GPU (what the
+        ``DataLoader`` calls with ``pin_memory``)."""
+        return Batch(
+            {k: v.pin_memory() for k, v in self.inputs.items()},
+            {k: v.pin_memory() for k, v in self.targets.items()},
+            {k: v.pin_memory() for k, v in self.masks.items()},
+            {k: v.pin_memory() for k, v in self.soft.items()},
+        )
+
 
 @dataclass
 class TensorData:
@@ -68,6 +78,15 @@ class TensorData:
         """The rows at ``index`` as a new :class:`TensorData`."""
         batch = self.take(index)
         return TensorData(batch.inputs, batch.targets, batch.masks, batch.soft)
+
+    def slice(self, start: int, stop: int) -> TensorData:
+        """Rows ``start`` to ``stop`` as views of these tensors (no copy)."""
+        return TensorData(
+            {k: v[start:stop] for k, v in self.inputs.items()},
+            {k: v[start:stop] for k, v in self.targets.items()},
+            {k: v[start:stop] for k, v in self.masks.items()},
+            {k: v[start:stop] for k, v in self.soft.items()},
+        )
 
     def subset_tasks(self, names: list[str]) -> TensorData:
         """The same rows with only the tasks in ``names`` (for single-task baselines)."""

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from polytask.data.tensors import TensorData
+from polytask.devices import module_device, to_device
 from polytask.evaluate.metrics import compute_metrics
 from polytask.losses import TaskLoss
 from polytask.tasks import Task
@@ -18,10 +19,11 @@ def predict_outputs(
     """Raw outputs of ``model`` in eval mode, computed in chunks of ``batch_size`` rows."""
     was_training = model.training
     model.eval()
+    device = module_device(model)  # the outputs stay there: the losses and metrics follow
     try:
         n = next(iter(inputs.values())).shape[0]
         chunks: list[dict[str, Tensor]] = [
-            model({k: v[start : start + batch_size] for k, v in inputs.items()})
+            model(to_device({k: v[start : start + batch_size] for k, v in inputs.items()}, device))
             for start in range(0, n, batch_size)
         ]
     finally:
@@ -37,7 +39,9 @@ def evaluate_data(
     losses: dict[str, float] = {}
     metrics: dict[str, dict[str, float]] = {}
     for task in tasks:
-        out, tgt, mask = outputs[task.name], data.targets[task.name], data.masks[task.name]
+        out = outputs[task.name]
+        tgt = data.targets[task.name].to(out.device)
+        mask = data.masks[task.name].to(out.device)
         value = TaskLoss(task)(out, tgt, mask)
         losses[task.name] = float(value) if value is not None else float("nan")
         metrics[task.name] = compute_metrics(task, out, tgt, mask)

@@ -8,7 +8,9 @@ dollars), not on the standardised scale the network learns.
 from __future__ import annotations
 
 import math
+import threading
 
+import torch
 from torch import Tensor
 from torchmetrics import Metric
 
@@ -47,7 +49,27 @@ def compute_metrics(task: Task, output: Tensor, target: Tensor, mask: Tensor) ->
         if tgt.shape[0] == 0 or tgt.numel() == 0 or spec.degenerate(name, tgt):
             result[name] = math.nan
             continue
-        metric = spec.make_metric(task, name)
+        metric = _reusable_metric(task, name, preds.device)
         metric.update(preds, tgt)
         result[name] = float(metric.compute())
     return result
+
+
+#: Metric objects kept for reuse, per thread (a metric holds the state of one computation).
+_CACHE = threading.local()
+
+
+def _reusable_metric(task: Task, name: str, device: torch.device) -> Metric:
+    """``task``'s metric ``name``, reset: building a torchmetrics object (an ``nn.Module``
+    with deep-copied defaults) costs more than computing it on a validation split, and the
+    trainer computes every metric after every epoch. Objects are shared by tasks of the same
+    kind and output count (what a metric is built from)."""
+    cache: dict[tuple[str, str, int], Metric] = getattr(_CACHE, "metrics", None) or {}
+    _CACHE.metrics = cache
+    spec = task.spec
+    key = (type(spec).__qualname__, name, spec.n_outputs(task))
+    metric = cache.get(key)
+    if metric is None:
+        metric = cache[key] = spec.make_metric(task, name)
+    metric.reset()
+    return metric.to(device)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from polytask.config_errors import Layers, Schema, Widths
 from polytask.errors import ConfigError, PolytaskError
 from polytask.models.encoders import Encoder, MLPEncoder, mlp_layers
-from polytask.models.heads import HeadFactory
+from polytask.models.heads import HeadFactory, run_heads
 from polytask.registry import NoParams, Registry
 
 
@@ -82,7 +82,8 @@ class HardSharing(Architecture):
         return z
 
     def heads_forward(self, z: Tensor) -> dict[str, Tensor]:
-        return {name: head(z) for name, head in self.heads.items()}
+        # Same-shape towers as one batched product: K separate calls dominate at many tasks.
+        return run_heads(self.heads, z)
 
     def task_forward(self, task: str, z: Tensor) -> Tensor:
         out: Tensor = self.heads[task](z)

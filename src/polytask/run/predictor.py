@@ -11,7 +11,8 @@ weight and statistic is finite.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,18 @@ from torch import Tensor
 
 from polytask._version import __version__
 from polytask.data.inputs import InputProcessor
-from polytask.data.preprocess import TablePreprocessor
+from polytask.data.preprocess import Cells, TablePreprocessor
 from polytask.data.spec import InputSpec
 from polytask.data.tables import read_table
 from polytask.data.targets import encode_targets
 from polytask.data.tensors import TensorData
+from polytask.devices import (
+    autocast,
+    check_precision,
+    module_device,
+    resolve_device,
+    to_device,
+)
 from polytask.errors import DataError, PolytaskError
 from polytask.evaluate.evaluation import evaluate_data, predict_outputs
 from polytask.models.config import ModelConfig
@@ -44,7 +52,7 @@ from polytask.state_io import atomic_directory, write_json, write_tensors
 from polytask.tasks import Task
 from polytask.tasks.preferences import parse_preference
 
-__all__ = ["MODEL_FORMAT", "Predictor", "load", "mark_missing", "model_dir"]
+__all__ = ["MODEL_FORMAT", "Predictor", "load", "mark_missing", "mark_missing_cells", "model_dir"]
 
 
 class Predictor:
@@ -62,8 +70,11 @@ class Predictor:
         na_values: list[str] | None = None,
         metrics: dict[str, Any] | None = None,
         lineage: dict[str, Any] | None = None,
+        precision: str = "32",
     ) -> None:
         self.model = model.eval()
+        #: The forward pass's precision (``train.precision``'s values; :func:`load`).
+        self.precision = precision
         self.tasks = tasks
         self.preprocessor = preprocessor
         self.model_config = model_config
@@ -75,6 +86,9 @@ class Predictor:
         #: a fine-tuning run, the teachers of a distilled one (``lineage.json``; empty else).
         self.lineage = lineage or {}
         self.batch_size = 8192
+        #: A table model predicts frames of at most this many rows on the fast path
+        #: (:meth:`predict_columns`): per-cell Python beats pandas' per-column overhead there.
+        self.fast_rows = 256
 
     @property
     def task_names(self) -> list[str]:
@@ -135,8 +149,13 @@ class Predictor:
         """:meth:`outputs` of a frame whose markers are already applied."""
         r = self._preference(preference)
         inputs = self.preprocessor.transform(df, source, base_dir)
-        with self.model.preferring(r):
-            return predict_outputs(self.model, inputs, self.batch_size)
+        with self.model.preferring(r), self._autocast():
+            outputs = predict_outputs(self.model, inputs, self.batch_size)
+        return {k: v.float().cpu() for k, v in outputs.items()}  # decoded on the host
+
+    def _autocast(self) -> AbstractContextManager[object]:
+        """The forward pass's precision on the model's device (:mod:`polytask.devices`)."""
+        return autocast(module_device(self.model), self.precision)
 
     def predict(
         self,
@@ -149,6 +168,18 @@ class Predictor:
         """Predictions in the user's labels and units: one or more columns per task (a
         column of arrays for per-pixel tasks); a row whose output is not finite gets no label
         (an empty cell). Missing-value markers and ``preference``: see :meth:`outputs`."""
+        if 0 < len(df) <= self.fast_rows and self._fast_frame(df):
+            wanted = [*self._table_columns, *([self.id_column] if self.id_column else [])]
+            cells = {c: df[c].to_numpy() for c in wanted if c in df.columns}
+            try:
+                fast = self.predict_columns(cells, tasks, source, preference)
+            except DataError:
+                # The cells have lost the frame's index: the pandas path below fails the same
+                # way and names the row by its label.
+                pass
+            else:
+                frame: pd.DataFrame = pd.DataFrame(fast, index=df.index)
+                return frame
         chosen = self._select(tasks)
         df = mark_missing(df, self.na_values)
         outputs = self._outputs(df, source, base_dir, preference)
@@ -159,6 +190,93 @@ class Predictor:
             columns.update(_task_columns(task, outputs[task.name]))
         result: pd.DataFrame = pd.DataFrame(columns, index=df.index)
         return result
+
+    @property
+    def _table_columns(self) -> list[str]:
+        """The feature columns of a table model (none for other inputs)."""
+        pre = self.preprocessor
+        return pre.columns if isinstance(pre, TablePreprocessor) else []
+
+    def _fast_frame(self, df: pd.DataFrame) -> bool:
+        """Whether :meth:`predict` may take ``df`` through :meth:`predict_columns`: a table
+        model, unique column names, and NumPy or text dtypes (text reads the same from an
+        object array; another extension dtype such as ``Int64`` has no NumPy twin the cells
+        could keep)."""
+        if not isinstance(self.preprocessor, TablePreprocessor) or not df.columns.is_unique:
+            return False
+        dtypes = df.dtypes
+        return all(
+            isinstance(dtypes[c], (np.dtype, pd.StringDtype))
+            for c in self._table_columns
+            if c in df.columns
+        )
+
+    def predict_columns(
+        self,
+        columns: Mapping[str, Cells],
+        tasks: list[str] | None = None,
+        source: str = "request",
+        preference: str | Sequence[float] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The columns :meth:`predict` returns (id column first when given, then each task's),
+        as arrays, from rows given column by column: a list of Python values per column (typed
+        as ``pd.DataFrame`` would type it) or a NumPy array. The fast path for a few rows (a
+        request): markers, conversion, category lookup and standardisation run on the cells
+        without per-column pandas work, sharing the fitted preprocessing and the decoding with
+        :meth:`predict`, whose output it equals. Models reading files (images, audio, text)
+        go through :meth:`predict`."""
+        sizes = {len(v) for v in columns.values()}
+        if len(sizes) > 1:
+            raise DataError(f"{source}: columns of different lengths {sorted(sizes)}")
+        if not isinstance(self.preprocessor, TablePreprocessor):
+            frame = self.predict(pd.DataFrame(dict(columns)), tasks, source, None, preference)
+            return {str(k): v.to_numpy() for k, v in frame.items()}
+        chosen = self._select(tasks)
+        r = self._preference(preference)
+        n = sizes.pop() if sizes else 0
+        cells = {k: mark_missing_cells(v, k, self.na_values) for k, v in columns.items()}
+        inputs = self.preprocessor.transform_cells(cells, n, source)
+        with self.model.preferring(r):
+            outputs = self._forward_few(inputs, n)
+        result: dict[str, np.ndarray] = {}
+        if self.id_column is not None and self.id_column in cells:
+            result[self.id_column] = np.asarray(cells[self.id_column])
+        for task in chosen:
+            result.update(_task_columns(task, outputs[task.name].cpu()))
+        return result
+
+    def _forward_few(self, inputs: dict[str, Tensor], n: int) -> dict[str, Tensor]:
+        """:func:`predict_outputs` of ``n`` rows: one forward pass of the model, already in
+        eval mode, without setting and restoring eval mode on every submodule (two walks of
+        the module tree cost a one-row request as much as the encoding)."""
+        with self._autocast():
+            if self.model.training or n > self.batch_size:
+                outputs = predict_outputs(self.model, inputs, self.batch_size)
+            else:
+                with torch.no_grad():
+                    outputs = self.model(to_device(inputs, module_device(self.model)))
+        return {k: v.float() for k, v in outputs.items()}
+
+    def predict_records(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        tasks: list[str] | None = None,
+        source: str = "request",
+        preference: str | Sequence[float] | None = None,
+    ) -> list[dict[str, Any]]:
+        """:meth:`predict` of rows given as dicts (column -> value, as parsed from JSON): one
+        dict of plain Python values per row, ready for ``json.dumps``: a NaN (no prediction)
+        becomes ``None``, a per-pixel map a nested list. A key absent from a record is a
+        missing value, as in ``pd.DataFrame(records)``. Takes the fast path
+        (:meth:`predict_columns`) for table models."""
+        if not records:
+            return []
+        names = list(dict.fromkeys(k for r in records for k in r))
+        columns = {k: [r.get(k) for r in records] for k in names}
+        predicted = self.predict_columns(columns, tasks, source, preference)
+        keys = list(predicted)
+        rows = zip(*(predicted[k].tolist() for k in keys), strict=True)
+        return [{k: _plain(v) for k, v in zip(keys, row, strict=True)} for row in rows]
 
     def evaluate(
         self,
@@ -202,7 +320,7 @@ class Predictor:
         back (the files are checked as :func:`load` checks them)."""
         target = Path(path)
         refused = f"cannot save the model to '{target}'"
-        weights = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         bad = nonfinite_tensor(weights)
         if bad is not None:
             raise PolytaskError(f"{refused}: weight {bad!r} holds non-finite values (NaN or inf)")
@@ -236,6 +354,62 @@ def _task_columns(task: Task, out: Tensor) -> dict[str, np.ndarray]:
     return task.spec.decode(task, out)
 
 
+def _plain(value: Any) -> Any:
+    """A predicted cell as a JSON-ready Python value: NaN is None (no prediction)."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _marker_sets(markers: Sequence[str]) -> tuple[set[str], list[float]]:
+    """The text markers (stripped) and the markers that are numbers."""
+    return {m.strip() for m in markers}, [float(m) for m in markers if _is_number(m)]
+
+
+def _marked(series: pd.Series, texts: set[str], numbers: list[float]) -> pd.Series | None:
+    """``series`` with its marker cells missing (see :func:`mark_missing`); None if none."""
+    if pd.api.types.is_bool_dtype(series):
+        return None
+    if pd.api.types.is_numeric_dtype(series):
+        hit = series.isin(numbers) if numbers else None
+    else:
+        hit = series.map(lambda v: isinstance(v, str) and v.strip() in texts).astype(bool)
+    if hit is None or not bool(hit.any()):
+        return None
+    return series.astype(object).mask(hit, np.nan)
+
+
+def mark_missing_cells(cells: Cells, name: str, markers: Sequence[str]) -> Cells:
+    """:func:`mark_missing` of one column given as cells (see
+    :meth:`Predictor.predict_columns`): a quick scan for a cell that could be a marker, and
+    only then the column as pandas types it through the same rule, returned as an object
+    array (the type :func:`mark_missing` leaves a marked column with)."""
+    if not markers:
+        return cells
+    texts, numbers = _marker_sets(markers)
+    if isinstance(cells, np.ndarray) and cells.dtype.kind != "O":
+        suspect = (
+            cells.dtype.kind in "fiu" and bool(numbers) and bool(np.isin(cells, numbers).any())
+        )
+    else:
+        wanted = set(numbers)
+        suspect = any(
+            (isinstance(v, str) and v.strip() in texts)
+            or (
+                isinstance(v, (int, float, np.number))
+                and not isinstance(v, (bool, np.bool_))
+                and v in wanted
+            )
+            for v in cells
+        )
+    if not suspect:
+        return cells
+    marked = _marked(pd.Series(cells, name=name), texts, numbers)
+    return cells if marked is None else marked.to_numpy()
+
+
 def mark_missing(df: pd.DataFrame, markers: Sequence[str]) -> pd.DataFrame:
     """``df`` with every cell that holds one of the missing-value ``markers`` made missing,
     as :func:`polytask.data.tables.read_table` does when it reads a file: a text cell that
@@ -243,19 +417,12 @@ def mark_missing(df: pd.DataFrame, markers: Sequence[str]) -> pd.DataFrame:
     (``-999``). ``df`` itself is left as it is; without a hit it is returned unchanged."""
     if not markers:
         return df
-    texts = {m.strip() for m in markers}
-    numbers = [float(m) for m in markers if _is_number(m)]
+    texts, numbers = _marker_sets(markers)
     changed: dict[str, pd.Series] = {}
     for column in df.columns:
-        series = df[column]
-        if pd.api.types.is_bool_dtype(series):
-            continue
-        if pd.api.types.is_numeric_dtype(series):
-            hit = series.isin(numbers) if numbers else None
-        else:
-            hit = series.map(lambda v: isinstance(v, str) and v.strip() in texts).astype(bool)
-        if hit is not None and bool(hit.any()):
-            changed[column] = series.astype(object).mask(hit, np.nan)
+        values = _marked(df[column], texts, numbers)
+        if values is not None:
+            changed[column] = values
     if not changed:
         return df
     marked: pd.DataFrame = df.copy(deep=False)
@@ -297,14 +464,19 @@ def _optional_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def load(path: str | Path) -> Predictor:
+def load(path: str | Path, *, device: str = "cpu", precision: str = "32") -> Predictor:
     """Load a model directory (or a run directory holding ``model/``) without unpickling.
 
     Every file is checked before anything is built (:mod:`polytask.run.model_schema`): a
-    damaged or edited file is a one-line :class:`PolytaskError` naming it."""
+    damaged or edited file is a one-line :class:`PolytaskError` naming it. The weights are
+    read on the host and moved to ``device`` (``auto``, ``cpu``, ``cuda[:N]``, ``mps``: a
+    GPU-trained model predicts on a CPU-only machine); ``precision`` is that of the forward
+    pass (``32``, ``bf16-mixed``, ``16-mixed``)."""
+    target = resolve_device(device, "device")
+    check_precision(precision, target, "precision")
     directory = model_dir(path)
     files = read_model_files(directory)
-    model = load_weights(directory / "model.safetensors", files)
+    model = load_weights(directory / "model.safetensors", files).to(target)
     return Predictor(
         model,
         files.tasks,
@@ -315,4 +487,5 @@ def load(path: str | Path) -> Predictor:
         na_values=files.meta.na_values,
         metrics=_optional_object(directory / "metrics.json"),
         lineage=_optional_object(directory / "lineage.json"),
+        precision=precision,
     )

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from polytask.config_errors import MAX_LAYERS, BatchSize, Epochs, Schema, Steps
+from polytask.devices import DEVICE_PATTERN, Precision
 from polytask.errors import ConfigError
 from polytask.tasks import Task
 
@@ -47,6 +48,34 @@ class TrainConfig(Schema):
         default=10,
         description="nonfinite = 'skip': stop anyway once more steps than this were skipped "
         "in the run (None: no bound)",
+    )
+    device: str = Field(
+        default="auto",
+        pattern=DEVICE_PATTERN,
+        description="auto (a GPU when one is present, else the CPU), cpu, cuda, cuda:N or mps",
+    )
+    precision: Precision = Field(
+        default="32",
+        description="32, or mixed precision through torch.autocast: bf16-mixed, or 16-mixed "
+        "with dynamic loss scaling (balancers always see unscaled losses and gradients)",
+    )
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the model's forward pass (rejected, naming the "
+        "combination, with a balancer that runs the forward pass itself)",
+    )
+    diagnostics: bool = Field(
+        default=True,
+        description="loss-level balancers: measure the tasks' gradients on each epoch's first "
+        "step (K extra backward passes) for the log's norms, cosines and conflicts",
+    )
+    nonfinite_check_every: Steps | None = Field(
+        default=None,
+        description="nonfinite = 'stop': test the steps' losses and gradient norms for NaN/inf "
+        "every N steps (one host synchronisation each time; always before a checkpoint and "
+        "the epoch's end, and the error still names the first bad step); default: every step "
+        "on the CPU, where the test costs no wait, every 32 on an accelerator; 'skip' tests "
+        "every step",
     )
 
 

@@ -15,7 +15,9 @@ one holding a weight of two or more dimensions (a Linear, Conv or Embedding), ex
 
 * a module whose parameters are all one-dimensional (a normalisation) joins the layer before it;
 * the modules inside one element of an ``nn.ModuleList`` of blocks (a Transformer layer, a CNN
-  stage) form one layer;
+  stage) form one layer, and so do those inside each block an encoder declares
+  (:meth:`polytask.models.encoders.Encoder.layer_blocks`: a timm backbone's stages, kept in
+  ``nn.Sequential`` containers that are not lists of blocks);
 * consecutive embedding tables (one per categorical column, or a text model's word, position
   and segment embeddings) are looked up side by side: they form one layer, the input layer.
 
@@ -32,6 +34,7 @@ from typing import Any
 from torch import nn
 
 from polytask.errors import ConfigError
+from polytask.models.encoders import Encoder
 from polytask.models.model import MultiTaskModel
 from polytask.train.config import FinetuneConfig
 
@@ -64,9 +67,12 @@ def _inside(name: str, roots: Iterable[str]) -> bool:
 
 
 def _blocks(model: nn.Module) -> list[str]:
-    """Names of the non-leaf elements of every ``nn.ModuleList`` (repeated blocks)."""
+    """Names of the non-leaf elements of every ``nn.ModuleList`` (repeated blocks) and of the
+    blocks the encoders declare."""
     found = []
     for name, module in model.named_modules():
+        if isinstance(module, Encoder):
+            found += [_qualified(name, block) for block in module.layer_blocks()]
         if isinstance(module, nn.ModuleList):
             found += [
                 _qualified(name, str(i))

@@ -1,13 +1,16 @@
 """Non-finite training: a NaN or infinite loss, gradient or weight stops the run (or, with
 ``train.nonfinite = "skip"``, the step is skipped) instead of training on to a NaN model.
 
-The check costs one host synchronisation per step: the step's per-task losses and its
-gradient norm (the one gradient clipping computes anyway) are summed into one number whose
-finiteness is tested (NaN or inf in any term makes the sum non-finite). Weights are not scanned
-every step: a non-finite weight makes the next forward pass, hence a loss, non-finite, and the
-failure path then scans the weights to name the culprit. The trainer also scans them after each
-epoch's last step and before every checkpoint, so nothing non-finite is ever evaluated as a
-result or saved.
+The check costs one host synchronisation per step (under the stop policy, optionally one
+every ``train.nonfinite_check_every`` steps: the steps' values wait on the device and are tested
+together, always before a checkpoint, a weight scan and the epoch's end, and the error names the
+first bad step; the weights a bad step made non-finite are then never saved): the step's
+per-task losses and its gradient norm (the one gradient clipping computes anyway) are summed
+into one number whose finiteness is tested (NaN or inf in any term makes the sum non-finite).
+Weights are not scanned every step: a non-finite weight makes the next forward pass, hence a
+loss, non-finite, and the failure path then scans the weights to name the culprit. The trainer
+also scans them after each epoch's last step and before every checkpoint, so nothing
+non-finite is ever evaluated as a result or saved.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -88,10 +92,15 @@ class NonFiniteGuard:
     ``skipped`` counts the run's skipped steps (checkpointed with the trainer's counters);
     ``policy`` is ``train.nonfinite`` and ``max_skipped`` its bound."""
 
-    def __init__(self, policy: str, max_skipped: int | None) -> None:
+    def __init__(self, policy: str, max_skipped: int | None, every: int = 1) -> None:
         self.policy = policy
         self.max_skipped = max_skipped
         self.skipped = 0
+        #: Stop policy: steps between tests; the skip policy must decide every step.
+        self.every = 1 if policy == "skip" else every
+        #: Deferred steps not tested yet: their loss and norm values (one tensor, on the
+        #: device), where they were taken and the tasks they trained.
+        self._pending: list[tuple[Tensor, Any, list[str]]] = []
 
     @property
     def skips(self) -> bool:
@@ -107,6 +116,42 @@ class NonFiniteGuard:
         finite? (False may be a false alarm of an overflowing sum: the caller re-checks.)"""
         values = [v.detach().float().reshape(()) for v in (*losses.values(), *norms)]
         return not values or math.isfinite(torch.stack(values).sum().item())
+
+    @property
+    def deferred(self) -> bool:
+        """Steps are recorded and tested together (stop policy, ``every`` > 1)."""
+        return self.every > 1
+
+    def defer(
+        self, losses: dict[str, Tensor], norms: list[Tensor], where: Any, tasks: list[str]
+    ) -> bool:
+        """Record a step's losses and gradient norms without synchronising; True when
+        ``every`` steps are waiting and :meth:`first_failure` is due."""
+        values = [v.detach().float().reshape(()) for v in (*losses.values(), *norms)]
+        if values:
+            self._pending.append((torch.stack(values), where, tasks))
+        return len(self._pending) >= self.every
+
+    def first_failure(self) -> tuple[Any, str] | None:
+        """Test the deferred steps at once (one synchronisation): None when all were finite,
+        else where the first non-finite one was taken and what was not finite."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return None
+        sums = torch.stack([values.sum() for values, _, _ in pending])
+        if bool(torch.isfinite(sums).all()):
+            return None
+        for values, where, tasks in pending:
+            if math.isfinite(float(values.sum())):
+                continue
+            found = values.tolist()
+            bad = [(t, v) for t, v in zip(tasks, found, strict=False) if not math.isfinite(v)]
+            if bad:
+                return where, ", ".join(f"task '{t}' loss is {describe(v)}" for t, v in bad)
+            if not all(math.isfinite(v) for v in found[len(tasks) :]):
+                names = ", ".join(f"'{t}'" for t in tasks)
+                return where, f"the gradient of tasks {names} is not finite"
+        return None  # the sums overflowed on finite values: a false alarm
 
     def count_skip(self, message: str) -> None:
         """Count a skipped step; raise once more than ``max_skipped`` were skipped."""

@@ -80,7 +80,8 @@ class EpochStats:
     ) -> None:
         """Accumulate one optimiser step's losses, weights and labelled examples."""
         for name, value in losses.items():
-            self.loss_sum[name] += value.detach()
+            # Out of place: the sum moves to the losses' device (no copy back per step).
+            self.loss_sum[name] = self.loss_sum[name] + value.detach()
             self.weight_sum[name] += weights[name]
             self.steps_with[name] += 1
             self.seen[name] += labelled_rows(masks[name])
@@ -96,4 +97,6 @@ class EpochStats:
 def labelled_rows(mask: Tensor) -> int:
     """Examples with at least one valid label (multilabel masks have one column per label,
     per-pixel masks one entry per pixel)."""
+    if mask.dim() == 1:  # one label per row: a single reduction (this runs every step)
+        return int(mask.sum())
     return int(mask.reshape(mask.shape[0], -1).any(dim=1).sum())

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -33,6 +33,15 @@ from torch import Tensor, nn
 from polytask.balance.base import BackwardResult, Balancer
 from polytask.data.sources import SourceSet, TrainingData
 from polytask.data.tensors import Batch, TensorData
+from polytask.devices import (
+    autocast,
+    check_precision,
+    compiled,
+    grad_scaler,
+    resolve_device,
+    to_cpu,
+    to_device,
+)
 from polytask.errors import ConfigError, PolytaskError
 from polytask.evaluate.evaluation import evaluate_data
 from polytask.losses import BatchLoss, LabelLoss
@@ -64,6 +73,7 @@ from polytask.train.state_check import (
     check_counters,
     check_extra_state,
     check_optimizer,
+    check_scaler,
     check_tensors,
     match,
 )
@@ -159,11 +169,22 @@ class Trainer:
         (fine-tuning's per-group rates). A parameter may sit in a group while frozen
         (``requires_grad`` false): it gets no gradient, so AdamW leaves it alone until it is
         unfrozen."""
-        self.model = model
         self.tasks = tasks
         self.balancer = balancer
         balancer.check_model(model)
         check_trainable(model, config)
+        #: Where the model, the batches and the balancer's state live (``train.device``).
+        self.device = resolve_device(config.device)
+        check_precision(config.precision, self.device)
+        check_compile(config, balancer)
+        # Before the optimiser is built: its state follows its parameters' device.
+        self.model = model.to(self.device)
+        balancer.to(self.device)
+        #: The model's forward pass as the step calls it (compiled with ``train.compile``).
+        self.forward: Callable[..., Any] = compiled(model) if config.compile else model
+        #: float16 only: the dynamic loss scale; balancers see unscaled losses (``_backward``).
+        self.scaler = grad_scaler(self.device, config.precision)
+        self._one = torch.ones((), device=self.device)
         self.config = config
         self.seed = seed
         self.callbacks = list(callbacks)
@@ -191,9 +212,12 @@ class Trainer:
         self.history: list[EpochRecord] = []
         self.stop_requested = False
         self.scheduler = TaskScheduler([t.name for t in tasks], schedule or ScheduleConfig())
-        self.diagnostics = GradientDiagnostics([t.name for t in tasks])
+        self.diagnostics = GradientDiagnostics([t.name for t in tasks], config.diagnostics)
         self.early_stopping = EarlyStopping(config.patience, config.min_delta)
-        self.guard = NonFiniteGuard(config.nonfinite, config.max_skipped)
+        every = config.nonfinite_check_every
+        if every is None:  # a test waits for the device: on the CPU there is nothing to wait for
+            every = 1 if self.device.type == "cpu" else DEVICE_CHECK_EVERY
+        self.guard = NonFiniteGuard(config.nonfinite, config.max_skipped, every)
         #: Where the last optimiser step was taken and the tasks it trained (messages about
         #: weights that it made non-finite, found by the next step's check or the epoch's end).
         self._last_update: tuple[tuple[int, int, int, int], list[str]] | None = None
@@ -362,6 +386,7 @@ class Trainer:
         anything is validated as a result or saved). ``parameters_only``: leave out buffers
         (batch-norm statistics), which the forward pass changes: non-finite inputs make them
         non-finite in the same step as the losses, and the losses then name the cause."""
+        self.check_deferred()  # a deferred step that was not finite is the cause: name it
         model = (
             self.model.named_parameters() if parameters_only else self.model.state_dict().items()
         )
@@ -459,12 +484,15 @@ class Trainer:
         # Skip policy only: the forward pass moves batch-norm statistics and the backward a
         # balancer's state; a skipped step puts both back as they were here.
         snapshot = self.guard.snapshot(self.model, self.balancer)
-        if self.balancer.changes_forward:  # e.g. per-task gradient hooks, preference sampling
-            outputs = self.balancer.forward(self.model, batch.inputs)
-        else:
-            outputs = self.model(batch.inputs)
-        # Per-task losses over the rows labelled for each task; a task without one is absent.
-        losses = self.loss_fn(outputs, batch, self.progress)
+        batch = self._on_device(batch)
+        with autocast(self.device, cfg.precision):
+            if self.balancer.changes_forward:  # e.g. per-task gradient hooks, preference draws
+                outputs = self.balancer.forward(self.model, batch.inputs)
+            else:
+                outputs = self.forward(batch.inputs)
+            # Per-task losses over the rows labelled for each task; a task without one is
+            # absent. Balancers weigh float32 losses whatever the forward pass computed in.
+            losses = {k: v.float() for k, v in self.loss_fn(outputs, batch, self.progress).items()}
         if chosen is not None:  # task scheduling: only the step's tasks train
             losses = {k: v for k, v in losses.items() if k in chosen}
         self.optimizer.zero_grad(set_to_none=True)
@@ -474,7 +502,11 @@ class Trainer:
                 hook.before_backward(self, losses)
             result = self._backward(losses, model_params, snapshot)
             if result is not None:
-                self.optimizer.step()
+                if self.scaler is not None:  # skips a step whose scaled gradients overflowed
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
                 stats.add_step(losses, result.weights, batch.masks)
                 stats.steps["taken"] += 1
                 position = (self.epoch, self.step_in_epoch, self.steps_in_epoch, self.step)
@@ -496,6 +528,10 @@ class Trainer:
         finiteness check; None: the step is skipped (``train.nonfinite = "skip"``: gradients
         zeroed, the balancer's state as it was). A divergence that may not be skipped raises."""
         cfg = self.config
+        scaler = self.scaler
+        # float16: the scale multiplies only the backward passes that form the update; the
+        # losses, gradients and Gramians a balancer measures stay unscaled (Balancer.scaled).
+        self.balancer.grad_scale = scaler.scale(self._one) if scaler is not None else None
         try:
             result = self.balancer.backward(losses, self.model)
         except Exception:
@@ -511,7 +547,9 @@ class Trainer:
         if penalty is not None:
             # A penalty on the parameters (soft sharing's coupling) is no task's loss: it
             # joins the gradient unweighted, outside the balancer.
-            penalty.backward()  # type: ignore[no-untyped-call]
+            self.balancer.scaled(penalty).backward()  # type: ignore[no-untyped-call]
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)  # clipping and the check see true gradients
         norms: list[Tensor] = []
         if cfg.grad_clip is not None:
             # Clipping computes the total norm anyway: checking it costs nothing more.
@@ -521,6 +559,15 @@ class Trainer:
         learned = [p.grad for p in self.balancer.parameters() if p.grad is not None]
         if learned:
             norms.append(total(learned))
+        if scaler is not None:
+            # An overflowing float16 gradient is the scaler's to handle (the step is skipped
+            # and the scale halved); a non-finite loss is a divergence.
+            norms = []
+        if self.guard.deferred:
+            position = (self.epoch, self.step_in_epoch, self.steps_in_epoch, self.step)
+            if self.guard.defer(losses, norms, position, list(losses)):
+                self.check_deferred()
+            return result
         if self.guard.all_finite(losses, norms):
             return result
         # The failure path may synchronise freely. Non-finite weights (from the last update)
@@ -545,6 +592,25 @@ class Trainer:
         if snapshot is not None:
             snapshot.restore(self.model, self.balancer)
         self.guard.count_skip(message)
+
+    def check_deferred(self) -> None:
+        """Test the steps whose finiteness check was deferred (``train.nonfinite_check_every``);
+        raise naming the first that was not finite."""
+        failure = self.guard.first_failure()
+        if failure is not None:
+            position, problem = failure
+            raise TrainingDiverged(f"training diverged at {_where(*position)}: {problem}; {ADVICE}")
+
+    def _on_device(self, batch: Batch) -> Batch:
+        """``batch`` on the training device (the same batch on the CPU)."""
+        if self.device.type == "cpu":
+            return batch
+        return Batch(
+            to_device(batch.inputs, self.device),
+            to_device(batch.targets, self.device),
+            to_device(batch.masks, self.device),
+            to_device(batch.soft, self.device),
+        )
 
     def _where(self) -> str:
         """The step in progress, as messages name it."""
@@ -572,6 +638,8 @@ class Trainer:
             "scheduler": self.scheduler.state(),
             "trainer": counters,
         }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
         if self._epoch_start is not None and self.epoch_stats is not None:
             sums = self.epoch_stats.state()
             for hook in self.hooks:
@@ -581,7 +649,8 @@ class Trainer:
                 "step_in_epoch": self.step_in_epoch,
                 "stats": sums,
             }
-        return state
+        saved: dict[str, Any] = to_cpu(state)  # on the host: loadable on any device
+        return saved
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state` returned, so training continues exactly. A state that
@@ -600,6 +669,10 @@ class Trainer:
         for hook in self.hooks:
             hook.load_state(t)
         self.scheduler.load_state(state["scheduler"])
+        # A checkpoint of another precision has no (or an unused) scaler state: a float16 run
+        # resumed from it starts the scale afresh.
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self._resume_point = state.get("partial")
 
     def check_state(self, state: Any) -> None:
@@ -638,6 +711,8 @@ class Trainer:
                 )
             for task, metrics in reference.items():
                 _check_loss_tables(f"trainer.reference.{task}", [metrics])
+        if self.scaler is not None and state.get("scaler"):
+            check_scaler(self.scaler.state_dict(), state["scaler"])
         if state.get("partial") is not None:
             self._check_partial(state["partial"])
 
@@ -675,6 +750,22 @@ class Trainer:
             if key not in stats:
                 raise CheckpointMismatch(f"partial.stats.{key}: expected a table, found nothing")
             match(f"partial.stats.{key}", want, stats[key])
+
+
+#: Steps between non-finite tests on an accelerator (``train.nonfinite_check_every`` unset).
+DEVICE_CHECK_EVERY = 32
+
+
+def check_compile(config: TrainConfig, balancer: Balancer) -> None:
+    """``train.compile`` compiles the model's forward pass; a balancer that runs the forward
+    pass itself (gradient hooks, a split at the shared representation, preference draws)
+    would bypass or break the compiled graph, so the combination is refused up front."""
+    if config.compile and balancer.changes_forward:
+        raise ConfigError(
+            f"config error: train.compile: cannot compile the forward pass for balancer "
+            f"'{balancer.name}', which runs the forward pass itself (per-task gradients or "
+            "preference draws); set train.compile = false or use a loss-level balancer"
+        )
 
 
 def _check_loss_tables(key: str, rows: Any) -> None:

@@ -1,6 +1,7 @@
 """A ``[finetune]`` policy applied to a model about to train: freeze, per-group learning
 rates, gradual unfreezing. Used by ``polytask finetune`` and, for a model built with a
-pretrained encoder (``minilm``), by ``polytask train`` (:func:`tune_training_run`)."""
+pretrained encoder (``minilm``, ``hf``, ``timm``: docs/backbones.md), by ``polytask train``
+(:func:`tune_training_run`)."""
 
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def tune_training_run(
     balancer: Balancer,
 ) -> Tuning | None:
     """The ``[finetune]`` policy of a ``polytask train`` run applied to its freshly built
-    ``model`` (meant for a pretrained encoder such as ``minilm``: freeze some layers, lower
+    ``model`` (meant for a pretrained encoder such as ``hf`` or ``timm``: freeze some layers, lower
     its learning rate, unfreeze it gradually), or None when the run sets no such option."""
     if not tunes_training(policy):
         return None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import pandas as pd
+import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor
 
@@ -101,6 +102,16 @@ class InputProcessor(ABC):
     @abstractmethod
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state` returned."""
+
+    @property
+    def augments(self) -> bool:
+        """Whether :meth:`augment` changes training batches (its parameters ask for it)."""
+        return False
+
+    def augment(self, inputs: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+        """A training batch's inputs randomly altered (flips, crops), drawing only from
+        ``generator``; as they are by default. Never applied to evaluation or prediction."""
+        return inputs
 
     def require_columns(self, df: pd.DataFrame, source: str) -> None:
         missing = [c for c in self.columns if c not in df.columns]

@@ -36,6 +36,16 @@ class ImageParams(Schema):
         default=None, description="1 (grey) or 3 (RGB); default: as the first training image"
     )
     normalize: bool = Field(default=True, description="standardise each channel (train stats)")
+    flip: bool = Field(
+        default=False, description="augment: flip training images left-right at random"
+    )
+    crop_padding: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_WIDTH,
+        description="augment: pad training images by this many pixels (with the mean) and "
+        "crop them back at a random offset",
+    )
 
 
 class ImageInput(InputProcessor):
@@ -88,7 +98,9 @@ class ImageInput(InputProcessor):
     def _pixels(self, df: pd.DataFrame, source: str, base_dir: Path | None) -> Tensor:
         self.require_columns(df, source)
         stacked, _ = stack_column(df[self.p.column], source, base_dir, reader=self._read)
-        return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+        # Copied by NumPy into N x C x H x W order: torch's permute(...).contiguous() keeps
+        # the odd strides of a grey (C = 1) batch, which CPU convolutions mishandle.
+        return torch.from_numpy(np.ascontiguousarray(stacked.transpose(0, 3, 1, 2)))
 
     def fit(self, train: pd.DataFrame, source: str, base_dir: Path | None) -> None:
         self.shape = []
@@ -112,6 +124,32 @@ class ImageInput(InputProcessor):
             std = torch.tensor(self.std).view(1, -1, 1, 1)
             pixels = (pixels - mean) / std
         return {"image": pixels}
+
+    @property
+    def augments(self) -> bool:
+        return self.p.flip or self.p.crop_padding > 0
+
+    def augment(self, inputs: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+        """Random left-right flips (half of the images) and random crops of the images
+        padded by ``crop_padding``, one draw per image, for the whole batch at once."""
+        x = inputs["image"]
+        n, c, h, w = x.shape
+        if self.p.flip:
+            flip = torch.rand(n, generator=generator) < 0.5
+            x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+        pad = self.p.crop_padding
+        if pad:
+            # Zero is the channel mean once normalised: the padding adds no new brightness.
+            padded = F.pad(x, (pad, pad, pad, pad))
+            top = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator) + torch.arange(h)
+            left = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator) + torch.arange(w)
+            x = padded[
+                torch.arange(n).view(n, 1, 1, 1),
+                torch.arange(c).view(1, c, 1, 1),
+                top.view(n, 1, h, 1),
+                left.view(n, 1, 1, w),
+            ]
+        return {**inputs, "image": x}
 
     @property
     def input_spec(self) -> InputSpec:

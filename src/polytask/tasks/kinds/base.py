@@ -96,6 +96,10 @@ class Kind:
     dense: ClassVar[bool] = False
     #: The head's single output channel is squeezed out along this dim (None: kept).
     squeeze_dim: ClassVar[int | None] = None
+    #: The loss is the plain mean of :meth:`unit_losses` over the valid units (elementwise
+    #: units, no weighted mean): tasks of the kind sharing a loss state can then be computed
+    #: stacked, in one vectorised pass (:func:`polytask.losses.task_losses`).
+    mean_of_units: ClassVar[bool] = False
     #: Which optional declaration fields apply to the kind.
     accepts_classes: ClassVar[bool] = False
     accepts_pos_weight: ClassVar[bool] = False
@@ -315,6 +319,8 @@ class ClassIndexed(Kind):
 class Sigmoid(Kind):
     """A kind whose head gives one logit per label (binary, multilabel): binary cross-entropy,
     a tempered Bernoulli per output for distillation."""
+
+    mean_of_units = True
 
     def unit_losses(self, state: LossState, output: Tensor, target: Tensor) -> Tensor:
         pw = state.pos_weight

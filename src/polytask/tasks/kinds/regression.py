@@ -36,6 +36,7 @@ class Regression(Kind):
         "r2": lambda n: R2Score(),
     }
     squeeze_dim = -1
+    mean_of_units = True
 
     def fit(
         self,

@@ -22,6 +22,7 @@ from pathlib import Path
 from torch import Tensor
 
 from polytask.balance.base import BackwardResult
+from polytask.devices import to_cpu
 from polytask.errors import PolytaskError
 from polytask.state_io import atomic_directory, fault_point, load_state, recover, save_state
 from polytask.train.callbacks.base import TrainerCallback, TrainerView
@@ -59,7 +60,8 @@ class Checkpointing(TrainerCallback):
             if best:
                 (staging / "best").mkdir()
                 save_state(
-                    staging / "best", {"model": trainer.model.state_dict(), "epoch": trainer.epoch}
+                    staging / "best",
+                    {"model": to_cpu(trainer.model.state_dict()), "epoch": trainer.epoch},
                 )
             elif previous.is_dir():
                 _link_files(previous, staging / "best")

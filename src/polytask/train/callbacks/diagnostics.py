@@ -80,8 +80,11 @@ class GradientSums:
 class GradientDiagnostics(TrainerCallback):
     """Accumulates the measured gradients of each epoch into its record (module docstring)."""
 
-    def __init__(self, tasks: list[str]) -> None:
+    def __init__(self, tasks: list[str], measure: bool = True) -> None:
         self.tasks = tasks
+        #: Measure loss-level balancers' gradients on each epoch's first step
+        #: (``train.diagnostics``); gradient-level balancers' Gramians are logged regardless.
+        self.measure = measure
         self.sums = GradientSums(tasks)
         self._measured: TaskGramian | None = None
 
@@ -91,7 +94,8 @@ class GradientDiagnostics(TrainerCallback):
     def before_backward(self, trainer: TrainerView, losses: dict[str, Tensor]) -> None:
         self._measured = None
         if (
-            trainer.step_in_epoch == 0
+            self.measure
+            and trainer.step_in_epoch == 0
             and not trainer.balancer.needs_gradients
             and (shared := [p for p in trainer.model.shared_parameters() if p.requires_grad])
         ):

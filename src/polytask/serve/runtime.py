@@ -1,0 +1,54 @@
+"""The runtimes a server predicts with: the PyTorch Predictor itself, or onnxruntime.
+
+Both take the frame the request schema builds and return the Predictor's prediction columns,
+so the HTTP layer does not know which one runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from polytask.errors import PolytaskError
+from polytask.export import OnnxPredictor, export_onnx
+from polytask.run.predictor import Predictor
+from polytask.serve.batcher import PredictFn
+
+Runtime = Literal["torch", "onnx"]
+RUNTIMES: tuple[str, ...] = ("torch", "onnx")
+
+
+def torch_runtime(predictor: Predictor) -> PredictFn:
+    """Predictions by :meth:`Predictor.predict` (its preprocessing, network and decoding)."""
+
+    def predict(
+        frame: pd.DataFrame, tasks: list[str] | None, preference: list[float] | None
+    ) -> pd.DataFrame:
+        return predictor.predict(frame, tasks, source="request body", preference=preference)
+
+    return predict
+
+
+def onnx_runtime(predictor: Predictor, workdir: Path) -> PredictFn:
+    """Predictions by onnxruntime from the model exported to ``workdir`` at start-up (the
+    export is checked there, so a model the exporter cannot translate fails before serving)."""
+    path = export_onnx(predictor, workdir / "model.onnx")
+    session = OnnxPredictor(path)
+
+    def predict(
+        frame: pd.DataFrame, tasks: list[str] | None, preference: list[float] | None
+    ) -> pd.DataFrame:
+        return session.predict(frame, tasks, source="request body", preference=preference)
+
+    return predict
+
+
+def build_runtime(runtime: str, predictor: Predictor, workdir: Path) -> PredictFn:
+    """The prediction function of ``runtime`` for the loaded ``predictor``."""
+    if runtime == "torch":
+        return torch_runtime(predictor)
+    if runtime == "onnx":
+        return onnx_runtime(predictor, workdir)
+    raise PolytaskError(f"unknown runtime {runtime!r}; valid choices: {', '.join(RUNTIMES)}")

@@ -1,0 +1,40 @@
+"""``benchmarks/run_gpu.py --smoke``: the GPU benchmark's CPU part on tiny sizes runs end to end
+and writes its results file (issue 18); the numbers themselves mean nothing here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_run_gpu_smoke_writes_every_section(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run_gpu.py"),
+            "--smoke",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT / "benchmarks",
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    payload = json.loads((tmp_path / "gpu.json").read_text())
+    assert payload["smoke"] is True
+    for k in ("2", "3"):
+        cells = payload["balancing"][k]
+        assert not cells["errors"], cells["errors"]
+        assert {"equal", "upgrad exact", "upgrad representation"} <= set(cells["ms"])
+        assert all(v > 0 for v in cells["ms"].values())
+    assert payload["precision"]["samples_per_s"]["fp32"] > 0
+    assert set(payload["trainer"]["samples_per_s"]) == {"hand loop", "polytask Trainer"}
+    assert payload["image"]["epochs_per_s"] > 0
+    text = (tmp_path / "gpu.md").read_text()
+    assert "Smoke run on the CPU" in text and "## 4. Image workload" in text

@@ -1,0 +1,228 @@
+"""The fast prediction path (a few rows, no per-column pandas work) gives exactly what the
+pandas path gives: markers, conversion, category lookup (unseen slot included),
+standardisation, missing indicators and decoding."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import polytask
+from conftest import clinical_frame
+from polytask.data.preprocess import (
+    TablePreprocessor,
+    as_float,
+    as_text,
+    cells_as_float,
+    cells_as_text,
+)
+from polytask.errors import DataError
+from polytask.run.predictor import Predictor, mark_missing, mark_missing_cells
+from polytask.tasks import Task
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def _frame(n: int, seed: int) -> pd.DataFrame:
+    """Clinical rows plus an integer-coded categorical column and a multiclass target."""
+    frame = clinical_frame(n, seed)
+    rng = np.random.default_rng(seed)
+    frame["code"] = rng.integers(1, 30, n)  # many codes: an embedded column
+    frame["grade"] = rng.choice(["a", "b", "c"], n)
+    return frame
+
+
+def _fit(root: Path, **options: Any) -> Predictor:
+    data = root / "train.csv"
+    _frame(200, 0).to_csv(data, index=False)
+    polytask.fit(
+        data,
+        [
+            Task("risk", "binary", target="readmitted"),
+            Task("stay", "regression", target="days"),
+            Task("grade", "multiclass", target="grade"),
+        ],
+        out=root / "run",
+        baselines=False,
+        data_options={
+            "id": "patient",
+            "na_values": ["?", "-999"],
+            "categorical": ["code"],
+            "onehot_max_categories": 5,
+            **options,
+        },
+        model={"encoder": {"widths": [8]}, "head": {"widths": [4]}},
+        train={"epochs": 1, "batch_size": 64, "progress": False},
+        quiet=True,
+    )
+    return polytask.load(root / "run" / "model")
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory: pytest.TempPathFactory, torch_single_thread: None) -> Predictor:
+    return _fit(tmp_path_factory.mktemp("fast"))
+
+
+def _awkward() -> pd.DataFrame:
+    """Rows with every case the conversion must agree on: markers as text and as numbers,
+    blanks, unseen categories, padded text, an infinite number, a huge number."""
+    rows = _frame(12, 1).drop(columns=["readmitted", "days", "grade"]).astype(object)
+    rows.loc[0, "age"] = "?"
+    rows.loc[1, "age"] = -999
+    rows.loc[2, "ward"] = " ? "
+    rows.loc[3, "ward"] = "paediatrics"  # unseen: the unknown slot
+    rows.loc[4, "ward"] = "  icu "
+    rows.loc[5, "sex"] = ""
+    rows.loc[6, "bmi"] = float("inf")
+    rows.loc[7, "bmi"] = 1e308
+    rows.loc[8, "code"] = 999  # unseen code
+    rows.loc[9, "code"] = None
+    rows.loc[10, "age"] = " 61.5 "
+    return rows
+
+
+def _pandas(predictor: Predictor, df: pd.DataFrame, **kw: Any) -> pd.DataFrame:
+    fast_rows = predictor.fast_rows
+    predictor.fast_rows = 0
+    try:
+        return predictor.predict(df, **kw)
+    finally:
+        predictor.fast_rows = fast_rows
+
+
+@pytest.mark.parametrize("typed", [True, False], ids=["typed", "object"])
+def test_fast_frame_equals_pandas_path(predictor: Predictor, typed: bool) -> None:
+    rows = _frame(60, 2)
+    if not typed:
+        rows = _awkward()
+    fast = predictor.predict(rows)
+    pd.testing.assert_frame_equal(fast, _pandas(predictor, rows))
+    # One row at a time, as a server sees them.
+    for i in range(len(rows)):
+        one = rows.iloc[[i]]
+        pd.testing.assert_frame_equal(predictor.predict(one), _pandas(predictor, one))
+
+
+def test_records_equal_pandas_path(predictor: Predictor) -> None:
+    rows = _awkward()
+    records = [{k: v for k, v in r.items() if not _is_missing(v)} for r in rows.to_dict("records")]
+    records[3]["unused"] = "ignored"
+    expected = _pandas(predictor, pd.DataFrame(records), tasks=["grade", "risk"])
+    got = predictor.predict_records(records, tasks=["grade", "risk"])
+    assert list(got[0]) == list(expected.columns)
+    for row, (_, want) in zip(got, expected.iterrows(), strict=True):
+        for key, value in want.items():
+            if _is_missing(value):
+                assert row[key] is None, key
+            else:
+                assert row[key] == value, key
+                assert type(row[key]) in (str, float, int), key
+
+
+def test_records_of_json_numbers_and_text(predictor: Predictor) -> None:
+    """Numbers sent as JSON (ints among floats), codes as numbers or text: the batch and each
+    row alone equal the pandas path. (A row alone may differ from the same row in a batch, as
+    in pandas: 4.0 alone is a float column, written "4"; among text it is written "4.0".)"""
+    records: list[dict[str, Any]] = [
+        {"patient": "p1", "age": 61, "bmi": 27.5, "ward": "icu", "sex": "F", "code": 3},
+        {"patient": "p2", "age": 50.5, "bmi": None, "ward": "surgery", "sex": None, "code": "3"},
+        {"patient": "p3", "age": "?", "bmi": -999, "ward": "medicine", "sex": "M", "code": 4.0},
+        {"patient": "p4", "age": 70, "bmi": 30, "ward": "x", "sex": "F", "code": 2.5},
+    ]
+    for rows in [records, *([r] for r in records)]:
+        got = predictor.predict_records(rows)
+        frame = _pandas(predictor, pd.DataFrame(rows))
+        assert [r["risk_proba"] for r in got] == frame["risk_proba"].tolist()
+        assert [r["stay"] for r in got] == frame["stay"].tolist()
+        assert [r["grade"] for r in got] == frame["grade"].tolist()
+        assert [r["patient"] for r in got] == frame["patient"].tolist()
+
+
+def test_nan_output_gives_no_label_in_records(predictor: Predictor, tmp_path: Path) -> None:
+    import torch
+
+    broken = polytask.load(predictor.save(tmp_path / "m"))
+    first = next(p for p in broken.model.parameters() if p.ndim == 2)
+    with torch.no_grad():
+        first.fill_(float("nan"))
+    out = broken.predict_records([{"age": 60, "bmi": 25, "ward": "icu", "sex": "F", "code": 3}])
+    assert out[0]["risk"] is None and out[0]["risk_proba"] is None
+    assert out[0]["grade"] is None and out[0]["stay"] is None
+
+
+def test_missing_feature_and_bad_number_name_the_column(predictor: Predictor) -> None:
+    with pytest.raises(DataError, match=r"feature column\(s\) \['bmi'\] not found"):
+        predictor.predict_records([{"age": 60, "ward": "icu", "sex": "F", "code": 3}])
+    bad = [{"age": "old", "bmi": 25, "ward": "icu", "sex": "F", "code": 3}]
+    with pytest.raises(DataError) as fast:
+        predictor.predict_records(bad)
+    with pytest.raises(DataError) as slow:
+        _pandas(predictor, pd.DataFrame(bad))
+    assert str(fast.value).replace("request", "data frame") == str(slow.value)
+    assert "column 'age' should hold numbers but row 0 has 'old'" in str(fast.value)
+
+
+def test_unseen_error_policy_matches(predictor: Predictor, tmp_path: Path) -> None:
+    strict = polytask.load(predictor.save(tmp_path / "m"))
+    assert isinstance(strict.preprocessor, TablePreprocessor)
+    strict.preprocessor.options.unseen = "error"
+    row = [{"age": 60, "bmi": 25, "ward": "nowhere", "sex": "F", "code": 3}]
+    with pytest.raises(DataError, match="column 'ward' has category 'nowhere' not seen"):
+        strict.predict_records(row)
+    with pytest.raises(DataError, match="column 'ward' has category 'nowhere' not seen"):
+        _pandas(strict, pd.DataFrame(row))
+
+
+CELLS: list[list[Any]] = [
+    [1, 2, None],
+    [1.0, 2.5, None, float("nan")],
+    [" a ", "", None, "b"],
+    ["x", 3, 4.0, None],
+    [True, False],
+    [True, None],
+    [2**60, None],
+    [2**60, 1],
+    [np.int64(7), np.float64(2.0)],
+    [None, None],
+    ["3", 3, " 3 "],
+    [np.int64(-7), np.int64(2**62)],
+    [3.0, float("nan"), -2.0, 1e15],
+    [3.0, 2.5],
+    [float("inf"), 1.0],
+]
+
+
+@pytest.mark.parametrize("cells", CELLS)
+def test_cells_as_text_equals_as_text(cells: list[Any]) -> None:
+    assert cells_as_text(cells, "c") == as_text(pd.Series(cells, name="c")).tolist()
+    array = pd.Series(cells, name="c").to_numpy()
+    assert cells_as_text(array, "c") == as_text(pd.Series(array, name="c")).tolist()
+    for dtype in ("int64", "uint8", "float32") if array.dtype.kind in "iu" else ():
+        typed = array.astype(dtype)
+        assert cells_as_text(typed, "c") == as_text(pd.Series(typed, name="c")).tolist()
+
+
+@pytest.mark.parametrize("cells", [c for c in CELLS if not any(isinstance(v, str) for v in c)])
+def test_cells_as_float_equals_as_float(cells: list[Any]) -> None:
+    want = as_float(pd.Series(cells, name="c"), "s")
+    np.testing.assert_array_equal(cells_as_float(cells, "c", "s"), want)
+
+
+@pytest.mark.parametrize("cells", [*CELLS, [-999, 1.5], ["-999", "?", 2]])
+def test_mark_missing_cells_equals_mark_missing(cells: list[Any]) -> None:
+    markers = ["?", "-999"]
+    frame = mark_missing(pd.DataFrame({"c": cells}), markers)
+    marked = mark_missing_cells(cells, "c", markers)
+    expected = frame["c"]
+    got = pd.Series(marked, name="c")
+    pd.testing.assert_series_equal(got, expected)
+    assert as_text(got).tolist() == as_text(expected).tolist()
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -10,6 +10,16 @@ STAMP := $(VENV)/.installed-stamp
 # trains with the components its entry points register.
 PLUGIN := tests/plugins/polytask_example_plugin
 
+# `make demo` installs the core package only, so a newcomer's first run stays quick; `make test`
+# adds the extras and dev tools.
+CORE_STAMP := $(VENV)/.core-stamp
+
+$(CORE_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e .
+	touch $(CORE_STAMP)
+
 $(STAMP): pyproject.toml constraints.txt $(PLUGIN)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -19,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt $(PLUGIN)/pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(CORE_STAMP)
 	$(BIN)/polytask demo
 
 # tools/check_layers.py: no import up a layer, no cycle between files, no polytask import

@@ -26,6 +26,7 @@ from polytask.run.predictor import mark_missing
 from polytask.tasks import Task
 from polytask.tasks.kinds.base import labelled_where, per_row_column
 from polytask.tasks.preferences import parse_preference
+from polytask.tasks.task import select_tasks
 
 
 class OnnxPredictor:
@@ -76,14 +77,7 @@ class OnnxPredictor:
         return [t.name for t in self.tasks]
 
     def _select(self, names: Sequence[str] | None) -> list[Task]:
-        if not names:
-            return self.tasks
-        unknown = [n for n in names if n not in self.task_names]
-        if unknown:
-            raise PolytaskError(
-                f"unknown task {unknown[0]!r}; this model predicts: {', '.join(self.task_names)}"
-            )
-        return [t for t in self.tasks if t.name in names]
+        return select_tasks(self.tasks, names)
 
     def feeds(
         self,

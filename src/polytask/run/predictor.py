@@ -51,6 +51,7 @@ from polytask.safe_read import read_json_file
 from polytask.state_io import atomic_directory, write_json, write_tensors
 from polytask.tasks import Task
 from polytask.tasks.preferences import parse_preference
+from polytask.tasks.task import select_tasks
 
 __all__ = ["MODEL_FORMAT", "Predictor", "load", "mark_missing", "mark_missing_cells", "model_dir"]
 
@@ -95,14 +96,7 @@ class Predictor:
         return [t.name for t in self.tasks]
 
     def _select(self, names: list[str] | None) -> list[Task]:
-        if not names:
-            return self.tasks
-        unknown = [n for n in names if n not in self.task_names]
-        if unknown:
-            raise PolytaskError(
-                f"unknown task {unknown[0]!r}; this model predicts: {', '.join(self.task_names)}"
-            )
-        return [t for t in self.tasks if t.name in names]
+        return select_tasks(self.tasks, names)
 
     @property
     def preference_conditioned(self) -> bool:

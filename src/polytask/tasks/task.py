@@ -8,10 +8,11 @@ the user's own labels and units.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from polytask.errors import ConfigError
+from polytask.errors import ConfigError, PolytaskError
 from polytask.tasks.kinds import KINDS, Kind
 
 #: A kind name: one of ``KINDS.names()`` (plug-ins may add kinds, so this is ``str``).
@@ -141,6 +142,18 @@ class Task:
                 f"task: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}"
             )
         return cls(**data)
+
+
+def select_tasks(tasks: list[Task], names: Sequence[str] | None) -> list[Task]:
+    """The tasks named in ``names`` (all of them when None or empty), in the model's order;
+    an unknown name is a one-line error listing what the model predicts."""
+    if not names:
+        return tasks
+    known = [t.name for t in tasks]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise PolytaskError(f"unknown task {unknown[0]!r}; this model predicts: {', '.join(known)}")
+    return [t for t in tasks if t.name in names]
 
 
 def check_unique_names(tasks: list[Task]) -> None:

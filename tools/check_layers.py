@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "polytask.registry",
             "polytask.plugins",
             "polytask.devices",
+            "polytask.distributed",
         ),
     ),
     ("tasks", ("polytask.tasks",)),

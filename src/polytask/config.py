@@ -35,6 +35,7 @@ from polytask.config_errors import Schema, Seed, validation_message
 from polytask.data.arrays import resolve_path
 from polytask.data.config import DataConfig, SourceConfig, check_data, source_data
 from polytask.data.sampling import SamplingConfig
+from polytask.distributed import DistributedConfig
 from polytask.errors import ConfigError
 from polytask.models.config import ModelConfig, check_model_config
 from polytask.plugins import ensure_loaded
@@ -96,6 +97,7 @@ class RunConfig(Schema):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     #: The registered study sections (see :func:`register_section`), validated; written back
     #: as top-level sections by ``model_dump``.
     sections: dict[str, Any] = Field(default_factory=dict)

@@ -116,14 +116,32 @@ def _stacked_losses(
     return dict(zip(names, values.unbind(), strict=True))
 
 
+def loss_denominator(loss: TaskLoss, target: Tensor, mask: Tensor) -> Tensor:
+    """What ``loss``'s mean over a batch divides by: the number of valid units, or with class
+    weights the sum of the valid units' weights (``nn.CrossEntropyLoss``'s weighted mean).
+    Data parallelism rescales each rank's mean by its share of the global denominator, so the
+    ranks' losses add up to the global batch's mean (:mod:`polytask.distributed`)."""
+    if loss.class_weights is None:
+        return mask.sum().to(torch.float64)
+    weights = loss.class_weights.to(target.device, torch.float64)
+    safe = torch.where(mask, target, torch.zeros((), dtype=target.dtype, device=target.device))
+    return torch.where(mask, weights[safe.long()], torch.zeros((), dtype=torch.float64)).sum()
+
+
 class BatchLoss(Protocol):
     """What the trainer calls for a training step's per-task losses: the model's ``outputs``
     on ``batch`` and the fraction of training done (``progress`` in [0, 1], for schedules such
-    as teacher annealing). Tasks without a loss in this batch are left out."""
+    as teacher annealing). Tasks without a loss in this batch are left out.
+
+    :meth:`denominators` gives, per task, what that mean divides by (0 for a task without a
+    loss), so that a data-parallel run can turn each rank's mean into its share of the global
+    batch's mean."""
 
     def __call__(
         self, outputs: dict[str, Tensor], batch: Batch, progress: float
     ) -> dict[str, Tensor]: ...
+
+    def denominators(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]: ...
 
 
 class LabelLoss:
@@ -136,3 +154,9 @@ class LabelLoss:
         self, outputs: dict[str, Tensor], batch: Batch, progress: float
     ) -> dict[str, Tensor]:
         return task_losses(self.losses, outputs, batch.targets, batch.masks)
+
+    def denominators(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+        return {
+            name: loss_denominator(loss, batch.targets[name], batch.masks[name])
+            for name, loss in self.losses.items()
+        }

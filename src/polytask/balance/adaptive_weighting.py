@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from polytask.balance.base import BALANCERS, BackwardResult, Balancer
+from polytask.balance.diagnostics import task_jacobian
 from polytask.config_errors import MAX_STEPS, Schema
 from polytask.errors import ConfigError, PolytaskError
 from polytask.tasks import Task
@@ -401,9 +402,13 @@ class GradNorm(_IndexedBalancer):
         self.scaled(total).backward()  # type: ignore[no-untyped-call]
         return BackwardResult({k: float(v) for k, v in weights.items()})
 
-    @staticmethod
-    def _gradient_norms(losses: dict[str, Tensor], layer: list[nn.Parameter]) -> Tensor:
-        """``‖∇_W L_k‖`` for each present task (0 for a loss that does not reach ``W``)."""
+    def _gradient_norms(self, losses: dict[str, Tensor], layer: list[nn.Parameter]) -> Tensor:
+        """``‖∇_W L_k‖`` for each present task (0 for a loss that does not reach ``W``); in a
+        data-parallel run, of the global batch's gradients (summed over the ranks)."""
+        if self.collective.active:
+            jacobian = task_jacobian(list(losses.values()), layer, self.collective)
+            global_norms: Tensor = jacobian.double().norm(dim=1)
+            return global_norms
         norms = []
         for loss in losses.values():
             grads = torch.autograd.grad(loss, layer, retain_graph=True, allow_unused=True)

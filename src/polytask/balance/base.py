@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from polytask.balance.diagnostics import TaskGramian
 from polytask.config_errors import Schema
+from polytask.distributed import LOCAL, Collective
 from polytask.errors import ConfigError
 from polytask.registry import Registry
 from polytask.tasks import Task
@@ -42,6 +43,9 @@ class BackwardResult:
     gramian: TaskGramian | None = None
     #: Norm of each task's gradient at that step (empty: none measured).
     grad_norms: dict[str, float] = field(default_factory=dict)
+    #: Data parallelism: the shared parameters' gradients are already the global batch's
+    #: (summed over the ranks by the method itself), so the trainer must not sum them again.
+    shared_reduced: bool = False
 
 
 class Balancer(nn.Module):
@@ -66,6 +70,10 @@ class Balancer(nn.Module):
         #: the update (:meth:`scaled`), so the losses, gradients and Gramians a method weighs
         #: stay unscaled; the trainer divides the gradients back before clipping.
         self.grad_scale: Tensor | None = None
+        #: The ranks of a data-parallel run (set by the trainer; one process by default).
+        #: Losses reach :meth:`backward` as the global batch's means on every rank; a method
+        #: that measures gradients itself sums them over the ranks through it.
+        self.collective: Collective = LOCAL
 
     def forward(self, model: MultiTaskModel, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Run ``model`` on a training batch. A balancer declaring ``changes_forward``

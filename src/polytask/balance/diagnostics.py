@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from polytask.distributed import LOCAL, Collective, collective
+
 
 @dataclass(frozen=True)
 class TaskGramian:
@@ -75,6 +77,10 @@ def task_gradient_gramian(losses: dict[str, Tensor], params: list[nn.Parameter])
     (and ``.grad``) intact."""
     params = [p for p in params if p.requires_grad]
     names = list(losses)
+    group = collective()
+    if group.active:  # the global batch's gradients, then their Gramian
+        jacobian = task_jacobian([losses[n] for n in names], params, group).double()
+        return TaskGramian(names, (jacobian @ jacobian.T).cpu())
     grads = [
         torch.autograd.grad(losses[n], params, retain_graph=True, allow_unused=True) for n in names
     ]
@@ -110,3 +116,27 @@ def pair_key(a: str, b: str) -> str:
 def _clip_unit(value: float) -> float:
     # Rounding can put |cos| a few ulps above 1 for (anti)parallel gradients.
     return min(1.0, max(-1.0, value))
+
+
+def task_jacobian(
+    losses: Sequence[Tensor], params: Sequence[nn.Parameter], group: Collective = LOCAL
+) -> Tensor:
+    """The ``[K, P]`` matrix of the tasks' gradients with respect to ``params`` (flattened, in
+    order; zero where a loss does not reach a parameter), summed over the ranks of ``group``:
+    in a data-parallel run each rank's loss is its share of the global mean, so the sum is the
+    global batch's Jacobian, whose Gramian is exact (an average of per-rank Gramians is not:
+    it misses the cross-rank terms). One backward pass per task, leaving the graph intact."""
+    rows = []
+    for loss in losses:
+        grads = torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True)
+        rows.append(
+            torch.cat(
+                [
+                    (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                    for g, p in zip(grads, params, strict=True)
+                ]
+            )
+        )
+    jacobian = torch.stack(rows)
+    group.sum_([jacobian])
+    return jacobian

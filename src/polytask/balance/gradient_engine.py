@@ -25,16 +25,30 @@ Task-specific parameters always receive the plain gradient of their own task's l
 methods' papers and in torchjd's ``mtl_backward``; only the shared parameters get ``Jᵀ w``.
 A task without a valid label in the batch is simply not in ``losses`` and takes no part.
 
-Data parallelism: weights depend on ``G`` only, and ``G`` is K × K. :attr:`GradientBalancer.
-reduce_gramian` is the seam where a distributed run all-reduces (averages) that small matrix so
-every rank derives the same weights; each rank then back-propagates ``Σ w_k L_k`` locally and the
-ordinary gradient all-reduce does the rest. Nothing larger than K × K ever needs to travel.
+Data parallelism (``torchrun``; :mod:`polytask.distributed`). Each rank's loss is its share of
+the global batch's mean, so the global Jacobian is the *sum* of the ranks' Jacobians, and its
+Gramian is not the average of the ranks' Gramians (that misses every cross-rank term: it is
+biased, and its weights change with the number of ranks). ``distributed.gramian``:
+
+``exact`` (default)
+    In ``exact`` mode each rank computes its K per-task gradients of the shared parameters,
+    one all-reduce sums them (K × P numbers instead of the P of plain data parallelism), and
+    the global Gramian and the update ``Jᵀ w`` both come from the summed matrix: no second
+    all-reduce. In ``representation`` mode the representations of different ranks are
+    different coordinates, so the global Gramian *is* the sum of the ranks' K × K Gramians:
+    exact at K² numbers of communication.
+``local``
+    ``exact`` mode's Gramian from each rank's own gradients, rescaled to the global loss and
+    averaged over the ranks (K² numbers): a named approximation whose bias
+    ``benchmarks/run_distributed.py`` measures.
+
+Every rank computes the weights; a solver that fails on any rank stops all of them with the
+same line, and rank 0's weights are broadcast so the ranks cannot drift apart.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -42,7 +56,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from polytask.balance.base import BackwardResult, Balancer
-from polytask.balance.diagnostics import TaskGramian
+from polytask.balance.diagnostics import TaskGramian, task_jacobian
 from polytask.balance.gramian import GramianRecorder
 from polytask.config_errors import Schema, Steps
 from polytask.errors import ConfigError, PolytaskError
@@ -118,8 +132,8 @@ class GradientBalancer(Balancer):
         self.engine = engine
         self.name = name
         self._index = {n: i for i, n in enumerate(self.task_names)}
-        #: Hook for data parallelism: receives the local K × K Gramian, returns the global one.
-        self.reduce_gramian: Callable[[Tensor], Tensor] = _identity
+        #: This step takes the global per-task gradients of a data-parallel ``exact`` run.
+        self._jacobian_step = False
         #: Number of backward calls so far (drives ``update_every``); saved with the state.
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         #: Last computed weight per task (NaN = never computed), reused between updates.
@@ -131,6 +145,12 @@ class GradientBalancer(Balancer):
     # -- build-time checks -------------------------------------------------------------------
     def check_model(self, model: MultiTaskModel) -> None:
         """Reject a model or mode this method cannot serve, naming the valid choices."""
+        if self.collective.active and isinstance(self.method, MatrixAggregator):
+            raise ConfigError(
+                f"balancer {self.name!r} combines the gradient matrix coordinate by coordinate "
+                "with random draws, which a data-parallel run cannot reproduce from its ranks' "
+                "shares; use a Gramian-based balancer (e.g. 'upgrad', 'mgda') under torchrun"
+            )
         if not model.shared_parameters():
             arch = type(getattr(model, "architecture", model)).__name__
             raise ConfigError(
@@ -155,7 +175,13 @@ class GradientBalancer(Balancer):
         if self._recorder is not None:  # a step without any label never reached backward
             self._recorder.close()
         self._recorder, self._representation, self._task_inputs = None, None, {}
+        self._jacobian_step = False
         if not (torch.is_grad_enabled() and self._computes_now()):
+            return super().forward(model, inputs)
+        group = self.collective
+        if group.active and self.engine.mode == "exact" and group.settings.gramian == "exact":
+            # The global Jacobian needs each rank's K gradients themselves (module docstring).
+            self._jacobian_step = True
             return super().forward(model, inputs)
         if self.engine.mode == "exact":
             # Hooks on the shared layers for this forward pass only: reuse steps and
@@ -180,8 +206,11 @@ class GradientBalancer(Balancer):
         stacked = torch.stack([losses[n] for n in names])
         idx = [self._index[n] for n in names]
         recorder, self._recorder = self._recorder, None
-        computing = recorder is not None or self._representation is not None
+        jacobian_step, self._jacobian_step = self._jacobian_step, False
+        computing = recorder is not None or self._representation is not None or jacobian_step
         self.steps += 1
+        if jacobian_step:
+            return self._jacobian_backward(stacked, names, idx, model)
         if not computing:
             reused = self._weighted_backward(stacked, names, self._reused_weights(idx), model)
             return BackwardResult(reused)
@@ -189,9 +218,52 @@ class GradientBalancer(Balancer):
             return self._split_backward(stacked, names, idx, model, recorder)
         assert recorder is not None  # exact mode on an architecture without one representation
         eye = torch.eye(len(names), dtype=stacked.dtype, device=stacked.device)
-        weights, measured = self._weigh(recorder.gramian(stacked, eye), stacked, idx)
+        gramian = self._reduced(recorder.gramian(stacked, eye), exact=False)
+        weights, measured = self._weigh(gramian, stacked, idx)
         applied = self._weighted_backward(stacked, names, weights, model)
         return BackwardResult(applied, measured.gramian, measured.grad_norms)
+
+    def _reduced(self, gramian: Tensor, *, exact: bool) -> Tensor:
+        """The global Gramian from this rank's: the sum over the ranks when the ranks'
+        gradients are different coordinates (representation mode, ``exact``); otherwise the
+        ``local`` approximation, each rank's Gramian rescaled from its share of the loss to the
+        whole (× W²) and averaged."""
+        group = self.collective
+        if not group.active:
+            return gramian
+        gramian = gramian.detach().clone()
+        group.sum_([gramian])
+        return gramian if exact else gramian * group.world_size
+
+    def _jacobian_backward(
+        self, stacked: Tensor, names: list[str], idx: list[int], model: MultiTaskModel
+    ) -> BackwardResult:
+        """A data-parallel ``exact`` step: the K per-task gradients of the shared parameters
+        summed over the ranks (one bucketed all-reduce), the Gramian and the update ``Jᵀ w``
+        both from that matrix; task-specific parameters get their own task's share, which the
+        trainer sums with the rest."""
+        shared = [p for p in model.shared_parameters() if p.requires_grad]
+        # Under float16 the gradients are taken from the scaled losses (no underflow) and
+        # divided back, so the method weighs the true Jacobian.
+        scale = self.grad_scale
+        jacobian = task_jacobian(
+            [self.scaled(stacked[i]) for i in range(len(names))], shared, self.collective
+        )
+        if scale is not None:
+            jacobian = jacobian / scale
+        gramian = jacobian.double() @ jacobian.double().T
+        weights, measured = self._weigh(gramian, stacked, idx)
+        update = self.scaled(weights.to(jacobian.dtype)) @ jacobian
+        offset = 0
+        for p in shared:
+            g = update[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+            p.grad = g.clone() if p.grad is None else p.grad + g
+        own = [p for n in names for p in model.task_parameters(n) if p.requires_grad]
+        if own:
+            torch.autograd.backward(self.scaled(stacked.sum()), inputs=own)
+        applied = {n: float(w) for n, w in zip(names, weights, strict=True)}
+        return BackwardResult(applied, measured.gramian, measured.grad_norms, shared_reduced=True)
 
     def _draw_subset(self, present: list[str]) -> list[str]:
         s = self.engine.task_subset
@@ -206,18 +278,29 @@ class GradientBalancer(Balancer):
     ) -> tuple[Tensor, BackwardResult]:
         """The weights from ``gramian``, and the measurement (Gramian, norms) to report."""
         assert isinstance(self.method, GramianWeighting)
-        gramian = self.reduce_gramian(gramian.detach())
+        gramian = gramian.detach()
         diag = gramian.diagonal().clamp_min(0).sqrt()
         names = [self.task_names[i] for i in idx]
         norms = {n: float(v) for n, v in zip(names, diag, strict=True)}
         measured = BackwardResult({}, TaskGramian(names, gramian.double()), norms)
+        group = self.collective
+        weights = torch.zeros(len(idx), dtype=stacked.dtype, device=stacked.device)
+        failure: str | None = None
         try:
-            weights = self.method(gramian, stacked.detach(), idx)
+            found = self.method(gramian, stacked.detach(), idx)
+            weights = torch.as_tensor(found).detach().to(stacked.device, stacked.dtype)
         except Exception as exc:  # solver failures surface here, never as equal weights
-            raise PolytaskError(
-                f"balancer {self.name!r} failed at step {int(self.steps)}: {exc}"
-            ) from exc
-        weights = torch.as_tensor(weights).detach().to(stacked.dtype)
+            if not group.active:
+                raise PolytaskError(
+                    f"balancer {self.name!r} failed at step {int(self.steps)}: {exc}"
+                ) from exc
+            failure = f"balancer {self.name!r} failed at step {int(self.steps)}: {exc}"
+        if group.active:
+            # Every rank stops with the same line, or every rank takes rank 0's weights.
+            failure = group.first_error(failure)
+            if failure is not None:
+                raise PolytaskError(failure)
+            group.broadcast_([weights])
         if not bool(torch.isfinite(weights).all()):
             raise PolytaskError(
                 f"balancer {self.name!r} produced non-finite weights at step {int(self.steps)} "
@@ -281,6 +364,7 @@ class GradientBalancer(Balancer):
             # exact: the Gramian over the shared parameters, from the K directions at z;
             # representation: the Gramian of the directions themselves (MGDA-UB).
             gramian = recorder.gramian(z, dz) if recorder is not None else matrix @ matrix.T
+            gramian = self._reduced(gramian, exact=recorder is None)
             weights, measured = self._weigh(gramian, stacked, idx)
             shared = [p for p in model.shared_parameters() if p.requires_grad]
             if recorder is not None and recorder.covers(shared):
@@ -293,7 +377,3 @@ class GradientBalancer(Balancer):
         z.backward(self.scaled(direction))  # type: ignore[no-untyped-call]
         applied = {n: float(w) for n, w in zip(names, weights, strict=True)}
         return BackwardResult(applied, measured.gramian, measured.grad_norms)
-
-
-def _identity(gramian: Tensor) -> Tensor:
-    return gramian

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from polytask.data.tensors import TensorData
 from polytask.devices import module_device, to_device
+from polytask.distributed import collective
 from polytask.evaluate.metrics import compute_metrics
 from polytask.losses import TaskLoss
 from polytask.tasks import Task
@@ -34,8 +35,20 @@ def predict_outputs(
 def evaluate_data(
     model: nn.Module, tasks: list[Task], data: TensorData, batch_size: int
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Per-task mean loss over valid labels and per-task metrics on ``data``."""
-    outputs = predict_outputs(model, data.inputs, batch_size)
+    """Per-task mean loss over valid labels and per-task metrics on ``data``.
+
+    In a data-parallel run each rank predicts its share of the rows and the outputs are
+    gathered, so every rank computes the same losses and metrics (and early stopping decides
+    the same) as one process would."""
+    group = collective()
+    if group.active and len(data) >= group.world_size:
+        start, stop = group.share(len(data))
+        mine = predict_outputs(
+            model, {k: v[start:stop] for k, v in data.inputs.items()}, batch_size
+        )
+        outputs = {k: group.gather_rows(v) for k, v in mine.items()}
+    else:
+        outputs = predict_outputs(model, data.inputs, batch_size)
     losses: dict[str, float] = {}
     metrics: dict[str, dict[str, float]] = {}
     for task in tasks:

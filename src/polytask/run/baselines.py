@@ -15,6 +15,7 @@ from rich.console import Console
 from polytask.config import RunConfig
 from polytask.data.prepare import PreparedData
 from polytask.data.tensors import TensorData
+from polytask.distributed import collective
 from polytask.evaluate.evaluation import evaluate_data
 from polytask.models.model import MultiTaskModel
 from polytask.run.build import train_model
@@ -88,6 +89,8 @@ def train_baselines(
     for task in tasks:
         sub_dir = baseline_dir(out_dir, task.name) if out_dir is not None else None
         sub_resume = resume and sub_dir is not None and (sub_dir / "checkpoints").exists()
+        # Data parallelism: rank 0 holds the run directory; every rank resumes as it does.
+        sub_resume = bool(collective().broadcast_object(sub_resume))
         baseline = train_baseline(
             cfg, data, task, eval_split, sub_dir, resume=sub_resume, quiet=quiet, console=console
         )

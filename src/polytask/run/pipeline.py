@@ -13,6 +13,7 @@ from rich.console import Console
 
 from polytask.config import RunConfig, config_from_dict
 from polytask.data.prepare import PreparedData, prepare_data
+from polytask.distributed import launched
 from polytask.errors import ConfigError
 from polytask.evaluate.evaluation import evaluate_data
 from polytask.evaluate.reference import Comparison, against_reference
@@ -162,10 +163,35 @@ def run(
     names what a feature built on the run changes (:class:`polytask.run.variant.RunVariant`);
     by default the registered studies' rule for ``cfg`` (``[distill]`` teachers make a
     distillation), else the plain run.
+
+    Launched by ``torchrun`` (``WORLD_SIZE`` > 1), the run joins the process group and trains
+    data-parallel (:mod:`polytask.distributed`); rank 0 alone checks and writes the run
+    directory and returns its path.
     """
-    out_dir = Path(out) if out is not None else (cfg.resolve(cfg.out) if cfg.out else None)
-    check_out_dir(out_dir, resume, overwrite, protected_paths(cfg))
-    check_tensorboard(cfg, out_dir)
+    with launched(cfg.train.device, cfg.distributed) as group:
+        out_dir = Path(out) if out is not None else (cfg.resolve(cfg.out) if cfg.out else None)
+        if group.writes:
+            check_out_dir(out_dir, resume, overwrite, protected_paths(cfg))
+            check_tensorboard(cfg, out_dir)
+        else:
+            out_dir = None
+        return _run(
+            cfg, frame, frames, out_dir, resume, overwrite, quiet, console, callbacks, variant
+        )
+
+
+def _run(
+    cfg: RunConfig,
+    frame: pd.DataFrame | None,
+    frames: Mapping[str, pd.DataFrame] | None,
+    out_dir: Path | None,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+    console: Console | None,
+    callbacks: Sequence[Callback],
+    variant: RunVariant | None,
+) -> RunResult:
     if variant is None:
         variant = variant_for(cfg, console)
     data = prepare_data(cfg, frame, frames, soft_targets=variant.soft_targets)

@@ -42,6 +42,7 @@ from polytask.devices import (
     to_cpu,
     to_device,
 )
+from polytask.distributed import collective, global_batchnorm
 from polytask.errors import ConfigError, PolytaskError
 from polytask.evaluate.evaluation import evaluate_data
 from polytask.losses import BatchLoss, LabelLoss
@@ -65,6 +66,12 @@ from polytask.train.nonfinite import (
     nonfinite_losses,
     nonfinite_tensor,
     total,
+)
+from polytask.train.parallel import (
+    average_batchnorm_statistics,
+    global_losses,
+    share_batch,
+    sum_gradients,
 )
 from polytask.train.record import EpochRecord, EpochStats
 from polytask.train.schedule import lr_factor
@@ -171,6 +178,9 @@ class Trainer:
         unfrozen."""
         self.tasks = tasks
         self.balancer = balancer
+        #: The ranks of a data-parallel run (``torchrun``); one process otherwise.
+        self.group = collective()
+        balancer.collective = self.group
         balancer.check_model(model)
         check_trainable(model, config)
         #: Where the model, the batches and the balancer's state live (``train.device``).
@@ -180,6 +190,8 @@ class Trainer:
         # Before the optimiser is built: its state follows its parameters' device.
         self.model = model.to(self.device)
         balancer.to(self.device)
+        if self.group.active:
+            self._join_ranks(config)
         #: The model's forward pass as the step calls it (compiled with ``train.compile``).
         self.forward: Callable[..., Any] = compiled(model) if config.compile else model
         #: float16 only: the dynamic loss scale; balancers see unscaled losses (``_backward``).
@@ -190,7 +202,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.console = console or Console(stderr=True)
         self.label = label
-        self.quiet = quiet
+        self.quiet = quiet or not self.group.writes  # rank 0 speaks for the run
         self.loss_fn: BatchLoss = loss_fn if loss_fn is not None else LabelLoss(tasks)
         self.criterion = Criterion(config.criterion, tasks)
         groups: list[dict[str, Any]] = (
@@ -235,6 +247,19 @@ class Trainer:
         #: How the epoch in progress started, for mid-epoch checkpoints.
         self._epoch_start: dict[str, Any] | None = None
 
+    def _join_ranks(self, config: TrainConfig) -> None:
+        """Data parallelism: start every rank from rank 0's weights and balancer state, with
+        batch norm over the global batch (``distributed.sync_batchnorm``)."""
+        group = self.group
+        if config.batch_size < group.world_size:
+            raise ConfigError(
+                f"config error: train.batch_size: {config.batch_size} rows cannot be shared by "
+                f"{group.world_size} processes; use train.batch_size >= {group.world_size}"
+            )
+        if group.settings.sync_batchnorm:
+            global_batchnorm(self.model)
+        group.broadcast_([*self.model.state_dict().values(), *self.balancer.state_dict().values()])
+
     def _hooks(self, *run_files: TrainerCallback) -> list[TrainerCallback]:
         """The trainer's own callbacks (with ``run_files``: the run directory's writers), then
         the user's."""
@@ -273,17 +298,15 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         checkpoints = None
         self.hooks = self._hooks()
-        if run_dir is not None:
+        if run_dir is not None and self.group.writes:  # rank 0 writes the run's files
             checkpoints = Checkpointing(run_dir, cfg.checkpoint_every, self.early_stopping)
             self.hooks = self._hooks(checkpoints, MetricsLog(run_dir, cfg.log_format))
         if resume:
-            if checkpoints is None:
+            if checkpoints is None and self.group.writes:
                 raise ValueError("resume needs the run directory holding the checkpoints")
             self._resuming = sources  # check_state checks a mid-epoch point against them
             try:
-                checkpoints.restore(self)
-            except CheckpointMismatch as exc:
-                raise _mismatch_in(checkpoints.dir / "last", exc) from None
+                self._restore(checkpoints)
             finally:
                 self._resuming = None
             best = self.early_stopping.best_weights
@@ -293,7 +316,7 @@ class Trainer:
                         "model", self.model.state_dict(), best, finite=True, owner="model"
                     )
                 except CheckpointMismatch as exc:
-                    raise _mismatch_in(checkpoints.dir / "best", exc) from None
+                    raise _mismatch_in(Path(run_dir or ".") / "checkpoints" / "best", exc) from None
         else:
             torch.manual_seed(self.seed)  # dropout draws from the global RNG
         steps = [sources.steps(cfg.batch_size, e, cfg.epochs) for e in range(cfg.epochs)]
@@ -314,6 +337,8 @@ class Trainer:
             # Before validation, early stopping's copy of the weights and the checkpoints.
             self._check_epoch(stats, sources)
             self.check_weights()
+            if self.group.active and not self.group.settings.sync_batchnorm:
+                average_batchnorm_statistics(self.model, self.group)
             train_loss, weights = stats.summary()
             self.balancer.end_epoch(train_loss)
             val_loss, val_metrics = evaluate_data(self.model, self.tasks, val, cfg.eval_batch_size)
@@ -357,6 +382,34 @@ class Trainer:
             stopping.exhausted,
             self.guard.skipped,
         )
+
+    def _restore(self, checkpoints: Checkpointing | None) -> None:
+        """Load the last checkpoint (and the best weights): read by rank 0 and sent to the
+        other ranks, which need no access to the run directory; a checkpoint that cannot be
+        resumed stops every rank with the same line."""
+        if not self.group.active:
+            assert checkpoints is not None
+            try:
+                checkpoints.restore(self)
+            except CheckpointMismatch as exc:
+                raise _mismatch_in(checkpoints.dir / "last", exc) from None
+            return
+        found: tuple[str, Any] = ("error", "")
+        if checkpoints is not None:
+            try:
+                found = ("ok", checkpoints.read())
+            except PolytaskError as exc:
+                found = ("error", str(exc))
+        found = self.group.broadcast_object(found)
+        if found[0] == "error":
+            raise PolytaskError(found[1])
+        state, best = found[1]
+        try:
+            self.load_state(state)
+        except CheckpointMismatch as exc:
+            raise _mismatch_in(Path("checkpoints") / "last", exc) from None
+        if best is not None:
+            self.early_stopping.best_weights = best
 
     def _check_epoch(self, stats: EpochStats, sources: TrainingData) -> None:
         """An epoch that took no optimiser step learned nothing: never a silent success."""
@@ -457,7 +510,10 @@ class Trainer:
                 chosen = plan[drawn.step] if plan is not None else None
                 for name in chosen or ():
                     stats.scheduled[name] += 1
-                self._step(drawn.batch, chosen, stats, model_params, total_steps)
+                batch = drawn.batch
+                if self.group.active:  # every rank drew the global batch: keep this rank's share
+                    batch = share_batch(batch, self.group)
+                self._step(batch, chosen, stats, model_params, total_steps, drawn.batch)
         finally:
             for hook in self.hooks:
                 hook.on_steps_end(self)
@@ -472,8 +528,11 @@ class Trainer:
         stats: EpochStats,
         model_params: list[nn.Parameter],
         total_steps: int,
+        whole: Batch | None = None,
     ) -> None:
-        """One optimiser step on ``batch``, training the tasks in ``chosen`` (None: all)."""
+        """One optimiser step on ``batch``, training the tasks in ``chosen`` (None: all).
+        ``whole``: the global batch of which ``batch`` is this rank's share (its label counts
+        weigh the epoch's mean losses)."""
         cfg = self.config
         factor = lr_factor(self.step, total_steps, cfg.scheduler, cfg.warmup)
         for group in self.optimizer.param_groups:
@@ -493,6 +552,10 @@ class Trainer:
             # Per-task losses over the rows labelled for each task; a task without one is
             # absent. Balancers weigh float32 losses whatever the forward pass computed in.
             losses = {k: v.float() for k, v in self.loss_fn(outputs, batch, self.progress).items()}
+            if self.group.active:  # the global batch's means (train.parallel)
+                denominators = self.loss_fn.denominators(outputs, batch)
+                names = [t.name for t in self.tasks]
+                losses = global_losses(losses, denominators, outputs, names, self.group)
         if chosen is not None:  # task scheduling: only the step's tasks train
             losses = {k: v for k, v in losses.items() if k in chosen}
         self.optimizer.zero_grad(set_to_none=True)
@@ -507,7 +570,7 @@ class Trainer:
                     self.scaler.update()
                 else:
                     self.optimizer.step()
-                stats.add_step(losses, result.weights, batch.masks)
+                stats.add_step(losses, result.weights, (whole or batch).masks)
                 stats.steps["taken"] += 1
                 position = (self.epoch, self.step_in_epoch, self.steps_in_epoch, self.step)
                 self._last_update = (position, list(losses))  # formatted only for a message
@@ -544,10 +607,20 @@ class Trainer:
             self._skip(problem, snapshot)
             return None
         penalty = self.model.regularizer()
+        group = self.group
         if penalty is not None:
             # A penalty on the parameters (soft sharing's coupling) is no task's loss: it
-            # joins the gradient unweighted, outside the balancer.
+            # joins the gradient unweighted, outside the balancer. (Every rank computes all of
+            # it: each adds its 1/W so the ranks' sum counts it once.)
+            if group.active:
+                penalty = penalty / group.world_size
             self.balancer.scaled(penalty).backward()  # type: ignore[no-untyped-call]
+        if group.active:
+            done = (
+                {id(p) for p in self.model.shared_parameters()} if result.shared_reduced else set()
+            )
+            params = [p for p in model_params if id(p) not in done]
+            sum_gradients(params, group, group.settings.bucket_bytes)
         if scaler is not None:
             scaler.unscale_(self.optimizer)  # clipping and the check see true gradients
         norms: list[Tensor] = []

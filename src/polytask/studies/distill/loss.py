@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from polytask.data.tensors import Batch
-from polytask.losses import TaskLoss, unit_losses
+from polytask.losses import TaskLoss, loss_denominator, unit_losses
 from polytask.tasks import KINDS, Task
 
 
@@ -79,6 +79,21 @@ class DistillationLoss:
             if value is not None:
                 result[name] = value
         return result
+
+    def denominators(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+        """Per task, the count of units its mixed mean is taken over (the label loss's
+        denominator for an untaught task)."""
+        found: dict[str, Tensor] = {}
+        for name, loss in self.losses.items():
+            out, tgt, mask = outputs[name], batch.targets[name], batch.masks[name]
+            if name not in self.taught:
+                found[name] = loss_denominator(loss, tgt, mask)
+                continue
+            with torch.no_grad():
+                d = loss.spec.teacher_units(out, batch.soft[name], self.temperature)
+            counted = _unit_mask(mask, d) if not self.fill_missing else torch.ones_like(d)
+            found[name] = counted.sum().to(torch.float64)
+        return found
 
     def task_loss(
         self, loss: TaskLoss, out: Tensor, tgt: Tensor, mask: Tensor, teacher: Tensor, lam: float

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -70,14 +71,21 @@ class Checkpointing(TrainerCallback):
         """Restore everything :meth:`save` wrote, so training continues exactly."""
         # A save killed half-way leaves staging folders; where there is no atomic exchange it
         # may have moved the checkpoint aside: put it back before reading it.
+        state, best = self.read()
+        trainer.load_state(state)
+        if best is not None:
+            self.early_stopping.best_weights = best
+
+    def read(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The last checkpoint's state and the best checkpoint's weights (None: none yet)."""
         recover(self.dir)
         last = self.dir / "last"
         if not (last / "state.json").is_file():
             raise PolytaskError(f"cannot resume: no checkpoint in '{last}'")
-        trainer.load_state(load_state(last))
+        state = load_state(last)
         best = self.dir / "best"
-        if (best / "state.json").is_file():
-            self.early_stopping.best_weights = load_state(best)["model"]
+        weights = load_state(best)["model"] if (best / "state.json").is_file() else None
+        return state, weights
 
 
 def _link_files(source: Path, target: Path) -> None:

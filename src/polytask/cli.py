@@ -46,6 +46,25 @@ PREFERENCE_HELP = (
 DEVICE_HELP = "auto (a GPU when present) | cpu | cuda | cuda:N | mps"
 
 
+#: ``--backend`` and its Ray options, shared by compare, pareto and affinity --pair-search.
+BackendOption = Annotated[
+    str,
+    typer.Option(
+        "--backend", help="where the runs train: local (this machine) or ray (a Ray cluster)"
+    ),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option("--address", help="with --backend ray: the head node's HOST:PORT, or auto"),
+]
+CpusPerRunOption = Annotated[
+    float | None, typer.Option("--cpus-per-run", help="with --backend ray: CPUs per run (1)")
+]
+GpusPerRunOption = Annotated[
+    float | None, typer.Option("--gpus-per-run", help="with --backend ray: GPUs per run (0)")
+]
+
+
 def device_override(device: str | None) -> list[str]:
     """``--device`` as the ``--set train.device=...`` it stands for (checked by the schema)."""
     return [] if device is None else [f"train.device={json.dumps(device)}"]
@@ -76,6 +95,8 @@ def train(
     cfg = load_config(config, overrides)
     target = out or (cfg.resolve(cfg.out) if cfg.out else Path("runs") / config.stem)
     result = run(cfg, out=target, resume=resume, overwrite=overwrite, quiet=quiet)
+    if not _rank_zero():  # torchrun: rank 0 reports for the run
+        return
     out_console.print(result.comparison.table())
     out_console.print(
         f"model saved to {target / 'model'}", markup=False, highlight=False, soft_wrap=True
@@ -118,6 +139,8 @@ def distill(
         )
     target = out or (cfg.resolve(cfg.out) if cfg.out else Path("runs") / config.stem)
     result = run(cfg, out=target, resume=resume, overwrite=overwrite, quiet=quiet)
+    if not _rank_zero():
+        return
     out_console.print(result.comparison.table())
     params = result.predictor.metrics.get("parameters", {})
     if params:
@@ -363,16 +386,29 @@ def compare(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override a key: train.epochs=5")
     ] = None,
+    backend: BackendOption = "local",
+    address: AddressOption = None,
+    cpus_per_run: CpusPerRunOption = None,
+    gpus_per_run: GpusPerRunOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Single-task baselines vs multi-task configurations over seeds: is multi-task worth it?"""
     from polytask.config import load_config
+    from polytask.studies.backends import make_backend
     from polytask.studies.compare import compare as run_compare
 
     overrides = list(set_ or [])
     if seeds is not None:
         overrides.append(f"compare.seeds={seeds}")
-    result = run_compare(load_config(config, overrides), out=out, quiet=quiet, console=err_console)
+    cfg = load_config(config, overrides)
+    runner = make_backend(
+        backend, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run
+    )
+    try:
+        result = run_compare(cfg, out=out, quiet=quiet, console=err_console, backend=runner)
+    finally:
+        if runner is not None:
+            runner.close()
     for table in result.tables():
         out_console.print(table)
     out_console.print(
@@ -418,13 +454,28 @@ def affinity_command(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override a key: train.epochs=5")
     ] = None,
+    pair_search: Annotated[
+        bool,
+        typer.Option(
+            "--pair-search",
+            help="also train every task alone and every pair (DIR/pair_search.json; "
+            "--epochs or the config's epochs)",
+        ),
+    ] = False,
+    backend: BackendOption = "local",
+    address: AddressOption = None,
+    cpus_per_run: CpusPerRunOption = None,
+    gpus_per_run: GpusPerRunOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Task affinity (Fifty et al. 2021), gradient cosines and a suggested grouping.
 
-    The options other than --probe and --epochs override the keys of the config's affinity
-    section (as --set affinity.KEY=VALUE would)."""
-    from polytask.studies.affinity.study import affinity
+    The options other than --probe, --epochs, --pair-search and the backend's override the keys
+    of the config's affinity section (as --set affinity.KEY=VALUE would). The backend runs the
+    pair search's trainings; the affinity measurement is one run, in this process."""
+    from polytask.studies.affinity.study import PAIR_SEARCH_FILE, affinity
+    from polytask.studies.affinity.study import pair_search as run_pair_search
+    from polytask.studies.backends import make_backend
 
     overrides = list(set_ or [])
     options = {
@@ -438,15 +489,36 @@ def affinity_command(
     overrides += [
         f"affinity.{key}={value!r}" for key, value in options.items() if value is not None
     ]
-    result = affinity(config, out, probe=probe, epochs=epochs, overrides=overrides, quiet=quiet)
-    out_console.print(result.table())
-    out_console.print(
-        f"suggested groups: {' | '.join(', '.join(g) for g in result.grouping.groups)}; "
-        f"wrote {out / 'affinity.json'}",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
+    if backend != "local" and not pair_search:
+        raise PolytaskError(f"--backend {backend} applies to the trainings of --pair-search")
+    runner = make_backend(
+        backend, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run
     )
+    try:
+        result = affinity(config, out, probe=probe, epochs=epochs, overrides=overrides, quiet=quiet)
+        out_console.print(result.table())
+        out_console.print(
+            f"suggested groups: {' | '.join(', '.join(g) for g in result.grouping.groups)}; "
+            f"wrote {out / 'affinity.json'}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        if pair_search:
+            pairs = run_pair_search(
+                config, epochs=epochs, overrides=overrides, quiet=quiet, backend=runner, out=out
+            )
+            out_console.print(
+                f"pair search ({pairs.runs} trainings) groups: "
+                f"{' | '.join(', '.join(g) for g in pairs.grouping.groups)}; "
+                f"wrote {out / PAIR_SEARCH_FILE}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+    finally:
+        if runner is not None:
+            runner.close()
 
 
 @app.command("finetune")
@@ -470,6 +542,8 @@ def finetune_command(
     cfg = load_config(config, list(set_ or []) + device_override(device))
     target = out or (cfg.resolve(cfg.out) if cfg.out else Path("runs") / config.stem)
     result = finetune(base, cfg, out=target, resume=resume, overwrite=overwrite, quiet=quiet)
+    if not _rank_zero():
+        return
     out_console.print(result.comparison.table())
     for line in summary_lines(result.predictor.metrics):
         out_console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -491,15 +565,37 @@ def pareto_command(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override a key: pareto.n_points=5")
     ] = None,
+    backend: BackendOption = "local",
+    address: AddressOption = None,
+    cpus_per_run: CpusPerRunOption = None,
+    gpus_per_run: GpusPerRunOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """The Pareto front of the task trade-off: one run per preference vector (resumable), its
     non-dominated set and hypervolume, and a preference-conditioned model's front."""
     from polytask.config import load_config
+    from polytask.studies.backends import make_backend
     from polytask.studies.pareto import sweep
 
     cfg = load_config(config, list(set_ or []))
-    result = sweep(cfg, out=out, seeds=seeds, workers=workers, quiet=quiet, console=err_console)
+    if backend != "local" and workers is not None:
+        raise PolytaskError("--workers applies to the local backend; on Ray use --cpus-per-run")
+    runner = make_backend(
+        backend, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run
+    )
+    try:
+        result = sweep(
+            cfg,
+            out=out,
+            seeds=seeds,
+            workers=workers,
+            quiet=quiet,
+            console=err_console,
+            backend=runner,
+        )
+    finally:
+        if runner is not None:
+            runner.close()
     out_console.print(result.table())
     out_console.print(
         f"wrote {out / 'pareto.json'} and {out / 'pareto.md'} "
@@ -545,6 +641,11 @@ def main() -> None:
             show()
             sys.exit(code)
         raise
+
+
+def _rank_zero() -> bool:
+    """Whether this process reports for the run: always, but for ranks 1.. under torchrun."""
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def _fail(message: str, code: int) -> None:

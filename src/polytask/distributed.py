@@ -322,7 +322,7 @@ class _SumOverRanks(torch.autograd.Function):
 
 
 def _all_reduce_sum(tensor: Tensor) -> Tensor:
-    result: Tensor = _SumOverRanks.apply(tensor)
+    result: Tensor = _SumOverRanks.apply(tensor)  # type: ignore[no-untyped-call]
     return result
 
 

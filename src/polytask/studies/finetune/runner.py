@@ -27,6 +27,7 @@ from polytask._version import __version__
 from polytask.config import RunConfig, load_config
 from polytask.data.prepare import PreparedData, prepare_data
 from polytask.data.tensors import TensorData
+from polytask.distributed import launched
 from polytask.errors import ConfigError
 from polytask.evaluate.evaluation import evaluate_data
 from polytask.evaluate.reference import against_reference
@@ -189,10 +190,31 @@ def finetune(
     if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg)
     out_dir = Path(out) if out is not None else (cfg.resolve(cfg.out) if cfg.out else None)
-    check_out_dir(
-        out_dir, resume, overwrite, [*protected_paths(cfg), ("the base model", Path(base))]
-    )
-    check_tensorboard(cfg, out_dir)
+    # Under torchrun: data-parallel, rank 0 alone checks and writes the run directory.
+    with launched(cfg.train.device, cfg.distributed) as group:
+        if group.writes:
+            protected = [*protected_paths(cfg), ("the base model", Path(base))]
+            check_out_dir(out_dir, resume, overwrite, protected)
+            check_tensorboard(cfg, out_dir)
+        else:
+            out_dir = None
+        return _finetune(
+            base, cfg, frame, frames, out_dir, resume, overwrite, quiet, console, callbacks
+        )
+
+
+def _finetune(
+    base: str | Path,
+    cfg: RunConfig,
+    frame: pd.DataFrame | None,
+    frames: Mapping[str, pd.DataFrame] | None,
+    out_dir: Path | None,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+    console: Console | None,
+    callbacks: Sequence[Callback],
+) -> RunResult:
     source = load_base(base)
     plan = check_run_config(cfg, source)
     reference = _reference_table(cfg, source, plan)

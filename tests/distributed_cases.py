@@ -9,6 +9,8 @@ on one rank, and a multiclass task with class weights (its mean is a weighted me
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import torch
 
 from polytask import config_from_dict, run
 from polytask.distributed import DistributedConfig, collective, launched
+from polytask.train.callbacks.base import TrainerCallback
 
 #: name -> (balancer section, extra config). Gradient methods in both engine modes.
 CASES: dict[str, dict[str, Any]] = {
@@ -84,22 +87,87 @@ def raw_config(case: str) -> dict[str, Any]:
     }
 
 
-def train_case(case: str, out: Path) -> None:
-    cfg = config_from_dict(raw_config(case))
-    result = run(cfg, frame=frame(), quiet=True)
+#: Runs built differently from the table cases: several sources drawn by a sampler, a
+#: streamed Parquet file, and interrupted runs (a mid-epoch checkpoint every 3 steps, stopped
+#: after step 11; "resume" resumes under the same processes, "interrupt" is left for another
+#: number of processes to resume).
+SPECIAL = ("sources", "stream", "resume", "interrupt")
+INTERRUPT_AFTER = 11
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Interrupt(TrainerCallback):
+    def after_step(self, trainer: Any, losses: Any, result: Any) -> None:
+        if trainer.step == INTERRUPT_AFTER:
+            raise _Stop
+
+
+def _save(result: Any, path: Path) -> None:
     if collective().writes:
-        state = {
-            k: v.detach().cpu().clone() for k, v in result.predictor.model.state_dict().items()
-        }
-        torch.save(state, out / f"{case}.pt")
+        model = result.predictor.model
+        torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, path)
+
+
+def sources_config() -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
+    """Two sources: three tasks on one table, the fourth on another, drawn by temperature."""
+    raw = raw_config("equal")
+    table = frame(720, seed=5)
+    big = table.iloc[:540].drop(columns=["y_rare"])
+    small = table.iloc[540:].drop(columns=["y_value", "y_label", "y_kind"])
+    raw["data"]["sources"] = [
+        {"name": "big", "tasks": ["value", "label", "kind"]},
+        {"name": "small", "tasks": ["rare"]},
+    ]
+    raw["sampling"] = {"strategy": "temperature", "temperature": 2.0, "epoch": "sum"}
+    return raw, {"big": big, "small": small}
+
+
+def stream_config(out: Path) -> dict[str, Any]:
+    raw = raw_config("upgrad")
+    path = out / f"stream-{os.environ.get('RANK', '0')}.parquet"
+    frame(900, seed=9).to_parquet(path, index=False, row_group_size=200)
+    raw["data"] = {"path": str(path), "stream": True, "stream_chunk": 150, "stream_buffer": 300}
+    raw["train"]["batch_size"] = 64
+    return raw
+
+
+def interrupted_config() -> dict[str, Any]:
+    raw = raw_config("upgrad")
+    raw["train"]["checkpoint_every"] = 3
+    return raw
+
+
+def train_case(case: str, out: Path) -> None:
+    if case == "sources":
+        raw, frames = sources_config()
+        _save(run(config_from_dict(raw), frames=frames, quiet=True), out / "sources.pt")
+    elif case == "stream":
+        _save(run(config_from_dict(stream_config(out)), quiet=True), out / "stream.pt")
+    elif case in ("resume", "interrupt"):
+        cfg, run_dir = config_from_dict(interrupted_config()), out / f"{case}-run"
+        with contextlib.suppress(_Stop):
+            run(cfg, frame=frame(), out=run_dir, quiet=True, callbacks=[_Interrupt()])
+        if case == "resume":
+            _save(run(cfg, frame=frame(), out=run_dir, resume=True, quiet=True), out / "resume.pt")
+    else:
+        _save(
+            run(config_from_dict(raw_config(case)), frame=frame(), quiet=True), out / f"{case}.pt"
+        )
 
 
 def main(argv: list[str]) -> None:
     out = Path(argv[0])
-    cases = argv[1:] or list(CASES)
     # One process group for every case (each run would otherwise join and leave one).
     with launched("cpu", DistributedConfig()):
-        for case in cases:
+        if argv[1:2] == ["--resume"]:  # a run interrupted under another number of processes
+            cfg = config_from_dict(interrupted_config())
+            resumed = run(cfg, frame=frame(), out=Path(argv[2]), resume=True, quiet=True)
+            _save(resumed, out / "resumed-elsewhere.pt")
+            return
+        for case in argv[1:] or [*CASES, *SPECIAL]:
             train_case(case, out)
 
 

@@ -91,7 +91,7 @@ def raw_config(case: str) -> dict[str, Any]:
 #: streamed Parquet file, and interrupted runs (a mid-epoch checkpoint every 3 steps, stopped
 #: after step 11; "resume" resumes under the same processes, "interrupt" is left for another
 #: number of processes to resume).
-SPECIAL = ("sources", "stream", "resume", "interrupt")
+SPECIAL = ("sources", "stream", "distill", "resume", "interrupt")
 INTERRUPT_AFTER = 11
 
 
@@ -146,6 +146,14 @@ def train_case(case: str, out: Path) -> None:
         _save(run(config_from_dict(raw), frames=frames, quiet=True), out / "sources.pt")
     elif case == "stream":
         _save(run(config_from_dict(stream_config(out)), quiet=True), out / "stream.pt")
+    elif case == "distill":  # a student taught by the 'equal' model, trained here first
+        teacher = out / "teacher-run"
+        run(config_from_dict(raw_config("equal")), frame=frame(), out=teacher, quiet=True)
+        collective().broadcast_object(None)  # rank 0 has written the teacher: read it
+        raw = raw_config("equal")
+        raw["model"]["encoder"]["widths"] = [16]
+        raw["distill"] = {"teachers": [str(teacher / "model")]}
+        _save(run(config_from_dict(raw), frame=frame(), quiet=True), out / "distill.pt")
     elif case in ("resume", "interrupt"):
         cfg, run_dir = config_from_dict(interrupted_config()), out / f"{case}-run"
         with contextlib.suppress(_Stop):

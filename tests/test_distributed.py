@@ -70,7 +70,7 @@ def _after_batchnorm_bias(name: str) -> bool:
 
 
 @pytest.mark.parametrize(
-    "case", [c for c in CASES if c not in APPROXIMATIONS] + ["sources", "stream"]
+    "case", [c for c in CASES if c not in APPROXIMATIONS] + ["sources", "stream", "distill"]
 )
 def test_two_ranks_equal_one_process(runs: tuple[Path, Path], case: str) -> None:
     single, double = _states(runs, case)

@@ -232,3 +232,38 @@ def test_the_fast_reader_gives_the_tensors_of_fit_then_transform(tmp_path: Path,
     assert colour.categories == ["__missing__", "blue", "green", "red"]
     code = next(c for c in data.preprocessor.categorical if c.name == "code")
     assert code.categories == ["0", "1", "2", "__missing__"]
+
+
+def test_arrow_csv_markers_are_pandas_defaults() -> None:
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    from polytask.data.tables import PANDAS_NA_VALUES
+
+    assert set(PANDAS_NA_VALUES) == set(STR_NA_VALUES)
+
+
+@pytest.mark.parametrize(
+    ("text", "fast"),
+    [
+        ("a,b,c\n1.5,x,3\n,y,\nNA,None,4\n2.25,z,5\n", True),
+        ("a,b\n1,2\n3,\n", True),
+        ("a,b\n0x10,1\n2,3\n", False),  # pyarrow reads 16, pandas text
+        ("a,b\n+3,1\n4,2\n", False),  # pyarrow float64, pandas int64
+        ("a,b\n1, x\n2, y\n", False),  # skipinitialspace
+        ("a,b\n1,3\n2,x\n", False),  # a number among text
+        ("a,b\nTrue,1\nfalse,2\n", False),  # booleans
+        ("a,a\n1,2\n", False),  # pandas renames the second 'a'
+        ("a,b\n123456789012345678901,1\n", False),  # beyond int64: pandas text
+    ],
+)
+def test_csv_read_by_arrow_as_pandas_reads_it(tmp_path: Path, text: str, fast: bool) -> None:
+    """The pyarrow reader gives pandas' frame bit for bit, or hands the file to pandas."""
+    from polytask.data.tables import _read_csv_arrow, read_table
+
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    got = _read_csv_arrow(path, ",")
+    assert (got is not None) == fast
+    expected = pd.read_csv(path, skipinitialspace=True)
+    expected.columns = [str(c) for c in expected.columns]
+    pd.testing.assert_frame_equal(read_table(path), expected, check_exact=True)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 from polytask.tasks import Task
+
+if TYPE_CHECKING:  # torchmetrics is imported when a metric is built (seconds of CPU)
+    from torchmetrics import Metric
 
 
 def make_metric(task: Task, name: str) -> Metric:

@@ -15,24 +15,36 @@ Kinds see a task through :class:`TaskLike` (the fields and derived properties of
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric
 
 from polytask.errors import ConfigError, DataError
 
+if TYPE_CHECKING:
+    from torchmetrics import Metric
+
 #: Builds a torchmetrics object from the task's output width (classes, labels; 1 otherwise).
-MetricFactory = Callable[[int], Metric]
+MetricFactory = Callable[[int], "Metric"]
 #: Reads an array-valued target column (images, ``.npy`` files): the stacked ``[N, *shape]``
 #: arrays and a boolean array of the rows holding one. Supplied by :mod:`polytask.data`.
 LoadArrays = Callable[[pd.Series], tuple[np.ndarray, np.ndarray]]
+
+
+def torchmetric(module: str, name: str) -> type[Metric]:
+    """The torchmetrics class ``torchmetrics.<module>.<name>``, imported when a metric is built:
+    importing torchmetrics (scipy, transformers, matplotlib behind it) costs seconds of CPU,
+    which ``polytask list``, config checks and prediction must not pay. Metric factories call
+    this, so listing or registering a kind imports nothing of torchmetrics."""
+    cls: type[Metric] = getattr(importlib.import_module(f"torchmetrics.{module}"), name)
+    return cls
 
 
 class TaskLike(Protocol):

@@ -9,12 +9,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryAveragePrecision,
-    BinaryF1Score,
-)
 
 from polytask.errors import ConfigError, DataError
 from polytask.tasks.kinds.base import (
@@ -26,6 +20,7 @@ from polytask.tasks.kinds.base import (
     classes_mismatch,
     labelled_where,
     probabilities,
+    torchmetric,
 )
 from polytask.tasks.kinds.columns import fit_label_classes, label_codes
 
@@ -45,10 +40,10 @@ class Binary(Sigmoid):
     name = "binary"
     losses = ("bce",)
     metric_factories: ClassVar[dict[str, MetricFactory]] = {
-        "auroc": lambda n: BinaryAUROC(),
-        "accuracy": lambda n: BinaryAccuracy(),
-        "f1": lambda n: BinaryF1Score(),
-        "average_precision": lambda n: BinaryAveragePrecision(),
+        "auroc": lambda n: torchmetric("classification", "BinaryAUROC")(),
+        "accuracy": lambda n: torchmetric("classification", "BinaryAccuracy")(),
+        "f1": lambda n: torchmetric("classification", "BinaryF1Score")(),
+        "average_precision": lambda n: torchmetric("classification", "BinaryAveragePrecision")(),
     }
     squeeze_dim = -1
     accepts_classes = True

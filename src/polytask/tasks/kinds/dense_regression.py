@@ -8,11 +8,6 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 from torch import Tensor
-from torchmetrics.regression import (
-    MeanAbsoluteError,
-    MeanAbsolutePercentageError,
-    MeanSquaredError,
-)
 
 from polytask.tasks.kinds.base import (
     LoadArrays,
@@ -21,6 +16,7 @@ from polytask.tasks.kinds.base import (
     finite_or_nan,
     fitted_scale,
     per_row_column,
+    torchmetric,
 )
 from polytask.tasks.kinds.columns import standardised
 from polytask.tasks.kinds.regression import Regression
@@ -36,9 +32,9 @@ class DenseRegression(Regression):
     name = "dense_regression"
     losses = ("l1", "mse", "huber")
     metric_factories: ClassVar[dict[str, MetricFactory]] = {
-        "abs_rel": lambda n: MeanAbsolutePercentageError(),
-        "mae": lambda n: MeanAbsoluteError(),
-        "rmse": lambda n: MeanSquaredError(squared=False),
+        "abs_rel": lambda n: torchmetric("regression", "MeanAbsolutePercentageError")(),
+        "mae": lambda n: torchmetric("regression", "MeanAbsoluteError")(),
+        "rmse": lambda n: torchmetric("regression", "MeanSquaredError")(squared=False),
     }
     dense = True
     squeeze_dim = 1

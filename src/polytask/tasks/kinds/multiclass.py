@@ -9,7 +9,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
 from polytask.tasks.kinds.base import (
     ClassIndexed,
@@ -19,6 +18,7 @@ from polytask.tasks.kinds.base import (
     TaskLike,
     labelled_where,
     probabilities,
+    torchmetric,
 )
 from polytask.tasks.kinds.columns import fit_label_classes, label_codes
 
@@ -29,9 +29,15 @@ class Multiclass(ClassIndexed):
     name = "multiclass"
     losses = ("cross_entropy",)
     metric_factories: ClassVar[dict[str, MetricFactory]] = {
-        "accuracy": lambda n: MulticlassAccuracy(num_classes=n, average="micro"),
-        "f1": lambda n: MulticlassF1Score(num_classes=n, average="macro"),
-        "auroc": lambda n: MulticlassAUROC(num_classes=n, average="macro"),
+        "accuracy": lambda n: torchmetric("classification", "MulticlassAccuracy")(
+            num_classes=n, average="micro"
+        ),
+        "f1": lambda n: torchmetric("classification", "MulticlassF1Score")(
+            num_classes=n, average="macro"
+        ),
+        "auroc": lambda n: torchmetric("classification", "MulticlassAUROC")(
+            num_classes=n, average="macro"
+        ),
     }
     accepts_classes = True
     accepts_class_weights = True

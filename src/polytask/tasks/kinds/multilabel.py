@@ -10,7 +10,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.classification import MultilabelAccuracy, MultilabelAUROC, MultilabelF1Score
 
 from polytask.errors import ConfigError
 from polytask.tasks.kinds.base import (
@@ -21,6 +20,7 @@ from polytask.tasks.kinds.base import (
     TaskLike,
     labelled_where,
     probabilities,
+    torchmetric,
 )
 from polytask.tasks.kinds.columns import binary_column
 
@@ -34,9 +34,13 @@ class Multilabel(Sigmoid):
     name = "multilabel"
     losses = ("bce",)
     metric_factories: ClassVar[dict[str, MetricFactory]] = {
-        "auroc": lambda n: MultilabelAUROC(num_labels=n, average="macro", ignore_index=_IGNORE),
-        "f1": lambda n: MultilabelF1Score(num_labels=n, average="macro", ignore_index=_IGNORE),
-        "accuracy": lambda n: MultilabelAccuracy(
+        "auroc": lambda n: torchmetric("classification", "MultilabelAUROC")(
+            num_labels=n, average="macro", ignore_index=_IGNORE
+        ),
+        "f1": lambda n: torchmetric("classification", "MultilabelF1Score")(
+            num_labels=n, average="macro", ignore_index=_IGNORE
+        ),
+        "accuracy": lambda n: torchmetric("classification", "MultilabelAccuracy")(
             num_labels=n, average="micro", ignore_index=_IGNORE
         ),
     }

@@ -7,7 +7,6 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 from torch import Tensor
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
 
 from polytask.tasks.kinds.base import (
     Kind,
@@ -19,6 +18,7 @@ from polytask.tasks.kinds.base import (
     fitted_scale,
     from_standard,
     to_standard,
+    torchmetric,
     value_loss,
     value_unit_losses,
 )
@@ -31,9 +31,9 @@ class Regression(Kind):
     name = "regression"
     losses = ("mse", "l1", "huber")
     metric_factories: ClassVar[dict[str, MetricFactory]] = {
-        "mae": lambda n: MeanAbsoluteError(),
-        "rmse": lambda n: MeanSquaredError(squared=False),
-        "r2": lambda n: R2Score(),
+        "mae": lambda n: torchmetric("regression", "MeanAbsoluteError")(),
+        "rmse": lambda n: torchmetric("regression", "MeanSquaredError")(squared=False),
+        "r2": lambda n: torchmetric("regression", "R2Score")(),
     }
     squeeze_dim = -1
     mean_of_units = True

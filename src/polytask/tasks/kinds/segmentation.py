@@ -9,7 +9,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from polytask.errors import ConfigError, DataError
 from polytask.tasks.kinds.base import (
@@ -20,6 +19,7 @@ from polytask.tasks.kinds.base import (
     TaskLike,
     labelled_where,
     per_row_column,
+    torchmetric,
 )
 
 
@@ -31,8 +31,12 @@ class Segmentation(ClassIndexed):
     name = "segmentation"
     losses = ("cross_entropy",)
     metric_factories: ClassVar[dict[str, MetricFactory]] = {
-        "miou": lambda n: MulticlassJaccardIndex(num_classes=n, average="macro"),
-        "pixel_accuracy": lambda n: MulticlassAccuracy(num_classes=n, average="micro"),
+        "miou": lambda n: torchmetric("classification", "MulticlassJaccardIndex")(
+            num_classes=n, average="macro"
+        ),
+        "pixel_accuracy": lambda n: torchmetric("classification", "MulticlassAccuracy")(
+            num_classes=n, average="micro"
+        ),
     }
     dense = True
     accepts_classes = True

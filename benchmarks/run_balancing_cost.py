@@ -199,7 +199,7 @@ def _optimizer(model: MultiTaskModel, balancer: Balancer | None = None) -> torch
     learned = [p for p in balancer.parameters() if p.requires_grad] if balancer else []
     if learned:
         groups.append({"params": learned, "weight_decay": 0.0})
-    return torch.optim.AdamW(groups, lr=LR, weight_decay=WEIGHT_DECAY)
+    return torch.optim.AdamW(groups, lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
 
 
 # -- step builders --------------------------------------------------------------------------------

@@ -66,8 +66,8 @@ def test_valid_config_and_defaults() -> None:
         (
             "colour=1",
             "config error: colour: unknown key; valid keys: seed, out, baselines, data, tasks, "
-            "model, balancer, train, sampling, schedule, finetune, compare, pareto, affinity, "
-            "distill",
+            "model, balancer, train, sampling, schedule, finetune, distributed, compare, pareto, "
+            "affinity, distill",
         ),
         (
             "model.encoder.widthz=[3]",
@@ -87,7 +87,19 @@ def test_unknown_key_names_path_and_valid_keys(override: str, expected: str) -> 
 
 
 def test_unknown_task_key_names_the_task_entry() -> None:
-    assert _error(["tasks.risk.colour=1"]).startswith("config error: tasks.0.colour: unknown key")
+    assert _error(["tasks.risk.colour=1"]).startswith(
+        "config error: tasks.0.colour: unknown key; valid keys: name, kind, target, classes, "
+    )
+
+
+def test_unknown_key_of_a_source_lists_the_valid_ones() -> None:
+    raw = _raw()
+    raw["data"] = {"sources": [{"name": "a", "tasks": ["risk"], "pth": "a.csv"}]}
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw)
+    assert str(info.value).startswith(
+        "config error: data.sources.0.pth: unknown key; valid keys: name, tasks, path, dataset, "
+    )
 
 
 @pytest.mark.parametrize(

@@ -76,6 +76,8 @@ def _valid_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str
     """The keys a (possibly nested) pydantic model accepts at ``loc`` (minus the bad key)."""
     current: Any = model
     for part in loc[:-1]:
+        if isinstance(part, int):  # an item of a list of tables ([[data.sources]]): same model
+            continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return []
         field = current.model_fields.get(str(part))

@@ -114,7 +114,9 @@ def train_built(
         loss_fn=loss_fn,
         param_groups=built.param_groups,
     )
-    train = data.training_sources(cfg.sampling).subset_tasks(names)
+    # Decoded batches land in page-locked memory when they go to a GPU (an asynchronous copy).
+    pinned = trainer.device.type == "cuda"
+    train = data.training_sources(cfg.sampling, pin_memory=pinned).subset_tasks(names)
     try:
         return trainer.fit(train, data.val.subset_tasks(names), run_dir, resume=resume)
     finally:

@@ -48,13 +48,14 @@ from torch import Tensor, nn
 
 from polytask.balance.diagnostics import TaskGramian, gradient_gramian
 from polytask.config import RunConfig, load_config
-from polytask.data.prepare import prepare_data
+from polytask.data.prepare import PreparedData, prepare_data
 from polytask.errors import ConfigError
 from polytask.run.build import train_model
 from polytask.run.pipeline import run
 from polytask.state_io import atomic_write_text, to_json
 from polytask.studies.affinity.config import AffinityConfig
 from polytask.studies.affinity.grouping import Grouping, SearchMethod, search_groups
+from polytask.studies.backends import Backend, LocalBackend
 
 if TYPE_CHECKING:
     from polytask.data.tensors import Batch
@@ -70,6 +71,8 @@ PROBE_EPOCHS = 1
 #: Default measurement interval in steps: every step in a probe, every 5th otherwise.
 PROBE_EVERY = 1
 DEFAULT_EVERY = 5
+#: What :func:`pair_search` writes into its ``out`` directory.
+PAIR_SEARCH_FILE = "pair_search.json"
 #: Default budget of groups (models) for the suggested grouping.
 DEFAULT_MAX_GROUPS = 3
 
@@ -446,6 +449,37 @@ class PairSearch:
         }
 
 
+class TrainSubset:
+    """One training of the pair search as a picklable callable, which a
+    :class:`~polytask.studies.backends.Backend` calls wherever it runs: the config's model on a
+    subset of the tasks (named), trained from the run seed; returns the validation losses at
+    the epoch selected on validation. In this process the data is prepared once for every
+    call; a pickled copy (another process, a Ray task) prepares it again from the config and
+    the frame, to the same split and tensors."""
+
+    def __init__(self, cfg: RunConfig, frame: pd.DataFrame | None, quiet: bool) -> None:
+        self.cfg, self.frame, self.quiet = cfg, frame, quiet
+        self._data: PreparedData | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cfg": self.cfg, "frame": self.frame, "quiet": True, "_data": None}
+
+    def data(self) -> PreparedData:
+        if self._data is None:
+            self._data = prepare_data(self.cfg, self.frame)
+        return self._data
+
+    def __call__(self, names: tuple[str, ...]) -> dict[str, float]:
+        data = self.data()
+        by_name = {t.name: t for t in data.tasks}
+        subset = [by_name[n] for n in names]
+        if len(subset) == 1:  # alone: the task's full loss, whatever its weight in the config
+            subset = [dataclasses.replace(subset[0], weight=1.0)]
+        _, fit = train_model(self.cfg, data, subset, None, quiet=self.quiet)
+        record = fit.history[fit.best_epoch - 1]
+        return {t.name: float(record.val_loss[t.name]) for t in subset}
+
+
 def pair_search(
     config: RunConfig | str | Path,
     *,
@@ -456,39 +490,47 @@ def pair_search(
     alone_score: float | None = None,
     overrides: Sequence[str] | None = None,
     quiet: bool = True,
+    backend: Backend | None = None,
+    out: str | Path | None = None,
 ) -> PairSearch:
     """Exhaustive pair search: train each task alone and each pair of tasks together (K + K(K-1)/2
     trainings with the config's model, balancer and budget; same data split and seed), and
     choose groups from the measured gains with the same objective as the affinity (for gains,
     the higher-order approximation of Standley et al., ICML 2020; see
     :mod:`polytask.studies.affinity.grouping`). ``max_groups``, ``search`` and
-    ``alone_score`` default to the config's ``[affinity]`` keys, as in :func:`affinity`."""
+    ``alone_score`` default to the config's ``[affinity]`` keys, as in :func:`affinity`.
+    ``backend`` is where the trainings execute (:mod:`polytask.studies.backends`; default: one
+    after the other in this process); each is seeded as in this process. With ``out``, the
+    result is also written to ``out/pair_search.json``."""
 
     cfg = _with_epochs(_as_config(config, overrides), epochs)
     max_groups = _first(max_groups, cfg.section("affinity", AffinityConfig).max_groups)
     search, alone_score = _search_options(search, alone_score, cfg)
-    data = prepare_data(cfg, frame)
+    train = TrainSubset(cfg, frame, quiet)
+    data = train.data()
     tasks = data.tasks
     names = [t.name for t in tasks]
     if len(names) < 2:
         raise ConfigError("pair search needs at least two tasks")
-
-    def val_losses(subset: list[Any]) -> dict[str, float]:
-        _, fit = train_model(cfg, data, subset, None, quiet=quiet)
-        record = fit.history[fit.best_epoch - 1]
-        return {t.name: float(record.val_loss[t.name]) for t in subset}
-
-    alone = {t.name: val_losses([dataclasses.replace(t, weight=1.0)])[t.name] for t in tasks}
     k = len(names)
+    pair_index = list(itertools.combinations(range(k), 2))
+    # Every training is independent (each seeds itself): K alone, then every pair.
+    subsets = [(name,) for name in names] + [(names[i], names[j]) for i, j in pair_index]
+    losses: dict[int, dict[str, float]] = dict((backend or LocalBackend()).map(train, subsets))
+    alone = {name: losses[a][name] for a, name in enumerate(names)}
     gains = np.zeros((k, k))
     pairs: dict[str, dict[str, float]] = {}
-    for i, j in itertools.combinations(range(k), 2):
-        together = val_losses([tasks[i], tasks[j]])
+    for n, (i, j) in enumerate(pair_index):
+        together = losses[k + n]
         pairs[f"{names[i]}|{names[j]}"] = together
         gains[i, j] = (alone[names[j]] - together[names[j]]) / alone[names[j]]
         gains[j, i] = (alone[names[i]] - together[names[i]]) / alone[names[i]]
     budget = max_groups if max_groups is not None else min(k, DEFAULT_MAX_GROUPS)
     grouping = search_groups(gains, budget, names, alone_score=alone_score, method=search)
-    return PairSearch(
+    result = PairSearch(
         names, alone, pairs, gains, grouping, epochs=cfg.train.epochs, runs=k + len(pairs)
     )
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(out) / PAIR_SEARCH_FILE, to_json(result.to_dict()) + "\n")
+    return result

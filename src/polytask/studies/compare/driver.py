@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,11 @@ from polytask.config_errors import validation_message
 from polytask.errors import ConfigError, PolytaskError
 from polytask.run.directory import is_finished
 from polytask.state_io import atomic_write_text, to_json
+from polytask.studies.backends import Backend, LocalBackend, require_visible
 from polytask.studies.compare.config import CompareConfig
-from polytask.studies.compare.plan import Plan, build_plan
+from polytask.studies.compare.plan import Plan, RunSpec, build_plan
 from polytask.studies.compare.render import markdown, tables
-from polytask.studies.compare.runner import DataCache, Outcome, ensure_run
+from polytask.studies.compare.runner import DataCache, Outcome, TrainRun, ensure_run, read_outcome
 from polytask.studies.compare.summary import summarise
 
 
@@ -55,6 +55,7 @@ def compare(
     seeds: int | list[int] | None = None,
     quiet: bool = False,
     console: Console | None = None,
+    backend: Backend | None = None,
 ) -> CompareResult:
     """Multi-task vs single-task on the config's data, over seeds, with a verdict per task.
 
@@ -64,7 +65,9 @@ def compare(
     under ``out/runs/``; runs already finished there are read back, not trained again.
     ``out/compare.json`` is rewritten after each run (a partial comparison is readable while it
     runs) and ``out/compare.md`` is written at the end. ``frame`` / ``frames`` give the data as
-    data frames, as for :func:`polytask.run.pipeline.run`.
+    data frames, as for :func:`polytask.run.pipeline.run`. ``backend`` is where the runs to
+    train execute (:mod:`polytask.studies.backends`; default: one after the other in this
+    process); finished runs are always read back here.
     """
     cfg = load_config(config) if isinstance(config, str | Path) else config
     if seeds is not None:
@@ -83,40 +86,40 @@ def compare(
     outcomes: dict[str, Outcome] = {}
     trained: list[str] = []
     reused: list[str] = []
-    cache = DataCache()
     total = len(plan.runs)
-    # Finished runs are read first, so the compare.json written after the first new run
-    # already holds everything an earlier invocation finished.
-    done = [is_finished(root / "runs" / s.path) for s in plan.runs]
-    order = [i for i in range(total) if done[i]] + [i for i in range(total) if not done[i]]
-    for n, i in enumerate(order, start=1):
-        spec = plan.runs[i]
-        started = time.perf_counter()
-        outcome, did_train = ensure_run(
-            spec,
-            root / "runs",
-            frame=frame,
-            frames=frames,
-            cache=cache,
-            quiet=quiet,
-            console=console,
-        )
+    runs_root = root / "runs"
+
+    def record(spec: RunSpec, outcome: Outcome, did_train: bool, seconds: float) -> None:
         outcomes[spec.path] = outcome
         (trained if did_train else reused).append(spec.path)
         if did_train:
             _write(root, plan, outcomes)
         if not quiet:
-            what = (
-                f"trained in {time.perf_counter() - started:.1f}s"
-                if did_train
-                else "already finished"
-            )
+            what = f"trained in {seconds:.1f}s" if did_train else "already finished"
             console.print(
-                f"compare [{n}/{total}] runs/{spec.path}: {what}",
+                f"compare [{len(outcomes)}/{total}] runs/{spec.path}: {what}",
                 markup=False,
                 highlight=False,
                 soft_wrap=True,
             )
+
+    # Finished runs are read first (here, whatever the backend), so the compare.json written
+    # after the first new run already holds everything an earlier invocation finished.
+    done = [is_finished(runs_root / s.path) for s in plan.runs]
+    cache = DataCache()
+    for spec in (s for s, d in zip(plan.runs, done, strict=True) if d):
+        outcome, did_train = ensure_run(
+            spec, runs_root, frame=frame, frames=frames, cache=cache, quiet=quiet, console=console
+        )
+        record(spec, outcome, did_train, 0.0)
+    # The others train on the backend, each into its own run directory, read back here.
+    todo = [s for s, d in zip(plan.runs, done, strict=True) if not d]
+    backend = backend or LocalBackend()
+    train = TrainRun(runs_root.resolve(), frame, frames, quiet=quiet, console=console)
+    for i, (did_train, seconds) in backend.map(train, todo):
+        run_dir = runs_root / todo[i].path
+        require_visible(is_finished(run_dir), run_dir, backend)
+        record(todo[i], read_outcome(run_dir), did_train, seconds)
     doc = _write(root, plan, outcomes)
     atomic_write_text(root / "compare.md", markdown(doc))
     return CompareResult(doc, root, trained, reused)

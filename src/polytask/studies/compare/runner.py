@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,3 +225,52 @@ def ensure_run(
             console=console,
         )
     return read_outcome(run_dir), True
+
+
+class TrainRun:
+    """:func:`ensure_run` as a picklable callable of one :class:`RunSpec`, which a
+    :class:`~polytask.studies.backends.Backend` calls wherever it runs: trains (or continues)
+    the run in ``root / spec.path`` and returns whether it trained and the seconds it took. The
+    caller reads the outcome back from the run directory.
+
+    Called in this process it keeps one :class:`DataCache` across calls (the baselines of one
+    seed and fraction share their data) and prints progress unless ``quiet``; a pickled copy
+    (another process, a Ray task) starts with an empty cache and prints nothing."""
+
+    def __init__(
+        self,
+        root: Path,
+        frame: pd.DataFrame | None,
+        frames: Mapping[str, pd.DataFrame] | None,
+        *,
+        quiet: bool,
+        console: Console,
+    ) -> None:
+        self.root, self.frame, self.frames = root, frame, frames
+        self.quiet, self.console = quiet, console
+        self.cache = DataCache()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": self.root, "frame": self.frame, "frames": self.frames}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            state["root"],
+            state["frame"],
+            state["frames"],
+            quiet=True,
+            console=Console(stderr=True, quiet=True),
+        )
+
+    def __call__(self, spec: RunSpec) -> tuple[bool, float]:
+        started = time.perf_counter()
+        _, trained = ensure_run(
+            spec,
+            self.root,
+            frame=self.frame,
+            frames=self.frames,
+            cache=self.cache,
+            quiet=self.quiet,
+            console=self.console,
+        )
+        return trained, time.perf_counter() - started

@@ -17,9 +17,11 @@ The runs (all planned and validated before anything trains):
 Every run is an ordinary run directory under ``OUT/runs/``, trained or read back by the compare
 command's runner (:func:`polytask.studies.compare.runner.ensure_run`): a run directory with
 ``results.json`` is never trained again, an interrupted one continues from its checkpoint, and
-one finished with another configuration is an error. With ``workers > 1`` the runs are trained
-in that many processes (spawned, one torch thread each). ``OUT/pareto.json`` is rewritten after
-each finished run and ``OUT/pareto.md`` at the end (:mod:`polytask.studies.pareto.summary`).
+one finished with another configuration is an error. The runs to train go to a backend
+(:mod:`polytask.studies.backends`): with ``workers > 1`` that many local processes (spawned, one
+torch thread each), or a Ray cluster (``--backend ray``); finished runs are read back here.
+``OUT/pareto.json`` is rewritten after each finished run and ``OUT/pareto.md`` at the end
+(:mod:`polytask.studies.pareto.summary`).
 
 Checkpoints are selected on validation by the config's criterion (unweighted: a sweep run with
 ``r = (0.9, 0.1)`` keeps its best epoch by the mean over tasks, not by ``r``); every number on
@@ -31,9 +33,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from polytask.evaluate.evaluation import evaluate_data
 from polytask.run.directory import is_finished, read_records
 from polytask.run.predictor import load
 from polytask.state_io import atomic_write_text, read_json, to_json
+from polytask.studies.backends import Backend, LocalBackend, require_visible
 from polytask.studies.compare.plan import RunSpec, base_raw, check_test_split
 from polytask.studies.compare.runner import DataCache, ensure_run
 from polytask.studies.pareto.config import ParetoConfig
@@ -255,18 +256,32 @@ def _execute(
     return plain
 
 
-def _worker(
-    run: SweepRun,
-    root: Path,
-    frame: pd.DataFrame | None,
-    frames: Mapping[str, pd.DataFrame] | None,
-    preferences: list[list[float]],
-) -> dict[str, Any]:
-    import torch
+class TrainSweepRun:
+    """Training one run of the sweep as a picklable callable, which a
+    :class:`~polytask.studies.backends.Backend` calls wherever it runs: :func:`_execute` (the
+    run, and a conditioned run's evaluation at the preferences, cached in its directory);
+    returns whether it trained and the seconds it took. The driver reads the result back from
+    the run directory, as it reads a run an earlier invocation finished."""
 
-    # Several processes on few cores: intra-op threads would only wait for each other.
-    torch.set_num_threads(1)
-    return _execute(run, root, frame, frames, preferences, quiet=True)
+    def __init__(
+        self,
+        root: Path,
+        frame: pd.DataFrame | None,
+        frames: Mapping[str, pd.DataFrame] | None,
+        preferences: list[list[float]],
+        quiet: bool,
+    ) -> None:
+        self.root, self.frame, self.frames = root, frame, frames
+        self.preferences, self.quiet = preferences, quiet
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Another process (a local worker, a Ray task) prints nothing.
+        return {**self.__dict__, "quiet": True}
+
+    def __call__(self, run: SweepRun) -> tuple[bool, float]:
+        started = time.perf_counter()
+        result = _execute(run, self.root, self.frame, self.frames, self.preferences, self.quiet)
+        return bool(result["trained"]), time.perf_counter() - started
 
 
 # -- the whole sweep -------------------------------------------------------------------------
@@ -295,14 +310,17 @@ def sweep(
     workers: int | None = None,
     quiet: bool = False,
     console: Console | None = None,
+    backend: Backend | None = None,
 ) -> ParetoResult:
     """Map the Pareto front of the config's tasks (``[pareto]`` section; ``seeds`` and
     ``workers`` override its keys) into ``out``: ``out/runs/`` (one run directory per run),
     ``out/pareto.json`` (rewritten after each finished run) and ``out/pareto.md``. Finished
     runs found in ``out/runs/`` are read back, not trained again. ``frame`` / ``frames`` give
-    the data as data frames, as for :func:`polytask.run.pipeline.run`. With more than one worker
-    the runs train in spawned processes, so a script calling this must guard its entry point
-    with ``if __name__ == "__main__":`` (the command line needs nothing)."""
+    the data as data frames, as for :func:`polytask.run.pipeline.run`. ``backend`` is where the
+    runs to train execute (:mod:`polytask.studies.backends`; default: a local backend of
+    ``workers`` processes). With more than one local worker the runs train in spawned
+    processes, so a script calling this must guard its entry point with
+    ``if __name__ == "__main__":`` (the command line needs nothing)."""
 
     cfg = load_config(config) if isinstance(config, str | Path) else config
     cfg = _with_overrides(cfg, seeds=seeds, workers=workers)
@@ -317,17 +335,13 @@ def sweep(
     trained: list[str] = []
     reused: list[str] = []
 
-    def record(run: SweepRun, result: dict[str, Any], started: float, n: int) -> None:
+    def record(run: SweepRun, result: dict[str, Any], seconds: float, n: int) -> None:
         results[run.spec.path] = result
         (trained if result["trained"] else reused).append(run.spec.path)
         if result["trained"]:
             atomic_write_text(root / "pareto.json", to_json(summarise(plan, results)) + "\n")
         if not quiet:
-            what = (
-                f"trained in {time.perf_counter() - started:.1f}s"
-                if result["trained"]
-                else "already finished"
-            )
+            what = f"trained in {seconds:.1f}s" if result["trained"] else "already finished"
             console.print(
                 f"pareto [{n}/{len(plan.runs)}] runs/{run.spec.path}: {what}",
                 markup=False,
@@ -335,33 +349,23 @@ def sweep(
                 soft_wrap=True,
             )
 
-    # Finished runs first: the pareto.json written after the first new run already holds
-    # everything an earlier invocation finished.
+    # Finished runs first (read here, whatever the backend): the pareto.json written after
+    # the first new run already holds everything an earlier invocation finished.
     done = [is_finished(runs_root / r.spec.path) for r in plan.runs]
-    order = [r for r, d in zip(plan.runs, done, strict=True) if d]
-    order += [r for r, d in zip(plan.runs, done, strict=True) if not d]
-    n_workers = min(plan.section.workers, sum(not d for d in done))
     count = 0
-    if n_workers <= 1:
-        for run in order:
-            count += 1
-            started = time.perf_counter()
-            result = _execute(run, runs_root, frame, frames, plan.preferences, quiet)
-            record(run, result, started, count)
-    else:
-        for run in order[: sum(done)]:  # reading back is cheap: no pool needed
-            count += 1
-            record(run, _execute(run, runs_root, frame, frames, plan.preferences, True), 0.0, count)
-        started = time.perf_counter()
-        context = get_context("spawn")  # no forked torch thread pools or open handles
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
-            futures = {
-                pool.submit(_worker, run, runs_root, frame, frames, plan.preferences): run
-                for run in order[sum(done) :]
-            }
-            for future in as_completed(futures):
-                count += 1
-                record(futures[future], future.result(), started, count)
+    for run in (r for r, d in zip(plan.runs, done, strict=True) if d):
+        count += 1
+        record(run, _execute(run, runs_root, frame, frames, plan.preferences, True), 0.0, count)
+    # The others train on the backend, each into its own run directory, read back here.
+    todo = [r for r, d in zip(plan.runs, done, strict=True) if not d]
+    backend = backend or LocalBackend(plan.section.workers)
+    train = TrainSweepRun(runs_root.resolve(), frame, frames, plan.preferences, quiet)
+    for i, (did_train, seconds) in backend.map(train, todo):
+        count += 1
+        run_dir = runs_root / todo[i].spec.path
+        require_visible(is_finished(run_dir), run_dir, backend)
+        result = _execute(todo[i], runs_root, frame, frames, plan.preferences, True)
+        record(todo[i], {**result, "trained": did_train}, seconds, count)
     doc = summarise(plan, results)
     atomic_write_text(root / "pareto.json", to_json(doc) + "\n")
     atomic_write_text(root / "pareto.md", markdown(doc))

@@ -38,3 +38,33 @@ def test_run_gpu_smoke_writes_every_section(tmp_path: Path) -> None:
     assert payload["image"]["epochs_per_s"] > 0
     text = (tmp_path / "gpu.md").read_text()
     assert "Smoke run on the CPU" in text and "## 4. Image workload" in text
+
+
+def test_run_distributed_smoke_runs_both_world_sizes(tmp_path: Path) -> None:
+    """``benchmarks/run_distributed.py --smoke`` (issue 19): 1 process, then 2 under torchrun
+    on loopback, every row and the local-Gramian error; prints only, writes nothing."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run_distributed.py"),
+            "--smoke",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT / "benchmarks",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not list(tmp_path.iterdir())  # --smoke writes no results
+    text = done.stdout
+    for row in (
+        "equal (plain data parallel)",
+        "upgrad exact mode, gramian=exact",
+        "upgrad exact mode, gramian=local",
+        "upgrad representation mode",
+    ):
+        assert f"| 2 | {row} |" in text, text[-3000:]
+    assert "cannot show a speed-up" in text
+    assert "## 2. The local Gramian's weight error against exact" in text

@@ -262,7 +262,7 @@ def joined(group: Collective) -> Iterator[Collective]:
         _current = previous
 
 
-class _GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch normalisation over the rows of every rank: the batch mean and variance are those
     of the global batch (sums all-reduced, differentiably), as one process computes them. The
     CPU's answer to ``nn.SyncBatchNorm``, which runs on GPUs only; the state dict is a plain
@@ -331,7 +331,7 @@ def global_batchnorm(module: nn.Module) -> int:
     parameters and buffers stay the same objects); returns how many were converted."""
     converted = 0
     for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, _GlobalBatchNorm):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, GlobalBatchNorm):
             base = type(m)
             m.__class__ = _global_class(base)
             converted += 1
@@ -343,5 +343,5 @@ _GLOBAL_CLASSES: dict[type, type] = {}
 
 def _global_class(base: type) -> type:
     if base not in _GLOBAL_CLASSES:
-        _GLOBAL_CLASSES[base] = type(f"Global{base.__name__}", (_GlobalBatchNorm, base), {})
+        _GLOBAL_CLASSES[base] = type(f"Global{base.__name__}", (GlobalBatchNorm, base), {})
     return _GLOBAL_CLASSES[base]

@@ -119,13 +119,35 @@ def _clip_unit(value: float) -> float:
 
 
 def task_jacobian(
-    losses: Sequence[Tensor], params: Sequence[nn.Parameter], group: Collective = LOCAL
+    losses: Sequence[Tensor],
+    params: Sequence[nn.Parameter],
+    group: Collective = LOCAL,
+    *,
+    batched: bool = False,
 ) -> Tensor:
     """The ``[K, P]`` matrix of the tasks' gradients with respect to ``params`` (flattened, in
     order; zero where a loss does not reach a parameter), summed over the ranks of ``group``:
     in a data-parallel run each rank's loss is its share of the global mean, so the sum is the
     global batch's Jacobian, whose Gramian is exact (an average of per-rank Gramians is not:
-    it misses the cross-rank terms). One backward pass per task, leaving the graph intact."""
+    it misses the cross-rank terms). One backward pass per task, or with ``batched`` one
+    vectorised backward of the K directions (``is_grads_batched``; not through collectives,
+    so not under global batch norm), leaving the graph intact."""
+    if batched:
+        stacked = torch.stack(list(losses))
+        eye = torch.eye(len(losses), dtype=stacked.dtype, device=stacked.device)
+        found = torch.autograd.grad(
+            stacked, list(params), eye, retain_graph=True, allow_unused=True, is_grads_batched=True
+        )
+        k = len(losses)
+        jacobian = torch.cat(
+            [
+                (g if g is not None else p.new_zeros((k, *p.shape))).reshape(k, -1)
+                for g, p in zip(found, params, strict=True)
+            ],
+            dim=1,
+        )
+        group.sum_([jacobian])
+        return jacobian
     rows = []
     for loss in losses:
         grads = torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True)

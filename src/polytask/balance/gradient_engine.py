@@ -59,6 +59,7 @@ from polytask.balance.base import BackwardResult, Balancer
 from polytask.balance.diagnostics import TaskGramian, task_jacobian
 from polytask.balance.gramian import GramianRecorder
 from polytask.config_errors import Schema, Steps
+from polytask.distributed import GlobalBatchNorm
 from polytask.errors import ConfigError, PolytaskError
 from polytask.tasks import Task
 
@@ -246,8 +247,14 @@ class GradientBalancer(Balancer):
         # Under float16 the gradients are taken from the scaled losses (no underflow) and
         # divided back, so the method weighs the true Jacobian.
         scale = self.grad_scale
+        # One vectorised backward of the K directions, unless a batch norm over the global
+        # batch puts a collective in the graph (vmap cannot cross it): then K backward passes.
+        batched = not any(isinstance(m, GlobalBatchNorm) for m in model.modules())
         jacobian = task_jacobian(
-            [self.scaled(stacked[i]) for i in range(len(names))], shared, self.collective
+            [self.scaled(stacked[i]) for i in range(len(names))],
+            shared,
+            self.collective,
+            batched=batched,
         )
         if scale is not None:
             jacobian = jacobian / scale

@@ -14,8 +14,11 @@ Models:
 * generated data for what the examples lack: a table with all four table kinds (binary,
   multiclass, multilabel, regression; a categorical feature with missing and unseen values)
   under each sharing architecture for tables, a COSMOS preference-conditioned model (FiLM and
-  input conditioning, predicted at the preference 0.8 / 0.2), and an image model with the five
-  image kinds (segmentation and dense regression included) under hard sharing and MTAN.
+  input conditioning, predicted at the preference 0.8 / 0.2), an image model with the five
+  image kinds (segmentation and dense regression included) under hard sharing and MTAN, text
+  models from raw texts (the bag of embeddings with counted bigrams and the Transformer
+  encoder; empty, missing and over-long texts included) and an audio model from raw waveforms
+  (the log-mel front end inside the graph).
 
 Usage::
 
@@ -255,6 +258,87 @@ def run_image(arch: str, work: Path) -> dict[str, Any]:
     return compare(out / "model", shapes(100, 1), work / f"image_{arch}.onnx")
 
 
+WORDS = {
+    "good": ["great", "excellent", "love", "superb"],
+    "bad": ["awful", "terrible", "hate", "boring"],
+}
+FILLER = ["the", "movie", "plot", "a", "was", "and", "it", "story", "film", "scene"]
+
+
+def texts(n: int, seed: int) -> pd.DataFrame:
+    """Short reviews: filler, two words of one polarity (binary) and a topic (multiclass)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        mood = str(rng.choice(list(WORDS)))
+        topic = str(rng.choice(["sport", "food", "music"]))
+        words = [*rng.choice(FILLER, int(rng.integers(3, 12))), *rng.choice(WORDS[mood], 2)]
+        words.append(topic)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "mood": mood, "topic": topic})
+    frame = pd.DataFrame(rows).astype({"text": object})
+    frame.loc[0, "text"], frame.loc[1, "text"] = "", None
+    frame.loc[2, "text"] = " ".join(["great film"] * 20)  # over max_tokens: truncated
+    return frame
+
+
+TEXT_ENCODERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "embedding_bag": (
+        {"name": "embedding_bag", "dim": 32, "widths": [16]},
+        {"ngrams": 2, "ngram_mode": "counted", "ngram_min_frequency": 1},
+    ),
+    "transformer": ({"name": "transformer", "width": 32, "heads": 4, "layers": 2}, {}),
+}
+
+
+def run_text(encoder: str, work: Path) -> dict[str, Any]:
+    out = work / f"text_{encoder}"
+    params, data_input = TEXT_ENCODERS[encoder]
+    polytask.fit(
+        texts(600, 0),
+        [Task("mood", "binary", "mood", positive="good"), Task("topic", "multiclass", "topic")],
+        out=out,
+        baselines=False,
+        data_options={"input": {"name": "text", "max_tokens": 24, **data_input}},
+        model={"encoder": params},
+        train={"epochs": 1, "batch_size": 32, "progress": False},
+        quiet=True,
+    )
+    return compare(out / "model", texts(200, 1), work / f"text_{encoder}.onnx")
+
+
+def tones(n: int, seed: int) -> pd.DataFrame:
+    """Noisy tones at 8 kHz, 0.1-0.4 s: pitch (multiclass) and length (regression, s)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        pitch = (300.0, 900.0, 2000.0)[i % 3]
+        seconds = float(rng.uniform(0.1, 0.4))
+        t = np.arange(round(seconds * 8000)) / 8000
+        wave = rng.uniform(0.3, 0.9) * np.sin(2 * np.pi * pitch * t + rng.uniform(0, 6))
+        wave = (wave + rng.normal(0, 0.01, t.size)).astype(np.float32)
+        rows.append({"audio": wave, "pitch": f"{pitch:g} Hz", "seconds": seconds})
+    return pd.DataFrame(rows)
+
+
+def run_audio(work: Path) -> dict[str, Any]:
+    out = work / "audio"
+    polytask.fit(
+        tones(120, 0),
+        [Task("pitch", "multiclass", "pitch"), Task("seconds", "regression", "seconds")],
+        out=out,
+        baselines=False,
+        data_options={"input": {"name": "audio", "sample_rate": 8000, "seconds": 0.3}},
+        model={
+            "encoder": {"name": "audio_cnn", "n_fft": 128, "hop": 64, "n_mels": 24},
+            "head": {"widths": []},
+        },
+        train={"epochs": 1, "batch_size": 16, "progress": False},
+        quiet=True,
+    )
+    return compare(out / "model", tones(60, 1), work / "audio.onnx")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=3000, help="training rows per example")
@@ -274,6 +358,9 @@ def main() -> None:
         )
     for arch in ("hard", "mtan"):
         jobs.append((f"generated images, {arch}", lambda w, a=arch: run_image(a, w)))
+    for encoder in TEXT_ENCODERS:
+        jobs.append((f"generated texts, {encoder}", lambda w, e=encoder: run_text(e, w)))
+    jobs.append(("generated audio, audio_cnn", run_audio))
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, job in jobs:
@@ -321,7 +408,11 @@ def main() -> None:
         "Each model trained briefly, exported with `polytask.export.export_onnx` (default "
         "exporter), and both predictors run on held-out rows (missing numbers, unseen "
         "categories, a number 50 standard deviations outside the training range included in "
-        "the generated tables). Probabilities: the largest absolute difference over every "
+        "the generated tables; empty, missing and over-long texts in the generated texts). "
+        "Text and audio models are fed their raw column, which the ONNX runner turns into the "
+        "graph's input with polytask's own input processor (token ids trimmed to the longest "
+        "row; the log-mel front end is inside the graph). Probabilities: the largest absolute "
+        "difference over every "
         "probability column; values (regression, per-pixel): the largest absolute difference "
         "and the largest difference relative to the torch value (a value column is equal when "
         "either is within the tolerance). Produced by `benchmarks/run_export_equality.py`.",

@@ -178,6 +178,106 @@ def test_unseen_error_policy_matches(predictor: Predictor, tmp_path: Path) -> No
         _pandas(strict, pd.DataFrame(row))
 
 
+PLAIN: list[dict[str, Any]] = [
+    {"patient": "p1", "age": 61, "bmi": 27.5, "ward": "icu", "sex": "F", "code": 3},
+    {"patient": "p2", "age": None, "bmi": 1e308, "ward": "  surgery ", "sex": "", "code": "3"},
+    {
+        "patient": None,
+        "age": 50.5,
+        "bmi": float("inf"),
+        "ward": "nowhere",
+        "sex": None,
+        "code": 999,
+    },
+    {"patient": "p4", "age": float("nan"), "bmi": -3, "ward": None, "sex": "M", "code": None},
+    {"age": 70, "bmi": 30, "ward": "medicine", "sex": "F", "code": float("nan"), "extra": [1]},
+]
+
+
+def test_plain_records_take_the_one_pass_encoding(predictor: Predictor) -> None:
+    """Plain JSON cells are encoded by FastTable exactly as transform_cells and the pandas
+    transform encode them, alone and together, and predict_records equals the pandas path."""
+    import torch
+
+    fast = predictor._fast_table()
+    assert fast is not None and isinstance(predictor.preprocessor, TablePreprocessor)
+    for rows in [PLAIN, *([r] for r in PLAIN)]:
+        got = fast.records(rows)
+        assert got is not None
+        frame = pd.DataFrame(rows)
+        columns = {k: frame[k].tolist() for k in predictor.preprocessor.columns}
+        for want in (
+            predictor.preprocessor.transform(frame, "t"),
+            predictor.preprocessor.transform_cells(
+                {k: [r.get(k) for r in rows] for k in columns}, len(rows), "t"
+            ),
+        ):
+            assert got.keys() == want.keys()
+            for key in want:
+                assert got[key].dtype == want[key].dtype
+                assert torch.equal(got[key], want[key]), key
+        predicted = predictor.predict_records(rows)
+        expected = _pandas(predictor, frame.drop(columns="extra", errors="ignore"))
+        assert list(predicted[0]) == list(expected.columns)
+        for row, (_, want_row) in zip(predicted, expected.iterrows(), strict=True):
+            for key, value in want_row.items():
+                assert row[key] is None if _is_missing(value) else row[key] == value, key
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"age": np.float64(61.0)},  # a NumPy scalar: the general path converts it
+        {"age": "61"},  # a number as text
+        {"age": True},
+        {"age": -999},  # a marker as a number
+        {"ward": " ? "},  # a marker as text
+        {"code": 2.5},  # a fraction in a category column
+        {"code": np.int64(3)},
+        {"code": 2**60},  # past float64's exact integers
+    ],
+    ids=str,
+)
+def test_other_cells_take_the_general_path(predictor: Predictor, change: dict[str, Any]) -> None:
+    fast = predictor._fast_table()
+    assert fast is not None
+    row = {**PLAIN[0], **change}
+    assert fast.records([PLAIN[1], row]) is None
+    predicted = predictor.predict_records([row])
+    expected = _pandas(predictor, pd.DataFrame([row]))
+    assert predicted[0]["risk_proba"] == expected["risk_proba"].iloc[0]
+    assert predicted[0]["grade"] == expected["grade"].iloc[0]
+
+
+def test_absent_column_and_strict_unseen_take_the_general_path(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    fast = predictor._fast_table()
+    assert fast is not None
+    partial = {k: v for k, v in PLAIN[0].items() if k != "bmi"}
+    assert fast.records([PLAIN[0], partial]) is None
+    got = predictor.predict_records([PLAIN[0], partial])
+    assert got[1]["stay"] == _pandas(predictor, pd.DataFrame([PLAIN[0], partial]))["stay"].iloc[1]
+    strict = polytask.load(predictor.save(tmp_path / "m"))
+    assert isinstance(strict.preprocessor, TablePreprocessor)
+    strict.preprocessor.options.unseen = "error"
+    strict_fast = strict._fast_table()
+    assert strict_fast is not None and strict_fast.records([PLAIN[0]]) is not None
+    assert strict_fast.records([PLAIN[2]]) is None  # 'nowhere': the general path refuses it
+
+
+def test_fast_table_follows_changed_markers(predictor: Predictor, tmp_path: Path) -> None:
+    other = polytask.load(predictor.save(tmp_path / "m"))
+    first = other._fast_table()
+    assert other._fast_table() is first  # built once
+    other.na_values = [*other.na_values, "icu"]
+    assert other._fast_table() is not first
+    assert (
+        other.predict_records([PLAIN[0]])[0]["risk_proba"]
+        == (_pandas(other, pd.DataFrame([{**PLAIN[0], "ward": None}]))["risk_proba"].iloc[0])
+    )
+
+
 CELLS: list[list[Any]] = [
     [1, 2, None],
     [1.0, 2.5, None, float("nan")],
@@ -226,3 +326,24 @@ def test_mark_missing_cells_equals_mark_missing(cells: list[Any]) -> None:
 
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def test_frame_cells_equal_series_to_numpy() -> None:
+    from polytask.run.predictor import _frame_cells
+
+    frame = pd.DataFrame(
+        {
+            "n": [1, 2],
+            "x": [0.5, np.nan],
+            "s": pd.Series(["a", None], dtype="string"),
+            "t": ["u", "v"],
+            "o": pd.Series([1, "b"], dtype=object),
+            "y": [0, 1],
+        }
+    )
+    cells = _frame_cells(frame, ["x", "n", "s", "t", "o", "absent"])
+    assert list(cells) == ["x", "n", "s", "t", "o"]
+    for name, values in cells.items():
+        want = frame[name].to_numpy()
+        assert isinstance(values, np.ndarray) and values.dtype == want.dtype, name
+        pd.testing.assert_series_equal(pd.Series(values), pd.Series(want), check_names=False)

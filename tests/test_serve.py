@@ -467,8 +467,10 @@ def _free_port() -> int:
         return port
 
 
-def _wait_until_ready(url: str, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + 60
+def _wait_until_ready(
+    url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60
+) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise AssertionError(
@@ -480,7 +482,7 @@ def _wait_until_ready(url: str, proc: subprocess.Popen[bytes] | None = None) -> 
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise AssertionError("server not ready within 60 s")
+    raise AssertionError(f"server not ready within {timeout:.0f} s")
 
 
 def test_polytask_serve_on_a_loopback_port(model_dir: Path) -> None:
@@ -512,6 +514,98 @@ def test_polytask_serve_on_a_loopback_port(model_dir: Path) -> None:
     # uvicorn shuts down gracefully, then re-raises the signal it caught (exit by SIGTERM).
     assert proc.returncode in (0, -signal.SIGTERM), err.decode()
     assert b"Application shutdown complete" in err
+
+
+def _predict_counts(text: str) -> float:
+    """The /predict requests counted in a Prometheus exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "polytask_http_requests_total" and sample.labels["route"] == "/predict"
+    )
+
+
+def _per_worker_predict_counts(directory: Path) -> list[float]:
+    """Each worker's own /predict count, read from its file of prometheus_client's
+    multiprocess mode."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    counts = []
+    for file in sorted(directory.glob("counter_*.db")):
+        families = MultiProcessCollector.merge([str(file)], accumulate=False)
+        counts.append(
+            sum(
+                s.value
+                for f in families
+                for s in f.samples
+                if s.name == "polytask_http_requests_total" and s.labels["route"] == "/predict"
+            )
+        )
+    return counts
+
+
+def test_metrics_of_several_workers_count_every_request(model_dir: Path, tmp_path: Path) -> None:
+    """With --workers 2 a scrape answered by either worker counts the requests both served:
+    the server keeps prometheus_client's multiprocess values in a fresh directory of its own
+    (here under TMPDIR = tmp_path), removed when it stops."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    polytask = Path(sys.executable).parent / "polytask"
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(temp)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen(
+        [str(polytask), "serve", str(model_dir), "--port", str(port), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        # Each worker imports torch and loads the model: slow on loaded CI cores.
+        _wait_until_ready(url, proc, timeout=240)
+        (directory,) = temp.glob("polytask-metrics-*")
+        # Fresh connections until both workers have answered some (the kernel picks which
+        # worker accepts each); N is however many that took.
+        sent = 0
+        deadline = time.monotonic() + 180  # the second worker may still be starting
+        while time.monotonic() < deadline and (sent < 20 or _served_by(directory) < 2):
+            response = httpx.post(url + "/predict", json={"records": [GOOD]}, timeout=10)
+            assert response.status_code == 200
+            sent += 1
+        assert _served_by(directory) == 2, "one worker answered every request"
+        # A request is counted just after its last byte is sent: wait for the last one.
+        deadline = time.monotonic() + 10
+        while _predict_counts(httpx.get(url + "/metrics").text) < sent:
+            assert time.monotonic() < deadline, "the /metrics count never reached N"
+            time.sleep(0.05)
+        for _ in range(10):  # whichever worker answers the scrape
+            assert _predict_counts(httpx.get(url + "/metrics").text) == sent
+        assert sum(_per_worker_predict_counts(directory)) == sent
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, -signal.SIGTERM), err.decode()
+    assert not list(temp.glob("polytask-metrics-*")), "the metrics directory was left behind"
+
+
+def _served_by(directory: Path) -> int:
+    """How many workers have answered a /predict request."""
+    return sum(1 for count in _per_worker_predict_counts(directory) if count > 0)
+
+
+def test_multiprocess_directory_is_fresh_and_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from polytask.serve.metrics import MULTIPROC_ENV, multiprocess_directory
+
+    monkeypatch.setenv(MULTIPROC_ENV, "/somewhere/else")
+    with multiprocess_directory() as path:
+        assert os.environ[MULTIPROC_ENV] == str(path) and path.is_dir()
+        assert not any(path.iterdir())
+        (path / "counter_1.db").write_bytes(b"")
+    assert not path.exists() and os.environ[MULTIPROC_ENV] == "/somewhere/else"
 
 
 def test_a_bad_model_dir_fails_before_serving(tmp_path: Path) -> None:

@@ -116,3 +116,90 @@ def test_bad_inputs_are_one_line_errors() -> None:
 )
 def test_sklearn_checks_that_apply(check: Any) -> None:
     check("MultiTaskEstimator", MultiTaskEstimator(**TINY))
+
+
+def _multilabel(n: int = 160) -> tuple[pd.DataFrame, pd.DataFrame]:
+    x, y = _data(n)
+    tags = pd.DataFrame(
+        {
+            "red": (x["a"] > 0).astype(np.int64),
+            "round": (x["b"] > 0).astype(np.int64),
+            "big": (x["c"] > 50).astype(np.int64),
+        }
+    )
+    return x, pd.concat([y[["level"]], tags], axis=1)
+
+
+ML_TASK = {"name": "tags", "kind": "multilabel", "target": ["red", "round", "big"]}
+
+
+def test_multilabel_task_predicts_an_indicator_matrix() -> None:
+    x, y = _multilabel()
+    alone = MultiTaskEstimator(tasks=[ML_TASK], **TINY).fit(x, y)
+    predicted = alone.predict(x.head(7))
+    assert predicted.shape == (7, 3) and predicted.dtype == np.int64
+    assert set(np.unique(predicted)) <= {0, 1}
+    proba = alone.predict_proba(x.head(7))
+    assert isinstance(proba, np.ndarray) and proba.shape == (7, 3) and proba.dtype.kind == "f"
+    assert ((proba > 0) & (proba < 1)).all()
+    np.testing.assert_array_equal(predicted, (proba >= 0.5).astype(np.int64))
+    assert list(alone.classes_[0]) == ["red", "round", "big"]
+    assert 0.0 <= alone.score(x, y) <= 1.0
+    # Subset accuracy, as scikit-learn scores a multilabel-indicator target.
+    from sklearn.metrics import accuracy_score
+
+    truth = y[["red", "round", "big"]].to_numpy()
+    assert alone.score(x, y) == pytest.approx(accuracy_score(truth, alone.predict(x)))
+    # Float labels (a missing one among them) come back as floats; its row is not scored.
+    floats = y.astype({"red": float})
+    floats.loc[0, "red"] = np.nan
+    as_float = MultiTaskEstimator(tasks=[ML_TASK], **TINY).fit(x, floats)
+    assert as_float.predict(x.head(2)).dtype == np.float64
+
+
+def test_multilabel_beside_other_tasks() -> None:
+    x, y = _multilabel()
+    est = MultiTaskEstimator(
+        tasks=[{"name": "level", "kind": "regression", "target": "level"}, ML_TASK], **TINY
+    ).fit(x, y)
+    predicted = est.predict(x.head(5))
+    assert predicted.shape == (5, 4)  # the regression value, then the three indicators
+    assert all(v in (0, 1) for v in predicted[:, 1:].ravel())
+    proba = est.predict_proba(x.head(5))
+    assert isinstance(proba, np.ndarray) and proba.shape == (5, 3)
+    assert np.isfinite(est.score(x, y))
+    with pytest.raises(PolytaskError, match=r"target column 'blue' is not in Y"):
+        MultiTaskEstimator(tasks=[{**ML_TASK, "target": ["red", "blue"]}]).fit(x, y)
+
+
+def test_multilabel_in_grid_search() -> None:
+    x, y = _multilabel(120)
+    grid = GridSearchCV(
+        MultiTaskEstimator(tasks=[ML_TASK], **TINY),
+        {"train": [{"epochs": 1, "batch_size": 32}, {"epochs": 2, "batch_size": 32}]},
+        cv=2,
+        error_score="raise",
+    )
+    grid.fit(x, y[["red", "round", "big"]])
+    assert grid.predict(x.head(3)).shape == (3, 3)
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        estimator_checks.check_classifiers_multilabel_output_format_predict,
+        estimator_checks.check_classifiers_multilabel_output_format_predict_proba,
+        estimator_checks.check_classifiers_multilabel_representation_invariance,
+    ],
+    ids=lambda c: c.__name__,
+)
+def test_sklearn_multilabel_checks(check: Any) -> None:
+    """scikit-learn's multilabel checks fit 5-label indicator targets (columns y0..y4 of an
+    array Y) on an estimator declaring that multilabel task."""
+    labels = [f"y{i}" for i in range(5)]
+    check(
+        "MultiTaskEstimator",
+        MultiTaskEstimator(
+            tasks=[{"name": "tags", "kind": "multilabel", "target": labels}], **TINY
+        ),
+    )

@@ -10,17 +10,24 @@ constructor argument is a plain value or dict, so ``get_params``/``set_params``,
 (a DataFrame, a 2-D array: columns ``y0, y1, ...``, or a 1-D array/Series for one task).
 
 Tasks. ``tasks=[{"name": "income", "kind": "binary", "target": "income"}, ...]`` (any key of a
-``[[tasks]]`` table; ``target`` names a column of ``Y``), or ``None`` to infer one task per
-column of ``Y`` by this rule: a float column with a non-integral value, or a numeric column with
-more than ``max_classes`` (20) distinct values, is ``regression``; a column with two distinct
-values is ``binary`` (the positive class is the larger, as ``classes_[1]`` in scikit-learn);
-any other is ``multiclass``.
+``[[tasks]]`` table; ``target`` names a column of ``Y``, or for a ``multilabel`` task lists its
+0/1 label columns: ``{"name": "tags", "kind": "multilabel", "target": ["red", "round"]}``), or
+``None`` to infer one task per column of ``Y`` (never multilabel) by this rule: a float column
+with a non-integral value, or a numeric column with more than ``max_classes`` (20) distinct
+values, is ``regression``; a column with two distinct values is ``binary`` (the positive class
+is the larger, as ``classes_[1]`` in scikit-learn); any other is ``multiclass``.
 
-Outputs, in scikit-learn's multi-output conventions: ``predict`` gives an array ``(n, tasks)``
-(``(n,)`` for one task) of labels in ``Y``'s own values and regression values;
-``predict_proba`` a list with one ``(n, classes)`` array per classification task (the array
-itself for one task); ``score`` the mean over tasks of accuracy (classification) and R²
-(regression). A row whose output is not finite has no label (``None``) and NaN values.
+Outputs, in scikit-learn's multi-output conventions: ``predict`` gives an array ``(n, columns)``
+(``(n,)`` for one single-column task) of labels in ``Y``'s own values and regression values,
+one column per task and, for a multilabel task, one per label: its 0/1 indicator matrix (in
+the dtype of its columns of ``Y``, so one multilabel task alone predicts exactly a
+``multilabel-indicator`` target's shape and dtype); ``predict_proba`` a list with one
+``(n, classes)`` array per binary or multiclass task and one ``(n, labels)`` array of each
+label's probability per multilabel task (the array itself for one task); ``score`` the mean
+over tasks of accuracy (classification; subset accuracy over the fully labelled rows for a
+multilabel task, as scikit-learn scores multilabel targets) and R² (regression). A row whose
+output is not finite has no label (``None``) and NaN values. ``classes_`` holds one array per
+classification task: the class labels, or a multilabel task's label columns.
 
 scikit-learn's estimator checks (``check_estimator``) that cannot apply, and why:
 
@@ -34,7 +41,8 @@ scikit-learn's estimator checks (``check_estimator``) that cannot apply, and why
 - checks that expect fitting on the same data to give exactly the same model across processes
   and thread counts are met only on one thread (the network trains in float32).
 
-The checks that do apply run in ``tests/test_sklearn.py``.
+The checks that do apply run in ``tests/test_sklearn.py``, the multilabel ones
+(``check_classifiers_multilabel_*``) on an estimator declaring one multilabel task.
 """
 
 from __future__ import annotations
@@ -56,10 +64,12 @@ from polytask.errors import PolytaskError
 from polytask.run.pipeline import fit as fit_model
 from polytask.run.predictor import Predictor
 from polytask.tasks import Task
+from polytask.tasks.kinds.columns import binary_column
 
 __all__ = ["MultiTaskEstimator"]
 
 _CLASSIFICATION = ("binary", "multiclass")
+_MULTILABEL = "multilabel"
 
 
 class MultiTaskEstimator(BaseEstimator):  # type: ignore[misc]
@@ -103,13 +113,17 @@ class MultiTaskEstimator(BaseEstimator):  # type: ignore[misc]
         declared = self.tasks if self.tasks is not None else self._infer_tasks(targets)
         tasks = [_task(spec, targets) for spec in declared]
         # Only the targets the tasks read: any other column of Y would become a feature.
-        used = list(dict.fromkeys(str(t.target) for t in tasks))
+        used = list(dict.fromkeys(c for t in tasks for c in t.targets))
         table = pd.concat(
             [features.reset_index(drop=True), targets[used].reset_index(drop=True)], axis=1
         )
         # Labels are read from text, as from a file: remember each class's original value.
         self.label_values_ = {
             t.name: _labels(targets[t.target]) for t in tasks if t.kind in _CLASSIFICATION
+        }
+        # A multilabel task predicts its 0/1 indicators in the dtype of its columns of Y.
+        self.indicator_dtypes_ = {
+            t.name: _indicator_dtype(targets[t.targets]) for t in tasks if t.kind == _MULTILABEL
         }
         options = {
             "split": {"method": "random", "val": self.validation_fraction, "test": 0.0},
@@ -133,7 +147,9 @@ class MultiTaskEstimator(BaseEstimator):  # type: ignore[misc]
         self.tasks_ = self.predictor_.tasks
         self.feature_names_in_ = np.array(features.columns, dtype=object)
         self.n_features_in_ = features.shape[1]
-        self.classes_ = [self._classes(t) for t in self.tasks_ if t.kind in _CLASSIFICATION]
+        self.classes_ = [
+            self._classes(t) for t in self.tasks_ if t.kind in (*_CLASSIFICATION, _MULTILABEL)
+        ]
         return self
 
     def _infer_tasks(self, targets: pd.DataFrame) -> list[dict[str, Any]]:
@@ -157,6 +173,8 @@ class MultiTaskEstimator(BaseEstimator):  # type: ignore[misc]
         return specs
 
     def _classes(self, task: Task) -> np.ndarray:
+        if task.kind == _MULTILABEL:
+            return np.array(task.targets, dtype=object)
         values = self.label_values_[task.name]
         return np.array([values.get(c, c) for c in task.classes or []], dtype=object)
 
@@ -172,10 +190,31 @@ class MultiTaskEstimator(BaseEstimator):  # type: ignore[misc]
         return self.predictor_.predict(features.reset_index(drop=True))
 
     def predict(self, X: Any) -> np.ndarray:
-        """Labels (classification tasks) and values (regression tasks): ``(n, tasks)``."""
-        frame = self._predict_frame(X)
-        columns = []
+        """Labels (classification tasks, a multilabel task's 0/1 indicators) and values
+        (regression tasks): ``(n, columns)``, or ``(n,)`` for one single-column task."""
+        blocks = self._blocks(self._predict_frame(X))
+        if len(blocks) == 1:
+            block = blocks[0]
+            return (
+                block[:, 0] if block.shape[1] == 1 and self.tasks_[0].kind != _MULTILABEL else block
+            )
+        return np.column_stack([np.asarray(b, dtype=object) for b in blocks])
+
+    def _blocks(self, frame: pd.DataFrame) -> list[np.ndarray]:
+        """Each task's predicted columns as an ``(n, width)`` array: one column per task, one
+        per label of a multilabel task."""
+        blocks = []
         for task in self.tasks_:
+            if task.kind == _MULTILABEL:
+                names = [f"{task.name}.{label}" for label in task.targets]
+                block = frame[names].to_numpy(dtype=object)
+                known = np.array([[not _missing(v) for v in row] for row in block], dtype=bool)
+                if known.all():
+                    block = block.astype(np.int64).astype(self.indicator_dtypes_[task.name])
+                else:
+                    block[~known] = None
+                blocks.append(block.reshape(len(frame), len(names)))
+                continue
             column = frame[task.name].to_numpy()
             if task.kind in _CLASSIFICATION:
                 values = self.label_values_[task.name]
@@ -184,10 +223,8 @@ class MultiTaskEstimator(BaseEstimator):  # type: ignore[misc]
                 )
                 if all(v is not None for v in column):
                     column = np.array(column.tolist())  # the labels' own dtype when all known
-            columns.append(column)
-        if len(columns) == 1:
-            return columns[0]
-        return np.column_stack([np.asarray(c, dtype=object) for c in columns])
+            blocks.append(column.reshape(len(frame), 1))
+        return blocks
 
     def predict_proba(self, X: Any) -> np.ndarray | list[np.ndarray]:
         """Class probabilities of each classification task, columns in ``classes_`` order."""
@@ -200,34 +237,54 @@ class MultiTaskEstimator(BaseEstimator):  # type: ignore[misc]
             elif task.kind == "multiclass":
                 names = [f"{task.name}_proba_{c}" for c in task.classes or []]
                 probas.append(frame[names].to_numpy(dtype=np.float64))
+            elif task.kind == _MULTILABEL:
+                names = [f"{task.name}.{label}_proba" for label in task.targets]
+                probas.append(frame[names].to_numpy(dtype=np.float64))
         if not probas:
             raise PolytaskError("predict_proba: this estimator has no classification task")
         return probas[0] if len(probas) == 1 else probas
 
     def score(self, X: Any, Y: Any, sample_weight: Any = None) -> float:
-        """Mean over tasks of accuracy (classification) and R² (regression)."""
-        predicted = self.predict(X)
-        if predicted.ndim == 1:
-            predicted = predicted[:, None]
+        """Mean over tasks of accuracy (classification; a multilabel task's subset accuracy
+        over its fully labelled rows) and R² (regression)."""
+        blocks = self._blocks(self._predict_frame(X))
         targets = _frame(Y, "y")
+        weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         scores = []
-        for j, task in enumerate(self.tasks_):
+        for task, block in zip(self.tasks_, blocks, strict=True):
+            if task.kind == _MULTILABEL:
+                scores.append(_subset_accuracy(targets[task.targets], block, weight))
+                continue
             truth = targets[task.target].to_numpy()
-            guess = predicted[:, j]
+            guess = block[:, 0]
             if task.kind in _CLASSIFICATION:
                 known = np.array([not _missing(v) for v in truth])
                 scores.append(
                     accuracy_score(
                         [str(v) for v in truth[known]],
                         [str(v) for v in guess[known]],
-                        sample_weight=None if sample_weight is None else sample_weight[known],
+                        sample_weight=None if weight is None else weight[known],
                     )
                 )
             else:
                 scores.append(
-                    r2_score(truth.astype(float), guess.astype(float), sample_weight=sample_weight)
+                    r2_score(truth.astype(float), guess.astype(float), sample_weight=weight)
                 )
         return float(np.mean(scores))
+
+
+def _subset_accuracy(truth: pd.DataFrame, guess: np.ndarray, weight: np.ndarray | None) -> float:
+    """The share of the rows whose every label is known in which every label is predicted
+    (an unpredicted label is wrong); NaN when no row is fully labelled."""
+    labels = [binary_column(truth[c], "Y") for c in truth.columns]
+    positive = np.stack([p for p, _ in labels], axis=1) > 0.5
+    known = np.stack([v for _, v in labels], axis=1).all(axis=1)
+    if not known.any():
+        return float("nan")
+    predicted = np.array([[not _missing(v) and int(v) == 1 for v in row] for row in guess])
+    decided = np.array([[not _missing(v) for v in row] for row in guess], dtype=bool)
+    hit = ((predicted == positive) & decided).all(axis=1)
+    return float(np.average(hit[known], weights=None if weight is None else weight[known]))
 
 
 def _frame(data: Any, prefix: str) -> pd.DataFrame:
@@ -251,16 +308,25 @@ def _frame(data: Any, prefix: str) -> pd.DataFrame:
 
 def _task(spec: dict[str, Any], targets: pd.DataFrame) -> Task:
     target = spec.get("target", spec.get("name"))
-    if target not in targets.columns:
-        raise PolytaskError(
-            f"task {spec.get('name')!r}: target column {target!r} is not in Y "
-            f"(columns: {', '.join(map(str, targets.columns))})"
-        )
+    columns = [str(c) for c in target] if isinstance(target, list | tuple) else [target]
+    for column in columns:
+        if column not in targets.columns:
+            raise PolytaskError(
+                f"task {spec.get('name')!r}: target column {column!r} is not in Y "
+                f"(columns: {', '.join(map(str, targets.columns))})"
+            )
+    if isinstance(target, list | tuple):
+        target = columns
     rest = {k: v for k, v in spec.items() if k not in ("name", "kind", "target")}
     if spec["kind"] == "binary" and "positive" not in rest and "classes" not in rest:
         # scikit-learn's convention: the larger of the two labels is the positive class.
         rest["positive"] = _positive(targets[target])
-    return Task(str(spec["name"]), str(spec["kind"]), target=str(target), **rest)
+    return Task(
+        str(spec["name"]),
+        str(spec["kind"]),
+        target=target if isinstance(target, list) else str(target),
+        **rest,
+    )
 
 
 def _positive(column: pd.Series) -> str:
@@ -272,6 +338,16 @@ def _labels(column: pd.Series) -> dict[str, Any]:
     """Each label's text as polytask reads it (``1.0`` is ``"1"``) -> its value in ``Y``."""
     present = column.dropna()
     return dict(zip(as_text(present).tolist(), present.tolist(), strict=True))
+
+
+def _indicator_dtype(columns: pd.DataFrame) -> np.dtype[Any]:
+    """The dtype a multilabel task's indicators are predicted in: the common type of its 0/1
+    columns of ``Y`` when each is boolean or numeric (float when a label is missing), else
+    int64 (text labels such as ``"yes"``)."""
+    dtypes = list(columns.dtypes)
+    if all(isinstance(d, np.dtype) and d.kind in "biuf" for d in dtypes):
+        return np.result_type(*dtypes)
+    return np.dtype(np.int64)
 
 
 def _missing(value: Any) -> bool:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from polytask.data.preprocess import TablePreprocessor
 from polytask.errors import PolytaskError
+from polytask.export.processors import pad_id
 from polytask.run.predictor import Predictor
 
 Exporter = Literal["auto", "dynamo", "torchscript"]
@@ -38,11 +39,21 @@ NET = "net/"
 @dataclass(frozen=True)
 class NetworkInput:
     """One encoded tensor the network reads: its name in the processor's output, dtype and
-    per-example shape (the batch dimension is dynamic)."""
+    per-example shape (the batch dimension is dynamic). A token-id input has a dynamic
+    sequence axis too (``length``: its name, up to ``shape[0]``), padded with ``pad_id``."""
 
     key: str
     dtype: torch.dtype
     shape: tuple[int, ...]
+    length: str | None = None
+    pad_id: int | None = None
+
+    @property
+    def axes(self) -> list[str | int]:
+        """The graph input's shape: ``batch``, then the length axis or fixed sizes."""
+        if self.length is None:
+            return ["batch", *self.shape]
+        return ["batch", self.length, *self.shape[1:]]
 
 
 class _Network(nn.Module):
@@ -84,7 +95,8 @@ def network_inputs(predictor: Predictor) -> tuple[list[NetworkInput], dict[str, 
 
     Table: ``numeric`` float32 ``[B, D]`` and ``categorical`` int64 ``[B, C]`` (a zero-width
     block is built inside the graph instead). Other inputs: the processor's own output keys,
-    dtypes and shapes, read from its transform of zero rows (images from the fitted shape)."""
+    dtypes and shapes, read from its transform of zero rows (images from the fitted shape);
+    token ids (``[B, L]`` int64 of a text input) get a dynamic length axis."""
     pre = predictor.preprocessor
     spec = predictor.input_spec
     if isinstance(pre, TablePreprocessor):
@@ -97,15 +109,26 @@ def network_inputs(predictor: Predictor) -> tuple[list[NetworkInput], dict[str, 
         return used, absent
     if spec.kind == "image":
         return [NetworkInput("image", torch.float32, tuple(spec.shape))], {}
+    # Zero rows; a text processor encodes one empty text (a Hugging Face tokenizer cannot
+    # encode an empty list).
+    rows: list[object] = [""] if spec.kind == "text" else []
     try:
         empty = pre.transform(
-            pd.DataFrame({c: pd.Series([], dtype=object) for c in pre.columns}), "export"
+            pd.DataFrame({c: pd.Series(rows, dtype=object) for c in pre.columns}), "export"
         )
-    except Exception as exc:  # a processor that cannot encode zero rows: say which
+    except Exception as exc:  # a processor that cannot encode these rows: say which
         raise PolytaskError(
             f"export: cannot derive the tensors of data.input '{pre.name}' ({exc})"
         ) from None
-    return [NetworkInput(k, v.dtype, tuple(v.shape[1:])) for k, v in empty.items()], {}
+    pad = pad_id(predictor)
+    inputs = []
+    for k, v in empty.items():
+        shape = tuple(v.shape[1:])
+        # A width of 1 would be specialised by torch.export (0/1 sizes are): kept fixed.
+        ids = pad is not None and v.dtype == torch.int64 and len(shape) == 1 and shape[0] > 1
+        length = f"{k}_length" if ids else None
+        inputs.append(NetworkInput(k, v.dtype, shape, length, pad if ids else None))
+    return inputs, {}
 
 
 def _examples(inputs: list[NetworkInput], n_tasks: int | None, rows: int = 3) -> tuple[Tensor, ...]:
@@ -165,6 +188,13 @@ def network_proto(
     if exporter in ("auto", "dynamo"):
         try:
             batch = torch.export.Dim("batch")
+            axes: list[dict[int, Any]] = [
+                {0: batch}
+                if i.length is None
+                else {0: batch, 1: torch.export.Dim(i.length, min=1, max=i.shape[0])}
+                for i in inputs
+            ]
+            axes += [{0: batch}] * (len(examples) - len(inputs))
             with _quiet():
                 program = torch.onnx.export(
                     wrapper,
@@ -173,7 +203,7 @@ def network_proto(
                     input_names=names,
                     output_names=outputs,
                     # forward(*tensors): one entry, the tuple of the positional tensors.
-                    dynamic_shapes=(tuple({0: batch} for _ in examples),),
+                    dynamic_shapes=(tuple(axes),),
                     opset_version=opset,
                     verbose=False,
                     report=False,
@@ -196,7 +226,10 @@ def network_proto(
                 dynamo=False,
                 input_names=names,
                 output_names=outputs,
-                dynamic_axes={n: {0: "batch"} for n in names + outputs},
+                dynamic_axes={
+                    **{n: {0: "batch"} for n in names + outputs},
+                    **{NET + i.key: {0: "batch", 1: i.length} for i in inputs if i.length},
+                },
                 opset_version=opset,
             )
     except Exception as exc:

@@ -9,7 +9,9 @@ categories, ``""`` for missing); other inputs take the tensors their processor p
 the processor's steps documented in the metadata. A preference-conditioned model also takes
 ``preference`` (``float[B, K]``, normalised to sum to 1 inside the graph). Metadata
 (``metadata_props``, https://onnx.ai/onnx/repo-docs/IR.html#metadata) holds the polytask
-version, tasks, kinds, classes, the input schema, the outputs and the preprocessing steps.
+version, tasks, kinds, classes, the input schema, the outputs and the preprocessing steps (for
+image, audio and text models also ``polytask.input_processor``, the steps as data:
+:mod:`polytask.export.processors`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from polytask._version import __version__
 from polytask.data.preprocess import MAX_STANDARD_SCORE, MISSING_TOKEN, TablePreprocessor
 from polytask.errors import PolytaskError
+from polytask.export import processors
 from polytask.export.graph import ML_OPSET, Builder, output_names, table_preprocessing, task_outputs
 from polytask.export.network import NET, Exporter, NetworkInput, network_proto
 from polytask.run.predictor import Predictor, load
@@ -121,7 +124,7 @@ def _compose(
     else:
         for i in net_inputs:
             dtype = helper.np_dtype_to_tensor_dtype(_numpy_dtype(i))
-            inputs.append(helper.make_tensor_value_info(i.key, dtype, ["batch", *i.shape]))
+            inputs.append(helper.make_tensor_value_info(i.key, dtype, i.axes))
             b.nodes.append(helper.make_node("Identity", [i.key], [NET + i.key]))
     if predictor.preference_conditioned:
         k = len(predictor.tasks)
@@ -192,15 +195,17 @@ def _input_schema(predictor: Predictor, net_inputs: list[NetworkInput]) -> list[
             for c in pre.categorical
         ]
     else:
-        schema = [
-            {
+        schema = []
+        for i in net_inputs:
+            entry: dict[str, Any] = {
                 "name": i.key,
                 "type": "tensor",
                 "dtype": str(i.dtype).removeprefix("torch."),
-                "shape": ["batch", *i.shape],
+                "shape": i.axes,
             }
-            for i in net_inputs
-        ]
+            if i.length is not None:
+                entry.update(type="token_ids", max_length=i.shape[0], pad_id=i.pad_id)
+            schema.append(entry)
     if predictor.preference_conditioned:
         schema.append(
             {
@@ -228,16 +233,7 @@ def _steps(predictor: Predictor) -> list[str]:
             "in the graph: categories: fitted vocabulary -> 1-based code, unseen or rare -> "
             "0 (the unknown slot, also with data.unseen = 'error'); one-hot or embedding codes",
         ]
-    steps = [
-        f"outside the graph: the '{pre.name}' input processor's transform (polytask); its "
-        "parameters and fitted state are in polytask.preprocessing",
-    ]
-    if predictor.input_spec.kind == "image":
-        steps.append(
-            "image: read, 8-bit scaled to [0, 1], brought to the fitted channels, resized "
-            "(bilinear) to the fitted size, standardised per channel with the fitted mean/std"
-        )
-    return steps
+    return processors.steps(predictor)
 
 
 def metadata(
@@ -259,6 +255,11 @@ def metadata(
         META + "outputs": json.dumps({k: v for t in chosen for k, v in output_names(t).items()}),
         META + "preprocessing_steps": json.dumps(_steps(predictor)),
         META + "preprocessing": json.dumps(predictor.preprocessor.to_dict()),
+        **(
+            {}
+            if isinstance(predictor.preprocessor, TablePreprocessor)
+            else {META + "input_processor": json.dumps(processors.describe(predictor))}
+        ),
         META + "input_spec": json.dumps(asdict(predictor.input_spec)),
         META + "id_column": json.dumps(predictor.id_column),
         META + "na_values": json.dumps(predictor.na_values),

@@ -1,9 +1,11 @@
 """Predict with an exported ONNX file through onnxruntime, in :meth:`Predictor.predict`'s format.
 
 :class:`OnnxPredictor` reads the file's metadata (:mod:`polytask.export.onnx_export`), turns a
-DataFrame (or a dict of column arrays) into the graph's inputs with the same helpers the
-torch predictor uses (``mark_missing``, ``as_float``, ``as_text``; the input processor itself,
-rebuilt from the stored preprocessing, for image/audio/text models) and the graph's outputs
+DataFrame (or a dict of column arrays) into the graph's inputs with the same helpers thetorch
+predictor uses (``mark_missing``, ``as_float``, ``as_text``; the input processor itself,
+rebuilt from the stored preprocessing, for image/audio/text models: raw texts and recordings
+go through polytask's tokenizer or audio reader here, token ids trimmed to the longest row as
+the torch encoders trim them) and the graph's outputs
 into the same columns: ``<task>`` / ``<task>_proba`` (binary), ``<task>_proba_<class>``
 (multiclass), ``<task>.<label>`` / ``<task>.<label>_proba`` (multilabel), values (regression),
 one array per row (per-pixel kinds), with no label (None) where the output is undefined.
@@ -101,7 +103,11 @@ class OnnxPredictor:
             for cat in pre.categorical:
                 feeds[cat.name] = as_text(df[cat.name]).to_numpy(dtype=object).astype(str)
         else:
+            # The model's own input processor (text, audio, image), rebuilt from the metadata.
             feeds = {k: v.numpy() for k, v in pre.transform(df, source, base_dir).items()}
+            for entry in self.input_schema:
+                if entry.get("type") == "token_ids" and entry["name"] in feeds:
+                    feeds[entry["name"]] = trim_ids(feeds[entry["name"]], entry["pad_id"])
         if self.preference_conditioned:
             r = (
                 np.full(len(self.preference_tasks), 1.0 / len(self.preference_tasks))
@@ -156,6 +162,18 @@ class OnnxPredictor:
             columns.update(task_columns(task, values))
         result: pd.DataFrame = pd.DataFrame(columns, index=frame.index)
         return result
+
+
+def trim_ids(ids: np.ndarray, pad_id: int) -> np.ndarray:
+    """Token ids ``[B, L]`` without the trailing columns that are padding in every row (at
+    least one kept): what the torch encoders do first (``polytask.data.inputs.hf.trim_padding``),
+    so the graph computes on the same width. The graph masks padding, so this changes the work,
+    not the outputs."""
+    if ids.ndim != 2:
+        return ids
+    lengths = (ids != pad_id).sum(axis=1)
+    width = max(int(lengths.max()), 1) if len(ids) else 1
+    return np.ascontiguousarray(ids[:, :width])
 
 
 def _frame(df: pd.DataFrame | Mapping[str, Any]) -> pd.DataFrame:

@@ -142,6 +142,7 @@ def app_for(settings: ServeSettings) -> FastAPI:
             # The HTTP server has stopped taking connections and let the open ones finish;
             # whatever they queued is predicted before the process goes.
             await batcher.close()
+            metrics.close()
             workdir.cleanup()
 
     app = FastAPI(

@@ -2,17 +2,31 @@
 
 Each app has its own :class:`~prometheus_client.CollectorRegistry`: apps built side by side (in
 tests, or one per model) must not share or collide on the process-wide default registry.
+
+Several worker processes (``polytask serve --workers N``) share their metrics through
+prometheus_client's multiprocess mode: :func:`multiprocess_directory` makes a fresh directory
+and names it in ``PROMETHEUS_MULTIPROC_DIR`` before the workers start (prometheus_client reads
+the variable when it is first imported, so each worker writes its values to files there), a
+scrape of any worker merges every worker's files (:class:`MultiProcessCollector`: counters and
+histograms summed, the queue depth summed over the live workers), and a worker that stops
+marks itself dead (:meth:`ServeMetrics.close`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from polytask.serve.batcher import BatchStats
 
@@ -27,11 +41,44 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 #: Rows (or requests) per forward pass: powers of two up to a large batch.
 SIZE_BUCKETS = tuple(float(2**k) for k in range(13))
 
+#: The variable naming the directory where prometheus_client's multiprocess mode keeps values.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_path() -> str | None:
+    """The directory of prometheus_client's multiprocess mode when this process runs in it
+    (the variable was set when prometheus_client was imported), else None."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if path and values.ValueClass is not values.MutexValue:
+        return path
+    return None
+
+
+@contextlib.contextmanager
+def multiprocess_directory() -> Iterator[Path]:
+    """A fresh directory named in ``PROMETHEUS_MULTIPROC_DIR`` while the block runs (enter it
+    before worker processes start: they inherit the variable), removed with the values in
+    it afterwards, and the variable restored."""
+    before = os.environ.get(MULTIPROC_ENV)
+    path = Path(tempfile.mkdtemp(prefix="polytask-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if before is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = before
+        shutil.rmtree(path, ignore_errors=True)
+
 
 class ServeMetrics:
     """Requests by route and status, latency, batch sizes, errors and the queue depth."""
 
     def __init__(self, queue_depth: Callable[[], float]) -> None:
+        #: Where every worker's values are merged from, in multiprocess mode (else None).
+        self.multiprocess = multiprocess_path()
+        self.queue_depth = queue_depth
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -68,20 +115,46 @@ class ServeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        depth = Gauge("polytask_queue_depth", "Requests waiting for a batch", registry=r)
-        depth.set_function(queue_depth)
+        # Summed over the live workers in multiprocess mode, where a gauge is a value each
+        # worker writes (set after each request and batch), not a function read at a scrape.
+        self.depth = Gauge(
+            "polytask_queue_depth",
+            "Requests waiting for a batch",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        if self.multiprocess is None:
+            self.depth.set_function(queue_depth)
+
+    def refresh_depth(self) -> None:
+        """Write this worker's queue depth (multiprocess mode; read at each scrape else)."""
+        if self.multiprocess is not None:
+            self.depth.set(self.queue_depth())
 
     def batch(self, stats: BatchStats) -> None:
         self.batch_rows.observe(stats.rows)
         self.batch_requests.observe(stats.requests)
         self.forward.observe(stats.seconds)
+        self.refresh_depth()
 
     def error(self, route: str, reason: str) -> None:
         self.errors.labels(route, reason).inc()
 
     def exposition(self) -> tuple[bytes, str]:
-        """The metrics in Prometheus' text format, and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The metrics in Prometheus' text format, and its content type: this app's, or in
+        multiprocess mode every worker's, merged."""
+        if self.multiprocess is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        self.refresh_depth()
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess)  # type: ignore[no-untyped-call]
+        return generate_latest(merged), CONTENT_TYPE_LATEST
+
+    def close(self) -> None:
+        """A stopping worker's bookkeeping in multiprocess mode: its live gauges (the queue
+        depth) leave the sums; its counts stay."""
+        if self.multiprocess is not None:
+            mark_process_dead(os.getpid(), self.multiprocess)  # type: ignore[no-untyped-call]
 
 
 class Instrumented:
@@ -126,6 +199,7 @@ class Instrumented:
         finally:
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.metrics.refresh_depth()
 
 
 def declared_length(scope: Scope) -> int | None:

@@ -2,8 +2,10 @@
 
 With several workers uvicorn imports the app by name in each process, so the settings travel
 in an environment variable and :func:`app_from_environment` builds the app there. Each worker
-loads its own copy of the model and keeps its own metrics (a scrape sees the worker that
-answered it).
+loads its own copy of the model; their metrics are shared through prometheus_client's
+multiprocess mode, in a fresh directory made before the workers start and removed when the
+server stops (:func:`~polytask.serve.metrics.multiprocess_directory`), so a scrape of any
+worker counts every worker's requests.
 
 Shutdown is uvicorn's: on SIGINT/SIGTERM it stops accepting connections, lets the requests
 in flight finish (up to ``graceful_timeout`` seconds), then runs the app's lifespan exit,
@@ -19,6 +21,7 @@ from fastapi import FastAPI
 
 from polytask.errors import PolytaskError
 from polytask.serve.app import ServeSettings, app_for
+from polytask.serve.metrics import multiprocess_directory
 
 #: The environment variable carrying :class:`ServeSettings` (JSON) to worker processes.
 SETTINGS_ENV = "POLYTASK_SERVE_SETTINGS"
@@ -52,9 +55,10 @@ def serve(
         uvicorn.run(app, **common)  # type: ignore[arg-type]
         return
     os.environ[SETTINGS_ENV] = settings.to_json()
-    uvicorn.run(
-        "polytask.serve.server:app_from_environment",
-        factory=True,
-        workers=settings.workers,
-        **common,  # type: ignore[arg-type]
-    )
+    with multiprocess_directory():
+        uvicorn.run(
+            "polytask.serve.server:app_from_environment",
+            factory=True,
+            workers=settings.workers,
+            **common,  # type: ignore[arg-type]
+        )

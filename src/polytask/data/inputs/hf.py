@@ -41,7 +41,15 @@ def trim_padding(ids: Tensor, pad_id: int = 0) -> Tensor:
 
     Rows are left-aligned (real tokens first), so the longest row bounds the useful width;
     at least one column is kept so that an all-empty batch still has a shape.
+
+    While the network is exported (``torch.export``, TorchScript tracing) ``ids`` pass
+    untrimmed: the width would be a data-dependent shape. The encoders mask padding (bags
+    leave id ``pad_id`` out, attention and pooling mask it), so the full width gives the
+    same vectors; the exported graph takes any width and its runner trims before feeding
+    (:mod:`polytask.export.runtime`).
     """
+    if torch.compiler.is_exporting() or torch._C._is_tracing():
+        return ids
     lengths = (ids != pad_id).sum(dim=1)
     width = max(int(lengths.max()), 1) if ids.shape[0] else 1
     return ids[:, :width]

@@ -61,7 +61,7 @@ def test_valid_config_and_defaults() -> None:
         (
             "data.split.methd=random",
             "config error: data.split.methd: unknown key; valid keys: method, val, test, seed, "
-            "val_path, test_path, column",
+            "val_path, test_path, column, unit",
         ),
         (
             "colour=1",
@@ -246,3 +246,17 @@ def test_load_config_from_toml(tmp_path: Path) -> None:
     path.write_text('base_dir = "/"\n')
     with pytest.raises(ConfigError, match="base_dir is set by polytask"):
         load_config(path)
+
+
+@pytest.mark.parametrize("command", ["compare", "pareto", "affinity", "distill"])
+def test_studies_refuse_a_task_template_in_one_line(command: str) -> None:
+    raw = {
+        "data": {"dataset": "synthetic_school", "task_column": "task"},
+        "tasks": [{"name": "score", "kind": "regression", "target": "score"}],
+    }
+    cfg = config_from_dict(raw)
+    with pytest.raises(ConfigError) as info:
+        cfg.named_tasks(command)
+    message = str(info.value)
+    assert "\n" not in message and f"`polytask {command}` plans one run per task" in message
+    assert config_from_dict(_raw()).named_tasks(command) == ["risk", "stay"]

@@ -113,10 +113,20 @@ def test_data_available(tmp_path: Path) -> None:
 
 
 def test_registry_entries_are_consistent() -> None:
-    assert set(DATASETS) == {"census", "diabetes", "tox21", "qm8", "multimnist", "fsdd", "fdu_mtl"}
+    assert set(DATASETS) == {
+        "census",
+        "diabetes",
+        "tox21",
+        "qm8",
+        "multimnist",
+        "fsdd",
+        "fdu_mtl",
+        "synthetic_school",
+    }
     for name, info in DATASETS.items():
         assert info.name == name
-        assert info.files and all(len(f.sha256) == 64 for f in info.files)
+        generated = name.startswith("synthetic_")  # made by polytask.data.synthetic
+        assert (info.files or generated) and all(len(f.sha256) == 64 for f in info.files)
         assert all(f.url.startswith("https://") for f in info.files)
         assert set(info.targets.values()) <= {"binary", "regression", "multiclass", "segmentation"}
         assert not set(info.targets) & set(info.ignore)

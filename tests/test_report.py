@@ -322,7 +322,10 @@ def test_run_report_writes_page_and_pngs(run_dir: Path, pages: dict[str, Path]) 
     assert cells[i + 1] == "auroc ↑"
     assert cells[i + 2] == f"{row['multi_task']:.4g}"
     assert cells[i + 3] == f"{row['single_task']:.4g}"
-    assert cells[i + 4] == f"{row['relative_change_pct']:+.2f}%"
+    # The raw change with its percentage, and the word: better or worse in the metric's direction.
+    diff = row["multi_task"] - row["single_task"]
+    assert cells[i + 4] == f"{diff:+.4f} ({100 * diff / abs(row['single_task']):+.2f}%)"
+    assert cells[i + 5] == ("better" if diff > 0 else "worse" if diff < 0 else "same")
 
 
 def test_old_run_without_diagnostics_skips_those_figures(run_dir: Path, tmp_path: Path) -> None:

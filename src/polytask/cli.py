@@ -1,5 +1,5 @@
 """Command line: ``polytask train | distill | finetune | evaluate | predict | serve | demo | list |
-fetch``.
+fetch | config | init`` (and the studies' commands).
 
 Each command parses its arguments and calls the Python API; it adds no logic of its own. A
 :class:`~polytask.errors.PolytaskError` is printed as one line on stderr with exit code 2.
@@ -15,14 +15,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 import polytask
+from polytask.console import make_console
 from polytask.errors import PolytaskError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from polytask.registry import Registry
+    from polytask.run.pipeline import RunResult
 
 # Module level imports only what every call needs: ``polytask --help`` must not import torch,
 # pydantic or the metrics libraries (seconds of CPU); each command imports what it uses.
@@ -33,9 +36,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts are plain text: "[finetune] section" and "polytask[text]" print as written.
+    rich_markup_mode=None,
 )
-out_console = Console()
-err_console = Console(stderr=True)
+# Plain text (a task named ``x[1]`` or ``polytask[text]`` prints as written) and no hard
+# wrapping when redirected: polytask.console.make_console.
+out_console = make_console()
+err_console = make_console(stderr=True)
 
 PREFERENCE_HELP = (
     "trade-off served by a preference-conditioned model: one weight per task in task order, "
@@ -44,6 +51,12 @@ PREFERENCE_HELP = (
 
 
 DEVICE_HELP = "auto (a GPU when present) | cpu | cuda | cuda:N | mps"
+
+#: ``--json``: the command's results as one JSON document on stdout (messages go to stderr).
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", help="print the results as one JSON document on stdout (NaN as null)"),
+]
 
 
 #: ``--backend`` and its Ray options, shared by compare, pareto and affinity --pair-search.
@@ -84,6 +97,7 @@ def train(
     ] = None,
     device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Train a multi-task model (and single-task baselines) from a config file."""
     from polytask.config import load_config
@@ -97,10 +111,7 @@ def train(
     result = run(cfg, out=target, resume=resume, overwrite=overwrite, quiet=quiet)
     if not _rank_zero():  # torchrun: rank 0 reports for the run
         return
-    out_console.print(result.comparison.table())
-    out_console.print(
-        f"model saved to {target / 'model'}", markup=False, highlight=False, soft_wrap=True
-    )
+    _report_run(result, target, as_json)
 
 
 @app.command()
@@ -120,6 +131,7 @@ def distill(
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Distil teachers (one model per task, or one multi-task model) into the config's model,
     and compare the student with its teachers on the test split."""
@@ -141,44 +153,60 @@ def distill(
     result = run(cfg, out=target, resume=resume, overwrite=overwrite, quiet=quiet)
     if not _rank_zero():
         return
-    out_console.print(result.comparison.table())
     params = result.predictor.metrics.get("parameters", {})
-    if params:
-        out_console.print(
-            f"parameters: student {params['student']:,}, teachers {params['teachers']:,}",
-            markup=False,
-            highlight=False,
-        )
-    out_console.print(
-        f"model saved to {target / 'model'}", markup=False, highlight=False, soft_wrap=True
+    lines = (
+        [f"parameters: student {params['student']:,}, teachers {params['teachers']:,}"]
+        if params
+        else []
     )
+    _report_run(result, target, as_json, lines)
 
 
 @app.command()
 def evaluate(
     model_dir: Annotated[Path, typer.Argument(help="model or run directory")],
-    data: Annotated[Path, typer.Argument(help="CSV/Parquet table with target columns")],
+    data: Annotated[
+        Path | None,
+        typer.Argument(
+            help="CSV/Parquet/xlsx table with target columns (with --split: the run's table, "
+            "read from its config when omitted)"
+        ),
+    ] = None,
     task: Annotated[list[str] | None, typer.Option("--task", help="only these tasks")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     preference: Annotated[str | None, typer.Option(help=PREFERENCE_HELP)] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split", help="train | val | test: score the rows the run put in this split"
+        ),
+    ] = None,
 ) -> None:
-    """Score a trained model on a labelled table."""
+    """Score a trained model on a labelled table, or on its run's own test (val, train) rows."""
     from polytask.run.predictor import load
+    from polytask.run.splits import evaluate_split
     from polytask.state_io import to_json
 
-    predictor = load(model_dir)
-    metrics = predictor.evaluate(
-        predictor.read(data),
-        task,
-        source=f"data file '{data}'",
-        base_dir=Path(data).parent,
-        preference=preference,
-    )
+    if split is not None:
+        metrics = evaluate_split(model_dir, split, task, data, preference)
+    elif data is None:
+        raise PolytaskError(
+            "evaluate: give a labelled table, or --split test to score the run's own test rows"
+        )
+    else:
+        predictor = load(model_dir)
+        metrics = predictor.evaluate(
+            predictor.read(data),
+            task,
+            source=f"data file '{data}'",
+            base_dir=Path(data).parent,
+            preference=preference,
+        )
     if as_json:
         # NaN (a metric without valid labels) is not JSON: to_json writes null instead.
         out_console.print_json(to_json(metrics))
         return
-    table = Table(title=f"{data}")
+    table = Table(title=f"{data if split is None else f'{model_dir}: {split} rows'}")
     for col in ("task", "metric", "value"):
         table.add_column(col)
     for name, values in metrics.items():
@@ -201,9 +229,18 @@ def predict(
     precision: Annotated[
         str, typer.Option("--precision", help="32 | bf16-mixed | 16-mixed (forward pass)")
     ] = "32",
+    all_tasks: Annotated[
+        bool,
+        typer.Option(
+            "--all-tasks",
+            help="task-indexed model: every task's columns, not each row's own task's",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Predict every task (or a subset) for each row of a table, in chunks (bounded memory);
-    the output appears only once every row is predicted."""
+    the output appears only once every row is predicted. A model of task-indexed data
+    (data.task_column) gives each row its own task's prediction in one column set."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from polytask.run.batch import predict_file, table_rows
@@ -228,10 +265,18 @@ def predict(
             preference=preference,
             chunk_rows=chunk_rows,
             on_chunk=lambda n: progress.advance(bar, n),
+            per_task=all_tasks,
         )
-    err_console.print(
-        f"wrote {rows} rows to {output}", markup=False, highlight=False, soft_wrap=True
-    )
+    err_console.print(f"wrote {rows} rows to {output}", soft_wrap=True)
+    if as_json:
+        _emit_json(
+            {
+                "rows": rows,
+                "output": str(output),
+                "model": str(model_dir),
+                "tasks": list(task) if task else [t.name for t in predictor.tasks],
+            }
+        )
 
 
 @app.command()
@@ -319,9 +364,19 @@ def _first_line(doc: str | None) -> str:
 
 
 @app.command("list")
-def list_components() -> None:
+def list_components(
+    params: Annotated[
+        str | None,
+        typer.Option(
+            "--params", metavar="NAME", help="one component's parameters: --params upgrad"
+        ),
+    ] = None,
+) -> None:
     """List registered inputs, encoders, architectures, balancers, task kinds and datasets,
     polytask's own and those of installed plug-ins (entry point group ``polytask.plugins``)."""
+    if params is not None:
+        _print_params(params)
+        return
     from polytask.balance.base import BALANCERS
     from polytask.data.datasets import DATASETS
     from polytask.data.inputs import INPUTS
@@ -362,6 +417,103 @@ def list_components() -> None:
     out_console.print(table)
 
 
+def _print_params(name: str) -> None:
+    """``polytask list --params NAME``: each component called NAME, its keys one per line."""
+    from polytask.config_reference import find_components
+
+    for i, component in enumerate(find_components(name)):
+        lines = [""] if i else []
+        where = (
+            f"[{component.where}] name = {json.dumps(component.name)}"
+            if component.kind != "task kind" and component.kind != "section"
+            else f"[{component.where}]"
+            if component.kind == "section"
+            else f"[[tasks]] kind = {json.dumps(component.name)}"
+        )
+        lines.append(f"{component.kind} {component.name}: {component.summary}".rstrip(": "))
+        lines.append(f"  in a config: {where}")
+        lines += [f"  {key}: {value}" for key, value in component.extra]
+        if not component.keys and not component.extra:
+            lines.append("  no parameters")
+        for key in component.keys:
+            valid = f"; {key.valid}" if key.valid else ""
+            line = f"  {key.name}: {key.type} = {key.default}{valid}"
+            lines.append(line.replace("`", ""))
+            if key.description:
+                lines.append(f"      {key.description}".replace("`", ""))
+        for line in lines:
+            out_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("config")
+def config_command(
+    schema: Annotated[
+        bool, typer.Option("--schema", help="print the JSON Schema of a run configuration")
+    ] = False,
+    reference: Annotated[
+        bool, typer.Option("--reference", help="print the reference (docs/config.md) as markdown")
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write it to this file instead")
+    ] = None,
+    plugins: Annotated[
+        bool, typer.Option("--plugins", help="include installed plug-ins' components")
+    ] = False,
+) -> None:
+    """Every configuration key, its type, default, valid values and description, generated
+    from the schemas: --reference (markdown, as docs/config.md) or --schema (JSON Schema)."""
+    from polytask.config_reference import json_schema, reference_markdown
+    from polytask.state_io import atomic_write_text
+
+    if schema == reference:
+        raise PolytaskError("polytask config: give one of --schema or --reference")
+    text = (
+        json.dumps(json_schema(include_plugins=plugins), indent=2, ensure_ascii=False) + "\n"
+        if schema
+        else reference_markdown(include_plugins=plugins)
+    )
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    atomic_write_text(output, text)
+    err_console.print(f"wrote {output}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("init")
+def init_command(
+    table: Annotated[Path, typer.Argument(help="CSV or Parquet table to profile")],
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            "-t",
+            help="a target column, one task each (repeat); COL=KIND sets the kind "
+            "(binary | multiclass | regression; default: inferred)",
+        ),
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="configuration file to write")
+    ] = Path("run.toml"),
+    force: Annotated[bool, typer.Option("--force", help="replace an existing file")] = False,
+    rows: Annotated[int, typer.Option(min=10, help="rows read to profile the columns")] = 10_000,
+) -> None:
+    """Write a commented starting configuration from a table: its columns profiled (numeric,
+    categorical, id-like, text, missing fraction) and a task per --target column."""
+    from polytask.scaffold import starter_config, write_config
+
+    if output.exists() and not force:  # before reading the table: say it at once
+        raise PolytaskError(f"'{output}' exists; pass --force to replace it")
+    text = starter_config(table, list(target or []), output, sample_rows=rows)
+    write_config(output, text, force=force)
+    err_console.print(
+        f"wrote {output}; train it: polytask train {output}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @app.command()
 def fetch(
     dataset: Annotated[str, typer.Argument(help="dataset name (see polytask list)")],
@@ -391,6 +543,13 @@ def compare(
     cpus_per_run: CpusPerRunOption = None,
     gpus_per_run: GpusPerRunOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    per_task: Annotated[
+        bool,
+        typer.Option(
+            "--per-task", help="also print every task's table (default: a summary per fraction)"
+        ),
+    ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Single-task baselines vs multi-task configurations over seeds: is multi-task worth it?"""
     from polytask.config import load_config
@@ -409,15 +568,17 @@ def compare(
     finally:
         if runner is not None:
             runner.close()
-    for table in result.tables():
-        out_console.print(table)
-    out_console.print(
+    wrote = (
         f"wrote {out / 'compare.json'} and {out / 'compare.md'} "
-        f"({len(result.trained)} runs trained, {len(result.reused)} already finished)",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
+        f"({len(result.trained)} runs trained, {len(result.reused)} already finished)"
     )
+    if as_json:
+        _emit_json({**result.summary, "trained": result.trained, "reused": result.reused})
+        err_console.print(wrote, soft_wrap=True)
+        return
+    for table in result.tables(per_task):
+        out_console.print(table)
+    out_console.print(wrote, soft_wrap=True)
 
 
 @app.command("report")
@@ -467,6 +628,7 @@ def affinity_command(
     cpus_per_run: CpusPerRunOption = None,
     gpus_per_run: GpusPerRunOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Task affinity (Fifty et al. 2021), gradient cosines and a suggested grouping.
 
@@ -496,26 +658,29 @@ def affinity_command(
     )
     try:
         result = affinity(config, out, probe=probe, epochs=epochs, overrides=overrides, quiet=quiet)
-        out_console.print(result.table())
-        out_console.print(
+        # With --json the document goes to stdout once everything ran; the lines to stderr.
+        say = err_console if as_json else out_console
+        document: dict[str, Any] = {"affinity": result.to_dict()}
+        if not as_json:
+            out_console.print(result.table())
+        say.print(
             f"suggested groups: {' | '.join(', '.join(g) for g in result.grouping.groups)}; "
             f"wrote {out / 'affinity.json'}",
-            markup=False,
-            highlight=False,
             soft_wrap=True,
         )
         if pair_search:
             pairs = run_pair_search(
                 config, epochs=epochs, overrides=overrides, quiet=quiet, backend=runner, out=out
             )
-            out_console.print(
+            document["pair_search"] = pairs.to_dict()
+            say.print(
                 f"pair search ({pairs.runs} trainings) groups: "
                 f"{' | '.join(', '.join(g) for g in pairs.grouping.groups)}; "
                 f"wrote {out / PAIR_SEARCH_FILE}",
-                markup=False,
-                highlight=False,
                 soft_wrap=True,
             )
+        if as_json:
+            _emit_json(document)
     finally:
         if runner is not None:
             runner.close()
@@ -533,6 +698,7 @@ def finetune_command(
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Fine-tune a trained model: new tasks and/or its own tasks on new data, with its shared
     encoder frozen, partly frozen or not ([finetune] section)."""
@@ -544,12 +710,7 @@ def finetune_command(
     result = finetune(base, cfg, out=target, resume=resume, overwrite=overwrite, quiet=quiet)
     if not _rank_zero():
         return
-    out_console.print(result.comparison.table())
-    for line in summary_lines(result.predictor.metrics):
-        out_console.print(line, markup=False, highlight=False, soft_wrap=True)
-    out_console.print(
-        f"model saved to {target / 'model'}", markup=False, highlight=False, soft_wrap=True
-    )
+    _report_run(result, target, as_json, summary_lines(result.predictor.metrics))
 
 
 @app.command("pareto")
@@ -570,6 +731,7 @@ def pareto_command(
     cpus_per_run: CpusPerRunOption = None,
     gpus_per_run: GpusPerRunOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """The Pareto front of the task trade-off: one run per preference vector (resumable), its
     non-dominated set and hypervolume, and a preference-conditioned model's front."""
@@ -596,14 +758,16 @@ def pareto_command(
     finally:
         if runner is not None:
             runner.close()
-    out_console.print(result.table())
-    out_console.print(
+    wrote = (
         f"wrote {out / 'pareto.json'} and {out / 'pareto.md'} "
-        f"({len(result.trained)} runs trained, {len(result.reused)} already finished)",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
+        f"({len(result.trained)} runs trained, {len(result.reused)} already finished)"
     )
+    if as_json:
+        _emit_json({**result.summary, "trained": result.trained, "reused": result.reused})
+        err_console.print(wrote, soft_wrap=True)
+        return
+    out_console.print(result.table())
+    out_console.print(wrote, soft_wrap=True)
 
 
 def main() -> None:
@@ -641,6 +805,28 @@ def main() -> None:
             show()
             sys.exit(code)
         raise
+
+
+def _emit_json(document: Any) -> None:
+    """``--json``: one JSON document on stdout, NaN (an undefined metric) written as null."""
+    from polytask.state_io import to_json
+
+    sys.stdout.write(to_json(document) + "\n")
+    sys.stdout.flush()
+
+
+def _report_run(result: RunResult, target: Path, as_json: bool, lines: Sequence[str] = ()) -> None:
+    """What train, distill and finetune print: the comparison table and ``lines`` on stdout,
+    or with ``--json`` the run's results (those of results.json) as one JSON document."""
+    saved = f"model saved to {target / 'model'}"
+    if as_json:
+        _emit_json({"out": str(target), "model": str(target / "model"), **result.predictor.metrics})
+        err_console.print(saved, soft_wrap=True)
+        return
+    out_console.print(result.comparison.table())
+    for line in lines:
+        out_console.print(line, soft_wrap=True)
+    out_console.print(saved, soft_wrap=True)
 
 
 def _rank_zero() -> bool:

@@ -41,7 +41,7 @@ from polytask.models.config import ModelConfig, check_model_config
 from polytask.plugins import ensure_loaded
 from polytask.registry import ComponentConfig, with_default_name
 from polytask.tasks import Task, check_unique_names
-from polytask.tasks.config import TaskConfig
+from polytask.tasks.template import TaskEntry, TaskTemplate, templates_of
 from polytask.train.config import FinetuneConfig, TrainConfig, check_criterion
 from polytask.train.task_schedule import ScheduleConfig
 
@@ -90,7 +90,7 @@ class RunConfig(Schema):
     out: str | None = None
     baselines: bool = True
     data: DataConfig
-    tasks: list[TaskConfig] = Field(min_length=1)
+    tasks: list[TaskEntry] = Field(min_length=1)
     model: ModelConfig = Field(default_factory=ModelConfig)
     balancer: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="static"))
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -159,7 +159,26 @@ class RunConfig(Schema):
         return self.model_copy(update={"sections": {**self.sections, name: value}})
 
     def task_objects(self) -> list[Task]:
+        """The declared tasks; a template (:mod:`polytask.tasks.template`) as the one task it
+        stands for until the data is read (``PreparedData.tasks`` holds the expansion)."""
         return [t.to_task() for t in self.tasks]
+
+    def named_tasks(self, command: str) -> list[str]:
+        """The declared tasks' names, for a study that plans its runs before the data is read;
+        a ``[[tasks]]`` template (whose tasks exist only once the data is read) is refused in
+        one line naming ``command``."""
+        names = [t.name for t in self.tasks]
+        if self.task_templates() or any(n is None for n in names):
+            raise ConfigError(
+                f"config error: tasks: `polytask {command}` plans one run per task before the "
+                "data is read, and a [[tasks]] template names its tasks only then; list the "
+                "tasks one by one for this study"
+            )
+        return [n for n in names if n is not None]
+
+    def task_templates(self) -> dict[str, TaskTemplate]:
+        """The ``[[tasks]]`` templates, by template name (expanded when the data is read)."""
+        return templates_of(self.tasks, self.data.task_column)
 
     def resolve(self, path: str) -> Path:
         return resolve_path(path, Path(self.base_dir))
@@ -171,6 +190,7 @@ def check_config(cfg: RunConfig) -> RunConfig:
     Builds nothing itself."""
     check_model_config(cfg.model)
     BALANCERS.check_section(cfg.balancer, "balancer")
+    cfg.task_templates()
     tasks = cfg.task_objects()
     check_unique_names(tasks)
     check_criterion(cfg.train.criterion, tasks)

@@ -4,6 +4,7 @@ how batches are drawn from several sources; and the checks that span those keys.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
@@ -19,12 +20,17 @@ from polytask.data.sampling import SamplingConfig
 from polytask.errors import ConfigError
 from polytask.registry import ComponentConfig
 from polytask.tasks import Task
+from polytask.tasks.template import TaskTemplate
 
 
 class SplitConfig(Schema):
     """How rows are split into train / validation / test."""
 
-    method: Literal["random", "group", "files", "column"] = "random"
+    method: Literal["random", "group", "files", "column"] = Field(
+        default="random",
+        description="random rows; group: whole data.group groups; files: val_path / test_path "
+        "tables; column: split.column holds each row's split: train, val or test (any case)",
+    )
     val: float = Field(default=0.15, ge=0.0, lt=1.0)
     test: float = Field(default=0.15, ge=0.0, lt=1.0)
     seed: Seed | None = None
@@ -32,6 +38,11 @@ class SplitConfig(Schema):
     test_path: str | None = None
     column: str | None = Field(
         default=None, description="method 'column': the column holding train / val / test"
+    )
+    unit: Literal["rows", "groups"] = Field(
+        default="rows",
+        description="method 'group': val and test are fractions of the rows (rows) or of the "
+        "groups (groups: 4 of 42 subjects for val = 0.1)",
     )
 
 
@@ -41,7 +52,7 @@ class DataConfig(Schema):
     path: str | None = None
     dataset: str | None = None
     root: str | None = None
-    format: Literal["auto", "csv", "parquet", "folder", "lines"] = "auto"
+    format: Literal["auto", "csv", "parquet", "excel", "folder", "lines"] = "auto"
     pattern: str = Field(default="**/*", description="folder: glob of the files to read")
     regex: str | None = Field(
         default=None, description="folder: named groups read from each relative file path"
@@ -61,10 +72,16 @@ class DataConfig(Schema):
         "parameters; default: the table's columns are the features",
     )
     na_values: list[str] = Field(default_factory=list)
-    features: list[str] | None = None
-    ignore: list[str] = Field(default_factory=list)
-    group: str | None = None
-    id: str | None = None
+    features: list[str] | None = Field(
+        default=None, description="the feature columns; default: every column not otherwise used"
+    )
+    ignore: list[str] = Field(default_factory=list, description="columns that are not features")
+    group: str | None = Field(
+        default=None, description="rows sharing this column's value never straddle splits"
+    )
+    id: str | None = Field(
+        default=None, description="copied into predictions, not used as a feature"
+    )
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
     categorical_encoding: Literal["auto", "onehot", "embedding"] = "auto"
@@ -83,6 +100,21 @@ class DataConfig(Schema):
     where: dict[str, str | list[str]] = Field(
         default_factory=dict,
         description="keep only rows whose column holds this value (or one of these values)",
+    )
+    task_column: str | None = Field(
+        default=None,
+        description="task-indexed table: the column naming each row's task; each [[tasks]] "
+        "template becomes one task per distinct value",
+    )
+    task_values: list[str | int] | None = Field(
+        default=None,
+        min_length=1,
+        description="task_column: the values to make tasks of (default: every value); rows "
+        "of other values are dropped",
+    )
+    exclude_task_values: list[str | int] = Field(
+        default_factory=list,
+        description="task_column: values whose rows are dropped (no task made for them)",
     )
     sources: list[SourceConfig] = Field(
         default_factory=list,
@@ -147,7 +179,7 @@ class SourceConfig(Schema):
     path: str | None = None
     dataset: str | None = None
     root: str | None = None
-    format: Literal["auto", "csv", "parquet", "folder", "lines"] | None = None
+    format: Literal["auto", "csv", "parquet", "excel", "folder", "lines"] | None = None
     na_values: list[str] | None = None
     pattern: str | None = None
     regex: str | None = None
@@ -176,12 +208,18 @@ def check_data(data: DataConfig, sampling: SamplingConfig, tasks: list[Task]) ->
     """The checks no single key's schema can make: split methods and the keys they need, the
     input processor's name and parameters, streaming, sources and the sampler."""
     _check_sources(data, sampling, tasks)
+    _check_task_column(data)
     if data.split.method == "group" and data.group is None and _dataset_group(data) is None:
         raise ConfigError("config error: data.group: split method 'group' needs a group column")
     if data.split.method == "files" and data.split.val_path is None:
         raise ConfigError("config error: data.split.val_path: split method 'files' needs it")
     if data.split.method == "column" and data.split.column is None:
         raise ConfigError("config error: data.split.column: split method 'column' needs it")
+    if data.split.unit == "groups" and data.split.method != "group":
+        raise ConfigError(
+            "config error: data.split.unit: 'groups' applies to split method 'group' "
+            f"(method is {data.split.method!r})"
+        )
     if data.input is not None:
         INPUTS.check_section(data.input, "data.input")
     if data.workers and not _reads_files(data):
@@ -269,6 +307,38 @@ def _check_sources(data: DataConfig, sampling: SamplingConfig, tasks: list[Task]
         raise ConfigError("config error: sampling.steps: epoch = 'steps' needs it")
 
 
+def _check_task_column(data: DataConfig) -> None:
+    """``task_column`` and the keys that only it uses (task-indexed tables)."""
+    column = data.task_column
+    if column is None:
+        for key in ("task_values", "exclude_task_values"):
+            if getattr(data, key):
+                raise ConfigError(
+                    f"config error: data.{key}: chooses values of data.task_column, which is "
+                    "not set"
+                )
+        return
+    where = "config error: data.task_column"
+    if data.sources:
+        raise ConfigError(f"{where}: a task-indexed table is one table; remove data.sources")
+    if data.stream:
+        raise ConfigError(f"{where}: a task-indexed table is read in memory; remove data.stream")
+    if column in (data.group, data.id, data.split.column):
+        raise ConfigError(
+            f"{where}: '{column}' is also the group, id or split column; whole tasks would "
+            "leave the training rows"
+        )
+    if data.features is not None and column in data.features:
+        raise ConfigError(f"{where}: '{column}' names the task, it cannot also be a feature")
+    if data.task_values is not None:
+        wanted = {str(v) for v in data.task_values}
+        both = sorted(wanted & {str(v) for v in data.exclude_task_values})
+        if both:
+            raise ConfigError(
+                f"config error: data.exclude_task_values: {both[0]!r} is also in data.task_values"
+            )
+
+
 def _dataset_group(data: DataConfig) -> str | None:
     """The group column a registered dataset declares (used when data.group is not set)."""
     if data.dataset is None:
@@ -287,22 +357,35 @@ class DataRequest(Protocol):
 
     def task_objects(self) -> list[Task]: ...
 
+    def task_templates(self) -> Mapping[str, TaskTemplate]: ...
+
 
 @dataclass(frozen=True)
 class DataJob:
     """A :class:`DataRequest` taken apart: the data to prepare, for which tasks, under which
-    seed, with relative paths resolved against ``base_dir``."""
+    seed, with relative paths resolved against ``base_dir``. ``templates``: the tasks that
+    are templates (by name), expanded when the table is read (:mod:`polytask.tasks.template`)."""
 
     data: DataConfig
     seed: int
     base_dir: str
     tasks: list[Task] = field(default_factory=list)
+    templates: Mapping[str, TaskTemplate] = field(default_factory=dict)
 
     @classmethod
     def of(cls, request: DataRequest) -> DataJob:
         if isinstance(request, DataJob):
             return request
-        return cls(request.data, request.seed, request.base_dir, request.task_objects())
+        return cls(
+            request.data,
+            request.seed,
+            request.base_dir,
+            request.task_objects(),
+            request.task_templates(),
+        )
+
+    def task_templates(self) -> Mapping[str, TaskTemplate]:
+        return dict(self.templates)
 
     def task_objects(self) -> list[Task]:
         return list(self.tasks)

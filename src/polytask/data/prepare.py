@@ -6,6 +6,7 @@ Every check on the user's data happens here, before anything is written to disk.
 
 from __future__ import annotations
 
+import fnmatch
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from polytask.data.arrays import resolve_path
-from polytask.data.config import DataJob, DataRequest
+from polytask.data.config import DataConfig, DataJob, DataRequest
 from polytask.data.datasets import DATASETS, load_dataset
 from polytask.data.files import read_lines, scan_folder
 from polytask.data.inputs import InputProcessor
@@ -27,7 +28,13 @@ from polytask.data.preprocess import PreprocessOptions, TablePreprocessor, infer
 from polytask.data.sampling import SamplingConfig
 from polytask.data.sources import Source, SourceSet, TrainingData
 from polytask.data.spec import InputSpec
-from polytask.data.split import column_split, group_split, random_split
+from polytask.data.split import (
+    column_split,
+    group_split,
+    random_split,
+    select_split,
+    split_record,
+)
 from polytask.data.streaming import (
     ParquetStream,
     StreamingSet,
@@ -38,7 +45,15 @@ from polytask.data.tables import read_table, require_columns
 from polytask.data.targets import encode_targets, fit_task
 from polytask.data.tensors import TensorData
 from polytask.errors import ConfigError, DataError
-from polytask.tasks import Task
+from polytask.tasks import Task, check_unique_names
+from polytask.tasks.template import (
+    TaskGroup,
+    TaskTemplate,
+    expand_targets,
+    expand_values,
+    ordered_values,
+    value_text,
+)
 
 
 @dataclass
@@ -61,6 +76,11 @@ class PreparedData:
     #: then holds their labels only).
     files: FileRows | None = None
     loader: LoaderOptions = field(default_factory=LoaderOptions)
+    #: The ``[[tasks]]`` templates and the tasks each expanded to (:mod:`polytask.tasks.template`).
+    groups: list[TaskGroup] = field(default_factory=list)
+    #: Which rows of the table went to train, validation and test (``split_record``), for
+    #: the run directory's ``splits.csv``; None for streamed tables and ``data.sources``.
+    split_rows: pd.DataFrame | None = None
 
     def training_sources(
         self, sampling: SamplingConfig, *, pin_memory: bool = False
@@ -76,6 +96,28 @@ class PreparedData:
         if self.sources is None:
             return SourceSet.single(self.train, sampling)
         return SourceSet(self.sources, sampling)
+
+    def training_for(
+        self, names: list[str], sampling: SamplingConfig, *, pin_memory: bool = False
+    ) -> TrainingData:
+        """The training data of the tasks ``names`` (:meth:`training_sources`, those tasks
+        only). Tasks expanded over ``data.task_column`` train on the rows of their own values
+        alone, as a model of those tasks trained on its own table would: a single-task
+        baseline does not spend its batches on other tasks' rows."""
+        train = self.training_sources(sampling, pin_memory=pin_memory).subset_tasks(names)
+        indexed = {t for g in self.groups if g.column is not None for t in g.tasks}
+        if not indexed or not set(names) <= indexed or not isinstance(train, SourceSet):
+            return train
+        if self.sources is not None or self.files is not None or self.stream is not None:
+            return train
+        labelled = torch.zeros(len(self.train), dtype=torch.bool)
+        for name in names:
+            mask = self.train.masks[name]
+            labelled |= mask if mask.dim() == 1 else mask.flatten(1).any(dim=1)
+        if bool(labelled.all()):
+            return train
+        own = self.train.rows(torch.nonzero(labelled).flatten()).subset_tasks(names)
+        return SourceSet.single(own, sampling)
 
     def evaluation_split(self) -> tuple[TensorData, str]:
         """The rows a trained model is scored on, and their name: the test split, or the
@@ -138,13 +180,14 @@ def _read_sources(
         df, source, files_root = _read_path(cfg, cfg.resolve(data.path))
     if data.files_root is not None:
         files_root = cfg.resolve(data.files_root)
-    df = _filter_rows(df, data.where, source)
+    df = _task_rows(_filter_rows(df, data.where, source), data, source)
     if data.split.method != "files":
         return df, source, None, group, ignore, files_root
     parts = [df]
     for extra in (data.split.val_path, data.split.test_path):
         if extra is not None:
-            parts.append(_filter_rows(_read_path(cfg, cfg.resolve(extra))[0], data.where, source))
+            extra_rows = _filter_rows(_read_path(cfg, cfg.resolve(extra))[0], data.where, source)
+            parts.append(_task_rows(extra_rows, data, source))
     for i, part in enumerate(parts[1:], start=1):
         missing = [c for c in parts[0].columns if c not in part.columns]
         if missing:
@@ -207,7 +250,9 @@ def _load_and_split(cfg: DataJob, frame: pd.DataFrame | None, salt: int = 0) -> 
         train_idx, val_idx, test_idx = column_split(df[data.split.column])
     elif data.split.method == "group":
         assert group is not None
-        train_idx, val_idx, test_idx = group_split(df[group], data.split.val, data.split.test, seed)
+        train_idx, val_idx, test_idx = group_split(
+            df[group], data.split.val, data.split.test, seed, data.split.unit
+        )
     else:
         train_idx, val_idx, test_idx = random_split(len(df), data.split.val, data.split.test, seed)
     if len(train_idx) == 0 or len(val_idx) == 0:
@@ -217,6 +262,34 @@ def _load_and_split(cfg: DataJob, frame: pd.DataFrame | None, salt: int = 0) -> 
         )
     train_idx = train_subset(train_idx, data.train_fraction, cfg.seed, salt)
     return _Loaded(df, source, (train_idx, val_idx, test_idx), group, ignore, files_root)
+
+
+def read_split(
+    request: DataRequest,
+    record: pd.DataFrame,
+    split: str,
+    frame: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, str, Path | None]:
+    """The rows a run put in ``split`` (``record``: its ``splits.csv``), read from the table
+    its configuration names, or from ``frame`` (the same table, given again), as the run read
+    it (``data.where``, ``data.split.val_path``): the rows, the table's name for messages and
+    the folder its relative file paths start from."""
+    cfg = DataJob.of(request)
+    if cfg.data.sources or cfg.data.stream:
+        what = "data.sources" if cfg.data.sources else "data.stream"
+        raise ConfigError(
+            f"config error: {what}: the run's own rows are recorded for one table read in "
+            "memory; score a labelled table instead"
+        )
+    if frame is not None:
+        cfg = replace(cfg, data=cfg.data.model_copy(update={"path": None, "dataset": None}))
+    elif cfg.data.path is None and cfg.data.dataset is None:
+        raise ConfigError(
+            "config error: data.path: the run was trained on a data frame; give its table "
+            "as well (polytask evaluate RUN TABLE --split ...)"
+        )
+    df, source, _, _, _, files_root = _read_sources(cfg, frame)
+    return select_split(df, record, split, cfg.data.id, source), source, files_root
 
 
 def _load_sources(
@@ -279,6 +352,112 @@ def _task_table(df: pd.DataFrame, task: Task, labelled: Mapping[str, np.ndarray]
         {col: df[col].where(keep) for col in task.targets}, index=df.index
     )
     return table
+
+
+def _task_rows(df: pd.DataFrame, data: DataConfig, source: str) -> pd.DataFrame:
+    """A task-indexed table's rows that belong to a task: a value in ``data.task_column``,
+    among ``data.task_values`` when listed, not among ``data.exclude_task_values``."""
+    column = data.task_column
+    if column is None:
+        return df
+    require_columns(df, [column], source, "task (data.task_column)")
+    text = value_text(df[column])
+    keep = text.notna()
+    if data.task_values is not None:
+        wanted = [str(v) for v in data.task_values]
+        present = set(text.dropna().tolist())
+        absent = [v for v in wanted if v not in present]
+        if absent:
+            raise DataError(
+                f"{source}: data.task_values: value {absent[0]!r} not found in task column "
+                f"'{column}'"
+            )
+        keep &= text.isin(wanted)
+    if data.exclude_task_values:
+        keep &= ~text.isin([str(v) for v in data.exclude_task_values])
+    mask = keep.fillna(False).to_numpy(dtype=bool)
+    if not mask.any():
+        raise DataError(f"{source}: no row left with a task value in column '{column}'")
+    kept: pd.DataFrame = df[mask].reset_index(drop=True)
+    return kept
+
+
+def _expand_templates(
+    cfg: DataJob,
+    df: pd.DataFrame,
+    train_idx: np.ndarray,
+    source: str,
+    labelled: Mapping[str, np.ndarray],
+) -> tuple[list[Task], list[TaskGroup], dict[str, np.ndarray]]:
+    """Every ``[[tasks]]`` template expanded once, now that the table is read: one task per
+    value of ``data.task_column`` (labelled on that value's rows only, through the masks of
+    :func:`_task_table`) or per target column of a wide template."""
+    data = cfg.data
+    column = data.task_column
+    text = value_text(df[column]) if column is not None else None
+    if column is not None and data.task_values is not None:
+        values = list(dict.fromkeys(str(v) for v in data.task_values))
+    else:
+        values = ordered_values(df[column]) if column is not None else []
+    tasks: list[Task] = []
+    groups: list[TaskGroup] = []
+    labels = dict(labelled)
+    for task in cfg.task_objects():
+        template = cfg.templates.get(task.name)
+        if template is None:
+            tasks.append(task)
+            continue
+        if template.over_column:
+            assert column is not None and text is not None
+            if column in task.targets:
+                raise ConfigError(
+                    f"config error: data.task_column: '{column}' is also the target of "
+                    f"task '{task.name}'"
+                )
+            require_columns(df, task.targets, source, "target")
+            classes = _template_classes(template, df[task.targets[0]], train_idx, source)
+            expanded, group = expand_values(template, column, values, classes)
+            for t, value in zip(expanded, values, strict=True):
+                labels[t.name] = (text == value).fillna(False).to_numpy(dtype=bool)
+        else:
+            targets = _wide_targets(template, df, source)
+            stacked = pd.concat([df[c] for c in targets], ignore_index=True)
+            rows = np.concatenate([train_idx + k * len(df) for k in range(len(targets))])
+            classes = _template_classes(template, stacked, rows, source)
+            expanded, group = expand_targets(template, targets, classes)
+        tasks.extend(expanded)
+        groups.append(group)
+    check_unique_names(tasks)
+    return tasks, groups, labels
+
+
+def _wide_targets(template: TaskTemplate, df: pd.DataFrame, source: str) -> list[str]:
+    """The target columns of a wide template: listed (each must be there) or globbed."""
+    if isinstance(template.targets, str):
+        matched = [str(c) for c in df.columns if fnmatch.fnmatchcase(str(c), template.targets)]
+        if not matched:
+            raise DataError(
+                f"{source}: targets {template.targets!r} of task template "
+                f"'{template.task.name}' match no column"
+            )
+        return matched
+    assert template.targets is not None
+    require_columns(df, list(template.targets), source, "target")
+    return list(template.targets)
+
+
+def _template_classes(
+    template: TaskTemplate, labels: pd.Series, train_rows: np.ndarray, source: str
+) -> list[str] | None:
+    """A classification template's classes, fitted once on all of its rows: every expanded
+    task gets the same classes (in the same order), so their outputs can be pooled."""
+    task = template.task
+    if not task.spec.accepts_classes or task.dense or task.classes is not None:
+        return None
+    column = task.targets[0] if template.over_column else f"{template.targets}"
+    one = replace(task, target=column)
+    fitted = fit_task(one, pd.DataFrame({column: labels.to_numpy()}), train_rows, source)
+    return fitted.classes
 
 
 def _absolute(value: object, root: Path) -> object:
@@ -344,9 +523,13 @@ def prepare_data(
     train_idx, val_idx, test_idx = loaded.splits
     data = cfg.data
     tasks = cfg.task_objects()
+    groups: list[TaskGroup] = []
+    if cfg.templates:
+        tasks, groups, labelled = _expand_templates(cfg, df, train_idx, source, labelled)
     target_cols = list(dict.fromkeys(c for t in tasks for c in t.targets))
     require_columns(df, target_cols, source, "target")
-    role_columns = [c for c in (loaded.group, data.id, data.split.column) if c is not None]
+    roles = (loaded.group, data.id, data.split.column, data.task_column)
+    role_columns = [c for c in roles if c is not None]
     known = dict(fitted or {})
     tasks = [
         known.get(t.name)
@@ -416,6 +599,10 @@ def prepare_data(
         train_sources,
         files=files,
         loader=LoaderOptions(data.workers, data.prefetch),
+        groups=groups,
+        split_rows=None
+        if sources is not None
+        else split_record(loaded.splits, df[data.id] if data.id is not None else None),
     )
 
 

@@ -1,9 +1,10 @@
-"""Reading tables (CSV, Parquet) and checking that declared columns exist."""
+"""Reading tables (CSV, Parquet, Excel ``.xlsx``) and checking that declared columns exist."""
 
 from __future__ import annotations
 
 import difflib
 import gzip
+import importlib.util
 import lzma
 import zipfile
 import zlib
@@ -20,10 +21,11 @@ from polytask.errors import DataError
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz", ".tsv", ".txt")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
+_EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 
 
 def table_format(path: Path, declared: str = "auto") -> str:
-    """``csv`` or ``parquet``, from ``declared`` or the file name."""
+    """``csv``, ``parquet`` or ``excel``, from ``declared`` or the file name."""
     if declared != "auto":
         return declared
     name = path.name.lower()
@@ -31,10 +33,33 @@ def table_format(path: Path, declared: str = "auto") -> str:
         return "parquet"
     if name.endswith(_CSV_SUFFIXES):
         return "csv"
+    if name.endswith(_EXCEL_SUFFIXES):
+        return "excel"
     raise DataError(
         f"data file '{path}': cannot tell the format from its name; "
-        "use .csv or .parquet, or set data.format"
+        "use .csv, .parquet or .xlsx, or set data.format"
     )
+
+
+def read_excel(path: Path, na_values: Sequence[str] = ()) -> pd.DataFrame:
+    """The first sheet of an ``.xlsx`` workbook through pandas and openpyxl (the ``excel``
+    extra); a one-line :class:`DataError` naming the extra when openpyxl is not installed.
+    Blank cells and ``na_values`` are missing, as in a CSV file."""
+    if importlib.util.find_spec("openpyxl") is None:  # pandas' engine for .xlsx
+        raise DataError(
+            f"data file '{path}': reading .xlsx tables needs openpyxl, which is not installed; "
+            "run: pip install 'polytask[excel]'"
+        )
+    try:
+        frame: pd.DataFrame = pd.read_excel(
+            path, sheet_name=0, engine="openpyxl", na_values=list(na_values)
+        )
+    except (zipfile.BadZipFile, KeyError, EOFError) as exc:
+        # An .xlsx file is a zip archive of XML parts: a cut-off or renamed file fails here.
+        raise DataError(
+            f"data file '{path}': not a valid .xlsx workbook ({type(exc).__name__})"
+        ) from None
+    return frame
 
 
 def _compression(path: Path) -> str:
@@ -46,7 +71,8 @@ def _compression(path: Path) -> str:
 def read_table(
     path: str | Path, *, fmt: str = "auto", na_values: Sequence[str] = ()
 ) -> pd.DataFrame:
-    """Read a CSV or Parquet file into a DataFrame; empty strings and ``na_values`` are missing."""
+    """Read a CSV, Parquet or ``.xlsx`` file into a DataFrame; empty strings and
+    ``na_values`` are missing."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file '{p}' not found")
@@ -58,6 +84,8 @@ def read_table(
             df = pd.read_parquet(p, use_threads=False)
             if na_values:
                 df = df.replace(list(na_values), pd.NA)
+        elif kind == "excel":
+            df = read_excel(p, na_values)
         else:
             sep = "\t" if p.name.lower().endswith(".tsv") else ","
             fast = None if na_values else _read_csv_arrow(p, sep)

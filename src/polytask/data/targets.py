@@ -18,7 +18,7 @@ from torch import Tensor
 from polytask.data.arrays import stack_column
 from polytask.tasks import Task
 from polytask.tasks.kinds import LoadArrays
-from polytask.tasks.kinds.columns import label_strings
+from polytask.tasks.kinds.columns import label_strings, marked_missing
 
 __all__ = ["encode_targets", "fit_task", "label_strings"]
 
@@ -30,6 +30,17 @@ def _array_reader(source: str, base_dir: Path | None) -> LoadArrays:
     return load
 
 
+def without_missing(task: Task, table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the cells of ``task``'s label columns that hold one of its ``missing``
+    labels blanked (for this task only: the caller's table is not changed)."""
+    if not task.missing:
+        return table
+    columns = {c: table[c] for c in task.targets if c in table.columns}
+    blanked = {c: s.mask(marked_missing(s, task.missing)) for c, s in columns.items()}
+    out: pd.DataFrame = table.assign(**blanked)
+    return out
+
+
 def fit_task(
     task: Task,
     table: pd.DataFrame,
@@ -38,6 +49,7 @@ def fit_task(
     base_dir: Path | None = None,
 ) -> Task:
     """Complete ``task`` from data: class labels from the whole table, scale from train rows."""
+    table = without_missing(task, table)
     fitted = task.spec.fit(task, table, train_rows, source, _array_reader(source, base_dir))
     return dataclasses.replace(task, **fitted) if fitted else task
 
@@ -47,4 +59,5 @@ def encode_targets(
 ) -> tuple[Tensor, Tensor]:
     """Label tensor and validity mask of ``task`` for every row of ``table``; array-valued
     targets of dense tasks may name files relative to ``base_dir``."""
+    table = without_missing(task, table)
     return task.spec.encode(task, table, source, _array_reader(source, base_dir))

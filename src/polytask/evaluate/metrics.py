@@ -37,6 +37,19 @@ def higher_is_better(task: Task, name: str) -> bool:
     return bool(flag)
 
 
+def metric_range(task: Task, name: str) -> tuple[float, float]:
+    """The values metric ``name`` of ``task`` can take (AUROC: [0, 1], MAE: [0, inf), R²:
+    (-inf, 1]), read from the torchmetrics class's plot bounds; unbounded sides are infinite.
+    Confidence intervals are clipped to it."""
+    metric = task.spec.metric_for_direction(task, name)
+    low = getattr(metric, "plot_lower_bound", None)
+    high = getattr(metric, "plot_upper_bound", None)
+    return (
+        -math.inf if low is None else float(low),
+        math.inf if high is None else float(high),
+    )
+
+
 def to_original_units(task: Task, values: Tensor) -> Tensor:
     """Undo the standardisation of a regression target (identity for other kinds)."""
     return task.spec.to_original_units(task, values)

@@ -1,5 +1,6 @@
 """A model against its reference, the one definition: per task the primary metric of both,
-the relative change signed so that negative means the model is better, and Δm. The run's
+the relative change signed so that negative means the model is better (and, for people, the
+raw change with the word better/worse in the metric's own direction), and Δm. The run's
 table, ``polytask compare`` and the report all read a :class:`Comparison` made here."""
 
 from __future__ import annotations
@@ -20,14 +21,63 @@ DELTA_M_DEFINITION = (
 )
 
 
+#: The uncertainty of one run's comparison, in words (the table's caption, results.json).
+SINGLE_RUN_NOTE = (
+    "one run of each model: Δm and the changes carry no uncertainty estimate "
+    "(polytask compare trains over seeds and gives confidence intervals)"
+)
+
+
+def outcome(value: float | None, reference: float | None, higher_is_better: bool) -> str:
+    """``better``, ``worse`` or ``same``: ``value`` against ``reference`` in the metric's own
+    direction (a fall in AUROC is worse, a fall in MAE better); ``-`` when either is missing."""
+    if value is None or reference is None or math.isnan(value) or math.isnan(reference):
+        return "-"
+    if value == reference:
+        return "same"
+    return "better" if (value > reference) == higher_is_better else "worse"
+
+
+def change_text(value: float | None, reference: float | None, percent: bool = True) -> str:
+    """The raw change ``value - reference`` (and with ``percent`` its percentage of
+    ``|reference|``), unsigned by direction: ``-0.0251 (-3.00%)`` for an AUROC that fell 3%.
+    Read it with :func:`outcome`."""
+    if value is None or reference is None or math.isnan(value) or math.isnan(reference):
+        return "-"
+    diff = value - reference
+    if reference == 0 or not percent:
+        return f"{diff:+.4f}"
+    return f"{diff:+.4f} ({100.0 * diff / abs(reference):+.2f}%)"
+
+
 @dataclass
 class TaskComparison:
+    """One task's primary metric for the model and its reference.
+
+    ``relative_change_pct`` is signed like Δm (negative = the model is better, whatever the
+    metric's direction); :attr:`change` is the plain difference and :attr:`outcome` says in
+    words which side is better."""
+
     task: str
     metric: str
     higher_is_better: bool
     multi_task: float
     single_task: float | None
     relative_change_pct: float | None
+
+    @property
+    def change(self) -> float | None:
+        """``multi_task - single_task`` in the metric's unit (None without a reference)."""
+        if self.single_task is None:
+            return None
+        return self.multi_task - self.single_task
+
+    @property
+    def outcome(self) -> str:
+        return outcome(self.multi_task, self.single_task, self.higher_is_better)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "change": self.change, "outcome": self.outcome}
 
 
 @dataclass
@@ -39,29 +89,44 @@ class Comparison:
     delta_m_pct: float = math.nan
     #: What the multi-task model is compared with: single-task nets, or a student's teachers.
     reference: str = "single-task"
+    #: Pooled (micro) rows of task templates (:mod:`polytask.evaluate.pooled`): every row's
+    #: own-task prediction, all of a template's tasks together; not part of Δm.
+    pooled: list[TaskComparison] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "split": self.split,
             "delta_m_pct": self.delta_m_pct,
             "delta_m_definition": DELTA_M_DEFINITION,
-            "tasks": [r.__dict__ for r in self.rows],
+            "tasks": [r.to_dict() for r in self.rows],
             "reference": self.reference,
+            **({"pooled": [r.to_dict() for r in self.pooled]} if self.pooled else {}),
+            "uncertainty": SINGLE_RUN_NOTE,
         }
 
     def table(self) -> Table:
+        """Per task: both values, the raw change and whether the model is better or worse on
+        that metric; Δm and the single-run note as the caption. Fits 80 columns (a long task
+        name breaks over lines in its own cell, never ends in "…")."""
         table = Table(title=f"Per-task {self.split} metrics: multi-task vs {self.reference}")
-        for col in ("task", "metric", "multi-task", self.reference, "rel. change"):
-            table.add_column(col, justify="left" if col in ("task", "metric") else "right")
-        for r in self.rows:
+        table.add_column("task", overflow="fold")
+        for col in ("metric", "multi-task", self.reference, "change", "outcome"):
+            table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=True)
+        for r in [*self.rows, *self.pooled]:
             arrow = "↑" if r.higher_is_better else "↓"
             stl = "-" if r.single_task is None else f"{r.single_task:.4f}"
-            change = "-" if r.relative_change_pct is None else f"{r.relative_change_pct:+.2f}%"
-            table.add_row(r.task, f"{r.metric} {arrow}", f"{r.multi_task:.4f}", stl, change)
+            table.add_row(
+                r.task,
+                f"{r.metric} {arrow}",
+                f"{r.multi_task:.4f}",
+                stl,
+                change_text(r.multi_task, r.single_task, percent=False),
+                r.outcome,
+            )
         if not math.isnan(self.delta_m_pct):
             table.caption = (
-                f"Δm = {self.delta_m_pct:+.2f}%  (relative changes are signed so that "
-                "negative = multi-task better)"
+                f"Δm = {self.delta_m_pct:+.2f}% (< 0: multi-task better on average); "
+                f"{SINGLE_RUN_NOTE}"
             )
         return table
 

@@ -17,6 +17,8 @@ left to the library:
 
 * one value: the mean is that value and the interval is undefined (NaN, ``null`` in JSON);
 * identical values (zero variance): the interval has zero width;
+* an interval reaching past what the metric can take (AUROC above 1) is clipped to its range;
+* a verdict from fewer than ``FEW_SEEDS`` pairs carries a note saying how little it rests on;
 * paired differences all identical (zero variance): all zero -> p = 1 ("no significant
   difference"); all equal and non-zero -> p = 0 (the limit of the t statistic, |t| -> ∞), the
   verdict follows the sign. Seeds then make no difference to the comparison, so the constant
@@ -40,6 +42,19 @@ VerdictText = Literal["helps", "no significant difference", "hurts", "too few se
 
 #: Paired seeds a verdict needs; with one pair there is no variance to test against.
 MIN_PAIRED_SEEDS = 2
+#: Below this many paired seeds a verdict says how little it rests on (with 2 seeds the
+#: t-test has one degree of freedom: its p-value swings with every retraining).
+FEW_SEEDS = 5
+
+
+def evidence_note(n_pairs: int) -> str | None:
+    """How little a verdict from ``n_pairs`` paired seeds rests on (None from FEW_SEEDS on)."""
+    if n_pairs >= FEW_SEEDS or n_pairs < MIN_PAIRED_SEEDS:
+        return None
+    return (
+        f"only {n_pairs} seeds: weak evidence, the test has {n_pairs - 1} degree"
+        f"{'s' if n_pairs > 2 else ''} of freedom; train {FEW_SEEDS} or more seeds to rely on it"
+    )
 
 
 def verdict_test_description(alpha: float) -> str:
@@ -74,8 +89,15 @@ class Interval:
         return {"mean": self.mean, "ci_low": self.low, "ci_high": self.high, "values": self.values}
 
 
-def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> Interval:
-    """Mean of the defined ``values`` with a two-sided Student-t interval at ``confidence``."""
+def mean_ci(
+    values: Sequence[float | None],
+    confidence: float = 0.95,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+) -> Interval:
+    """Mean of the defined ``values`` with a two-sided Student-t interval at ``confidence``,
+    clipped to ``bounds``, the values the metric can take (with few seeds the t interval of an
+    AUROC near 1 reaches past 1, where no model can be: :func:`polytask.evaluate.metrics.
+    metric_range`)."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     kept = list(values)
@@ -87,7 +109,8 @@ def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> Interva
         return Interval(mean, math.nan, math.nan, kept)
     sd = float(x.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2.0, x.size - 1)) * sd / math.sqrt(x.size)
-    return Interval(mean, mean - half, mean + half, kept)
+    low, high = bounds
+    return Interval(mean, max(mean - half, low), min(mean + half, high), kept)
 
 
 @dataclass(frozen=True)
@@ -104,8 +127,19 @@ class Verdict:
     p_value: float
     n_pairs: int
 
+    @property
+    def evidence(self) -> str | None:
+        """How little the verdict rests on, when few seeds decided it (:func:`evidence_note`)."""
+        return evidence_note(self.n_pairs)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "change_pct": self.change_pct, "p_value": self.p_value}
+        return {
+            "verdict": self.verdict,
+            "change_pct": self.change_pct,
+            "p_value": self.p_value,
+            "n_pairs": self.n_pairs,
+            "evidence": self.evidence,
+        }
 
 
 def paired_p_value(differences: Sequence[float]) -> float:

@@ -72,7 +72,8 @@ figure { margin: 1.2rem 0; background: #fff; border: 1px solid #d0d7de; border-r
          padding: 0.75rem; }
 figure img { display: block; max-width: 100%; height: auto; margin: 0 auto; }
 figcaption { font-size: 0.9rem; color: #3d444d; margin-top: 0.5rem; }
-table { border-collapse: collapse; margin: 1rem 0; font-size: 0.88rem; background: #fff; }
+.table-wrap { max-width: 100%; overflow-x: auto; margin: 1rem 0; }
+table { border-collapse: collapse; margin: 0; font-size: 0.88rem; background: #fff; }
 caption { text-align: left; font-weight: 600; padding-bottom: 0.35rem; }
 th, td { border: 1px solid #d0d7de; padding: 0.3rem 0.55rem; text-align: right; }
 th { background: #f0f3f6; }
@@ -114,9 +115,11 @@ def _table_html(table: Table) -> str:
     body = "".join(
         "<tr>" + "".join(_cell_html(c, "td") for c in row) + "</tr>" for row in table.rows
     )
+    # Many tasks make wide tables: the wrapper scrolls sideways inside the page's column
+    # instead of pushing the table (and the page) past the window.
     return (
-        f"<table><caption>{_esc(table.caption)}</caption>"
-        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f'<div class="table-wrap"><table><caption>{_esc(table.caption)}</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
     )
 
 

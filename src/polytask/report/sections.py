@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from polytask.evaluate.reference import SINGLE_RUN_NOTE, change_text, outcome
 from polytask.report import figures as F
 from polytask.report.html import Cell, Note, Section, Table
 from polytask.report.loading import RunLog, load_run, metric_series, number, split_pair
@@ -64,7 +65,8 @@ def _results_table(results: dict[str, Any]) -> Table | None:
                 f"{row.get('metric')}{_arrow(row.get('higher_is_better'))}",
                 _fmt(row.get("multi_task")),
                 _fmt(row.get("single_task")),
-                _pct(row.get("relative_change_pct")),
+                _change(row),
+                _outcome(row),
             ]
         )
     if not rows:
@@ -73,10 +75,26 @@ def _results_table(results: dict[str, Any]) -> Table | None:
     delta = number(comparison.get("delta_m_pct"))
     caption = f"Final {split} metrics: multi-task vs single-task"
     if math.isfinite(delta):
-        caption += f" (Δm = {delta:+.2f}%; relative changes signed so that negative = better)"
-    caption += "; one seed, no confidence interval (polytask compare gives them)"
-    header = ["task", "metric", "multi-task", "single-task", "rel. change"]
+        caption += f" (Δm = {delta:+.2f}%; < 0: multi-task better on average)"
+    caption += f"; {SINGLE_RUN_NOTE}"
+    header = ["task", "metric", "multi-task", "single-task", "change", "outcome"]
     return Table(caption, header, rows)
+
+
+def _change(row: dict[str, Any]) -> str:
+    """The raw change and its percentage (:func:`polytask.evaluate.reference.change_text`)."""
+    multi, single = number(row.get("multi_task")), number(row.get("single_task"))
+    text = change_text(multi, single)
+    return "–" if text == "-" else text
+
+
+def _outcome(row: dict[str, Any]) -> str:
+    """better / worse in the metric's direction (computed for runs written before the field)."""
+    hib = row.get("higher_is_better")
+    if hib is None:
+        return "–"
+    word = outcome(number(row.get("multi_task")), number(row.get("single_task")), bool(hib))
+    return "–" if word == "-" else word
 
 
 def _pair_series(

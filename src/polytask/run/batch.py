@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from polytask.data.tables import table_format
+from polytask.data.tables import read_table, table_format
 from polytask.errors import DataError, PolytaskError
 from polytask.run.predictor import Predictor
 
@@ -83,6 +83,12 @@ def iter_table(
 def _chunks(
     path: Path, kind: str, chunk_rows: int, na_values: Sequence[str]
 ) -> Iterator[pd.DataFrame]:
+    if kind == "excel":
+        # A workbook is read whole (openpyxl has no row-group reader worth the name).
+        frame = read_table(path, fmt=kind, na_values=na_values)
+        for start in range(0, len(frame), chunk_rows):
+            yield frame.iloc[start : start + chunk_rows].reset_index(drop=True)
+        return
     if kind == "parquet":
         for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
             frame = batch.to_pandas()
@@ -145,6 +151,7 @@ def predict_file(
     preference: str | Sequence[float] | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     on_chunk: Callable[[int], None] | None = None,
+    per_task: bool = False,
 ) -> int:
     """Predict every row of the table ``data`` into ``output`` (CSV or Parquet, by its name),
     ``chunk_rows`` rows at a time, and return the number of rows. The id column is carried
@@ -153,6 +160,8 @@ def predict_file(
     if chunk_rows < 1:
         raise PolytaskError(f"chunk rows must be at least 1, got {chunk_rows}")
     kind = table_format(output)  # an unknown suffix fails before any work
+    if kind == "excel":
+        raise PolytaskError(f"cannot write '{output}': predictions are written as .csv or .parquet")
     if not output.parent.is_dir():
         raise PolytaskError(f"cannot write '{output}': folder '{output.parent}' does not exist")
     staging = output.with_name(f".{output.name}.{os.getpid()}.tmp")
@@ -166,6 +175,7 @@ def predict_file(
                 source=f"data file '{data}'",
                 base_dir=data.parent,
                 preference=preference,
+                per_task=per_task,
             )
             writer.write(frame)
             rows += len(frame)

@@ -116,7 +116,7 @@ def train_built(
     )
     # Decoded batches land in page-locked memory when they go to a GPU (an asynchronous copy).
     pinned = trainer.device.type == "cuda"
-    train = data.training_sources(cfg.sampling, pin_memory=pinned).subset_tasks(names)
+    train = data.training_for(names, cfg.sampling, pin_memory=pinned)
     try:
         return trainer.fit(train, data.val.subset_tasks(names), run_dir, resume=resume)
     finally:

@@ -32,10 +32,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from pydantic import BaseModel
 
 from polytask._version import __version__
 from polytask.config import RunConfig
+from polytask.data.split import RECORD_ID, RECORD_ROW, RECORD_SPLIT
 from polytask.errors import PolytaskError
 from polytask.run.lock import LOCK_NAME, RunLock, check_unlocked, is_locked
 from polytask.state_io import (
@@ -51,13 +53,24 @@ from polytask.state_io import (
 
 CONFIG = "config.json"
 RESULTS = "results.json"
+#: Which rows of the table went to train / val / test (``polytask evaluate RUN --split``).
+SPLITS = "splits.csv"
 MODEL = "model"
 BASELINES = "baselines"
 CHECKPOINTS = "checkpoints"
 #: Written into every run directory polytask creates: what ``--overwrite`` may replace.
 MARKER = "polytask-run.json"
 #: What a run writes at its top level: the names whose staging leftovers are cleaned up.
-RUN_ENTRIES = (MARKER, CONFIG, RESULTS, MODEL, CHECKPOINTS, "metrics.jsonl", "metrics.csv")
+RUN_ENTRIES = (
+    MARKER,
+    CONFIG,
+    RESULTS,
+    MODEL,
+    CHECKPOINTS,
+    SPLITS,
+    "metrics.jsonl",
+    "metrics.csv",
+)
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -292,6 +305,32 @@ def write_config(run_dir: Path, config: BaseModel) -> None:
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The stored configuration of a run, as a raw dict."""
     return _json_object(run_dir / CONFIG)
+
+
+def write_splits(run_dir: Path, record: pd.DataFrame) -> None:
+    """Write ``splits.csv`` atomically: the rows of each split (see
+    :func:`polytask.data.split.split_record`)."""
+    atomic_write_text(run_dir / SPLITS, record.to_csv(index=False, lineterminator="\n"))
+
+
+def read_splits(run_dir: Path) -> pd.DataFrame:
+    """The ``splits.csv`` of a run, checked; a one-line error when there is none (runs of
+    streamed tables, of ``data.sources``, or of versions before the file)."""
+    path = run_dir / SPLITS
+    if not path.is_file():
+        raise PolytaskError(
+            f"run directory '{run_dir}' has no {SPLITS}: its split was not recorded (a "
+            "streamed table, data.sources, or a run of an earlier version); score a table "
+            "instead"
+        )
+    try:
+        record = pd.read_csv(path, dtype={RECORD_SPLIT: str, RECORD_ID: str}, keep_default_na=False)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise PolytaskError(f"'{path}': cannot read it: {str(exc).splitlines()[0]}") from None
+    expected = {RECORD_ROW, RECORD_SPLIT}
+    if not expected <= set(record.columns) or not pd.api.types.is_integer_dtype(record[RECORD_ROW]):
+        raise PolytaskError(f"'{path}': expected integer column 'row' and column 'split'")
+    return record
 
 
 def baseline_dir(run_dir: Path, task: str) -> Path:

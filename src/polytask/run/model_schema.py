@@ -134,7 +134,7 @@ class StoredTask(TaskConfig):
 
     @model_validator(mode="after")
     def _bounded(self) -> StoredTask:
-        for field in ("classes", "target"):
+        for field in ("classes", "target", "positive", "missing"):
             value = getattr(self, field)
             if isinstance(value, list) and len(value) > MAX_CLASSES:
                 raise ValueError(f"{field}: more than {MAX_CLASSES} entries")

@@ -12,10 +12,14 @@ import pandas as pd
 from rich.console import Console
 
 from polytask.config import RunConfig, config_from_dict
+from polytask.console import make_console
 from polytask.data.prepare import PreparedData, prepare_data
-from polytask.distributed import launched
+from polytask.data.summary import DataSummary, describe_data
+from polytask.data.tensors import TensorData
+from polytask.distributed import collective, launched
 from polytask.errors import ConfigError
 from polytask.evaluate.evaluation import evaluate_data
+from polytask.evaluate.pooled import Pair, metric_pairs, pooled_metrics, pooled_rows
 from polytask.evaluate.reference import Comparison, against_reference
 from polytask.models.model import MultiTaskModel
 from polytask.run.baselines import train_baselines
@@ -26,6 +30,7 @@ from polytask.run.directory import (
     model_dir,
     protected_paths,
     write_results,
+    write_splits,
 )
 from polytask.run.predictor import Predictor
 from polytask.run.variant import RunVariant, variant_for
@@ -137,7 +142,32 @@ def run_predictor(
         na_values=cfg.data.na_values,
         metrics=summary,
         lineage=lineage,
+        groups=data.groups,
     )
+
+
+def pooled_summary(
+    cfg: RunConfig,
+    data: PreparedData,
+    model: MultiTaskModel,
+    eval_split: TensorData,
+    baseline_pairs: dict[str, Pair],
+    comparison: Comparison,
+) -> dict[str, Any]:
+    """The pooled (micro) metrics of the task templates (:mod:`polytask.evaluate.pooled`)
+    for the model and the single-task baselines, added to ``comparison`` as rows and
+    returned for ``results.json`` with the templates' record; {} without templates."""
+    if not data.groups:
+        return {}
+    pairs = metric_pairs(model, data.tasks, eval_split, cfg.train.eval_batch_size)
+    multi = pooled_metrics(data.groups, data.tasks, pairs)
+    single = pooled_metrics(data.groups, data.tasks, baseline_pairs) if baseline_pairs else {}
+    comparison.pooled = pooled_rows(data.groups, data.tasks, multi, single)
+    return {
+        "pooled": {"multi_task": multi, "single_task": single},
+        "templates": [g.to_dict() for g in data.groups],
+        "comparison": comparison.to_dict(),
+    }
 
 
 def run(
@@ -196,10 +226,18 @@ def _run(
         variant = variant_for(cfg, console)
     data = prepare_data(cfg, frame, frames, soft_targets=variant.soft_targets)
     tasks = data.tasks
+    console = console or make_console(stderr=True)
     built = build_run(cfg, data.input_spec, tasks)
     # ``work_dir`` is ``out_dir``, or with ``overwrite`` the sibling that replaces it only once
     # this block has finished; the directory is locked until then.
     with create_out_dir(out_dir, cfg, resume, overwrite) as work_dir:
+        # Once every check has passed, with the progress display (train.progress): a run that
+        # stops on bad input prints its one line only.
+        if not quiet and cfg.train.progress and collective().writes:  # rank 0 speaks
+            for line in summarise_data(data).lines():
+                console.print(line, markup=False, highlight=False)
+        if work_dir is not None and data.split_rows is not None:
+            write_splits(work_dir, data.split_rows)
         fit = train_built(
             cfg,
             built,
@@ -216,15 +254,27 @@ def _run(
         _, metrics = evaluate_data(model, tasks, eval_split, cfg.train.eval_batch_size)
 
         baselines: dict[str, dict[str, float]] = {}
+        # Each baseline's metric inputs, for the pooled metrics of task templates.
+        baseline_pairs: dict[str, Pair] | None = {} if data.groups else None
         if variant.reference is not None:
             baselines = variant.reference(tasks, eval_split)
         elif cfg.baselines and len(tasks) > 1:
             baselines = train_baselines(
-                cfg, data, tasks, eval_split, work_dir, resume=resume, quiet=quiet, console=console
+                cfg,
+                data,
+                tasks,
+                eval_split,
+                work_dir,
+                resume=resume,
+                quiet=quiet,
+                console=console,
+                pairs=baseline_pairs,
+                split_name=split_name,
             )
         comparison = against_reference(
             tasks, metrics, baselines, split_name, variant.reference_name
         )
+        pooled = pooled_summary(cfg, data, model, eval_split, baseline_pairs or {}, comparison)
         summary = {
             "split": split_name,
             "best_epoch": fit.best_epoch,
@@ -232,6 +282,7 @@ def _run(
             "multi_task": metrics,
             "single_task": baselines if variant.reference is None else {},
             "comparison": comparison.to_dict(),
+            **pooled,
             **(variant.summary(model, baselines) if variant.summary is not None else {}),
         }
         lineage = variant.lineage(data) if variant.lineage is not None else None
@@ -239,6 +290,20 @@ def _run(
         if work_dir is not None:
             save_run(work_dir, predictor, summary)
     return RunResult(predictor, fit, metrics, baselines, comparison, out_dir)
+
+
+def summarise_data(data: PreparedData) -> DataSummary:
+    """What the run read (:func:`polytask.data.summary.describe_data`), printed before
+    training."""
+    sources = {s.name: len(s.data) for s in data.sources} if data.sources else None
+    return describe_data(
+        data.tasks,
+        data.preprocessor,
+        {"train": data.train, "val": data.val, "test": data.test},
+        source=data.source,
+        train_rows=data.stream.n_train if data.stream is not None else None,
+        sources=sources,
+    )
 
 
 def save_run(out_dir: Path, predictor: Predictor, summary: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from polytask.errors import DataError, PolytaskError
 from polytask.evaluate.evaluation import evaluate_data, predict_outputs
 from polytask.models.config import ModelConfig
 from polytask.models.model import MultiTaskModel
+from polytask.run.fast import FastTable
 from polytask.run.model_schema import (
     MODEL_FORMAT,
     describe_for_save,
@@ -52,6 +53,7 @@ from polytask.state_io import atomic_directory, write_json, write_tensors
 from polytask.tasks import Task
 from polytask.tasks.preferences import parse_preference
 from polytask.tasks.task import select_tasks
+from polytask.tasks.template import TaskGroup, own_task_columns
 
 __all__ = ["MODEL_FORMAT", "Predictor", "load", "mark_missing", "mark_missing_cells", "model_dir"]
 
@@ -72,8 +74,12 @@ class Predictor:
         metrics: dict[str, Any] | None = None,
         lineage: dict[str, Any] | None = None,
         precision: str = "32",
+        groups: Sequence[TaskGroup] | None = None,
     ) -> None:
         self.model = model.eval()
+        #: The ``[[tasks]]`` templates the tasks were expanded from (``templates.json``):
+        #: a task-indexed one predicts each row's own task (:meth:`predict`).
+        self.groups = list(groups or [])
         #: The forward pass's precision (``train.precision``'s values; :func:`load`).
         self.precision = precision
         self.tasks = tasks
@@ -90,6 +96,8 @@ class Predictor:
         #: A table model predicts frames of at most this many rows on the fast path
         #: (:meth:`predict_columns`): per-cell Python beats pandas' per-column overhead there.
         self.fast_rows = 256
+        #: (preprocessor, markers, its FastTable): see :meth:`_fast_table`.
+        self._fast: tuple[object, list[str], FastTable] | None = None
 
     @property
     def task_names(self) -> list[str]:
@@ -149,6 +157,8 @@ class Predictor:
 
     def _autocast(self) -> AbstractContextManager[object]:
         """The forward pass's precision on the model's device (:mod:`polytask.devices`)."""
+        if self.precision == "32":
+            return nullcontext()  # what autocast gives for 32, without looking up the device
         return autocast(module_device(self.model), self.precision)
 
     def predict(
@@ -158,13 +168,23 @@ class Predictor:
         source: str = "data frame",
         base_dir: Path | None = None,
         preference: str | Sequence[float] | None = None,
+        *,
+        per_task: bool = False,
     ) -> pd.DataFrame:
         """Predictions in the user's labels and units: one or more columns per task (a
         column of arrays for per-pixel tasks); a row whose output is not finite gets no label
-        (an empty cell). Missing-value markers and ``preference``: see :meth:`outputs`."""
+        (an empty cell). Missing-value markers and ``preference``: see :meth:`outputs`.
+
+        A model of task-indexed data (``[data] task_column``) given a table holding that
+        column returns each row's own task's output in one column set named after the
+        template (``score``; ``score_proba`` for a binary one), beside the task column;
+        ``per_task=True`` (or naming ``tasks``) returns every task's columns instead."""
+        indexed = self._indexed_groups(df, tasks, per_task)
+        if indexed:
+            return self._predict_indexed(df, indexed, source, base_dir, preference)
         if 0 < len(df) <= self.fast_rows and self._fast_frame(df):
             wanted = [*self._table_columns, *([self.id_column] if self.id_column else [])]
-            cells = {c: df[c].to_numpy() for c in wanted if c in df.columns}
+            cells = _frame_cells(df, wanted)
             try:
                 fast = self.predict_columns(cells, tasks, source, preference)
             except DataError:
@@ -185,6 +205,43 @@ class Predictor:
         result: pd.DataFrame = pd.DataFrame(columns, index=df.index)
         return result
 
+    def _indexed_groups(
+        self, df: pd.DataFrame, tasks: list[str] | None, per_task: bool
+    ) -> list[TaskGroup]:
+        """The task-indexed groups whose task column ``df`` holds (none when every task's
+        columns are asked for)."""
+        if per_task or tasks:
+            return []
+        return [g for g in self.groups if g.column is not None and g.column in df.columns]
+
+    def _predict_indexed(
+        self,
+        df: pd.DataFrame,
+        groups: list[TaskGroup],
+        source: str,
+        base_dir: Path | None,
+        preference: str | Sequence[float] | None,
+    ) -> pd.DataFrame:
+        """:meth:`predict` of a task-indexed table: the id and task columns, each task that no
+        template made, then each group's own-task columns (:func:`own_task_columns`)."""
+        df = mark_missing(df, self.na_values)
+        outputs = self._outputs(df, source, base_dir, preference)
+        columns: dict[str, Any] = {}
+        if self.id_column is not None and self.id_column in df.columns:
+            columns[self.id_column] = df[self.id_column].to_numpy()
+        for group in groups:
+            assert group.column is not None
+            columns.setdefault(group.column, df[group.column].to_numpy())
+        grouped = {name for g in groups for name in g.tasks}
+        for task in self.tasks:
+            if task.name not in grouped:
+                columns.update(_task_columns(task, outputs[task.name]))
+        by_name = {t.name: t for t in self.tasks}
+        for group in groups:
+            columns.update(own_task_columns(group, by_name, outputs, df[group.column]))
+        result: pd.DataFrame = pd.DataFrame(columns, index=df.index)
+        return result
+
     @property
     def _table_columns(self) -> list[str]:
         """The feature columns of a table model (none for other inputs)."""
@@ -198,11 +255,12 @@ class Predictor:
         could keep)."""
         if not isinstance(self.preprocessor, TablePreprocessor) or not df.columns.is_unique:
             return False
-        dtypes = df.dtypes
+        # The dtypes as a list, not looked up one by one in their Series (slow for a row).
+        features = set(self._table_columns)
         return all(
-            isinstance(dtypes[c], (np.dtype, pd.StringDtype))
-            for c in self._table_columns
-            if c in df.columns
+            isinstance(dtype, (np.dtype, pd.StringDtype))
+            for c, dtype in zip(df.columns, df.dtypes.tolist(), strict=True)
+            if c in features
         )
 
     def predict_columns(
@@ -229,13 +287,45 @@ class Predictor:
         r = self._preference(preference)
         n = sizes.pop() if sizes else 0
         cells = {k: mark_missing_cells(v, k, self.na_values) for k, v in columns.items()}
-        inputs = self.preprocessor.transform_cells(cells, n, source)
-        with self.model.preferring(r):
-            outputs = self._forward_few(inputs, n)
+        fast = self._fast_table()
+        inputs = None if fast is None else fast.columns(cells, n, source)
+        if inputs is None:
+            inputs = self.preprocessor.transform_cells(cells, n, source)
+        ids = cells.get(self.id_column) if self.id_column is not None else None
+        return self._predict_few(inputs, n, chosen, r, ids)
+
+    def _fast_table(self) -> FastTable | None:
+        """The few-row encoding of a table model (:mod:`polytask.run.fast`), built once for
+        the current preprocessor and missing-value markers; None for other inputs."""
+        pre = self.preprocessor
+        if not isinstance(pre, TablePreprocessor):
+            return None
+        cached = self._fast
+        if cached is None or cached[0] is not pre or cached[1] != self.na_values:
+            cached = (pre, list(self.na_values), FastTable(pre, self.na_values))
+            self._fast = cached
+        return cached[2]
+
+    def _predict_few(
+        self,
+        inputs: dict[str, Tensor],
+        n: int,
+        chosen: list[Task],
+        preference: Tensor | None,
+        ids: Cells | None,
+    ) -> dict[str, np.ndarray]:
+        """The prediction columns of ``n`` encoded rows (the id column's cells first when
+        given): one forward pass and each chosen task's decoding."""
+        model = self.model
+        if preference is None and model.preference is None:
+            outputs = self._forward_few(inputs, n)  # nothing to set and restore
+        else:
+            with model.preferring(preference):
+                outputs = self._forward_few(inputs, n)
         result: dict[str, np.ndarray] = {}
-        if self.id_column is not None and self.id_column in cells:
-            result[self.id_column] = np.asarray(cells[self.id_column])
-        for task in chosen:
+        if ids is not None:
+            result[str(self.id_column)] = np.asarray(ids)
+        for task in chosen:  # the outputs carry no autograd history: no grad mode needed
             result.update(_task_columns(task, outputs[task.name].cpu()))
         return result
 
@@ -247,8 +337,11 @@ class Predictor:
             if self.model.training or n > self.batch_size:
                 outputs = predict_outputs(self.model, inputs, self.batch_size)
             else:
-                with torch.no_grad():
-                    outputs = self.model(to_device(inputs, module_device(self.model)))
+                device = module_device(self.model)
+                if device.type != "cpu":
+                    inputs = to_device(inputs, device)
+                with torch.inference_mode():
+                    outputs = self.model(inputs)
         return {k: v.float() for k, v in outputs.items()}
 
     def predict_records(
@@ -265,9 +358,22 @@ class Predictor:
         (:meth:`predict_columns`) for table models."""
         if not records:
             return []
-        names = list(dict.fromkeys(k for r in records for k in r))
-        columns = {k: [r.get(k) for r in records] for k in names}
-        predicted = self.predict_columns(columns, tasks, source, preference)
+        fast = self._fast_table()
+        inputs = None if fast is None else fast.records(records)
+        if inputs is not None:
+            # Every feature cell was plain (no marker, no pandas conversion): encoded in one
+            # pass over the rows; the id column, when sent, as the general path reads it.
+            chosen = self._select(tasks)
+            r = self._preference(preference)
+            ids: Cells | None = None
+            key = self.id_column
+            if key is not None and any(key in record for record in records):
+                ids = mark_missing_cells([rec.get(key) for rec in records], key, self.na_values)
+            predicted = self._predict_few(inputs, len(records), chosen, r, ids)
+        else:
+            names = list(dict.fromkeys(k for r in records for k in r))
+            columns = {k: [r.get(k) for r in records] for k in names}
+            predicted = self.predict_columns(columns, tasks, source, preference)
         keys = list(predicted)
         rows = zip(*(predicted[k].tolist() for k in keys), strict=True)
         return [{k: _plain(v) for k, v in zip(keys, row, strict=True)} for row in rows]
@@ -340,12 +446,31 @@ class Predictor:
             write_json(staging / "metrics.json", self.metrics)
             if self.lineage:
                 write_json(staging / "lineage.json", self.lineage)
+            if self.groups:
+                write_json(staging / "templates.json", [g.to_dict() for g in self.groups])
         return target
 
 
 def _task_columns(task: Task, out: Tensor) -> dict[str, np.ndarray]:
     """The prediction columns of ``task``, decoded by its kind."""
     return task.spec.decode(task, out)
+
+
+def _frame_cells(df: pd.DataFrame, wanted: list[str]) -> dict[str, Cells]:
+    """``{c: df[c].to_numpy() for c in wanted if c in df.columns}`` (``df``'s column names
+    unique) without building a Series per column, which costs a one-row frame of 40 columns
+    more than the network's forward pass: the column arrays as the frame stores them (read
+    only), NumPy arrays kept and others converted as ``Series.to_numpy`` converts them."""
+    arrays = getattr(df, "_iter_column_arrays", None)
+    if arrays is None:  # a pandas without it: the public way
+        return {c: df[c].to_numpy() for c in wanted if c in df.columns}
+    stored = dict(zip(df.columns, arrays(), strict=True))
+    cells: dict[str, Cells] = {}
+    for c in wanted:
+        if c in stored:
+            values = stored[c]
+            cells[c] = values if isinstance(values, np.ndarray) else values.to_numpy()
+    return cells
 
 
 def _plain(value: Any) -> Any:
@@ -482,4 +607,24 @@ def load(path: str | Path, *, device: str = "cpu", precision: str = "32") -> Pre
         metrics=_optional_object(directory / "metrics.json"),
         lineage=_optional_object(directory / "lineage.json"),
         precision=precision,
+        groups=read_groups(directory / "templates.json", [t.name for t in files.tasks]),
     )
+
+
+def read_groups(path: Path, names: Sequence[str]) -> list[TaskGroup]:
+    """The task templates of a model directory (``templates.json``, optional), checked
+    against the model's tasks; a damaged file is a one-line error naming it."""
+    if not os.path.lexists(path):
+        return []
+    data = read_json_file(path)
+    if not isinstance(data, list) or len(data) > len(names):
+        raise PolytaskError(f"'{path}': expected a list of at most {len(names)} templates")
+    groups = [TaskGroup.from_dict(item, f"'{path}': template {i}") for i, item in enumerate(data)]
+    known = set(names)
+    for i, group in enumerate(groups):
+        unknown = [t for t in group.tasks if t not in known]
+        if unknown:
+            raise PolytaskError(
+                f"'{path}': template {i}: task {unknown[0]!r} is not a task of the model"
+            )
+    return groups

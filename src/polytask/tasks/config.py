@@ -20,7 +20,7 @@ class TaskConfig(Schema):
     kind: TaskKind
     target: str | list[str]
     classes: list[str] | None = None
-    positive: str | None = None
+    positive: str | list[str] | None = None
     loss: str | None = None
     metrics: list[str] | None = None
     primary_metric: str | None = None
@@ -28,6 +28,11 @@ class TaskConfig(Schema):
     pos_weight: float | list[float] | None = None
     class_weights: list[float] | None = None
     ignore_index: int | None = None
+    missing: list[str | int | float] | None = Field(
+        default=None,
+        description="label values that mean 'no label' for this task only (masked, like "
+        "a blank cell)",
+    )
 
     @field_validator("kind")
     @classmethod

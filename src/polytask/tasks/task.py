@@ -47,7 +47,11 @@ class Task:
             the per-pixel kinds a column of arrays (or of ``.npy`` / image file paths).
         classes: class labels. Binary: ``[negative, positive]``; multiclass: every class. Inferred
             from the training table when omitted; labels outside declared classes are an error.
-        positive: for binary targets with non-obvious labels, the label meaning "positive".
+        positive: binary only: the label meaning "positive" when the labels are not obvious
+            (``yes``/``no``, ``0``/``1``); on a column of more than two labels, or given as a
+            list of labels, the task is one-vs-rest: rows holding one of these labels are
+            positive, rows holding any other label negative, and the classes become
+            ``["not <30", "<30"]`` (a list: ``["not (a | b)", "a | b"]``).
         loss: loss name (see ``LOSSES``); the kind's default when omitted.
         metrics: metric names (see ``METRICS``); all of the kind's metrics when omitted.
         primary_metric: the metric used for early stopping and Δm; the kind's default if omitted.
@@ -59,13 +63,16 @@ class Task:
             learns the standardised target and reports predictions in the original unit.
         ignore_index: segmentation only: the pixel value marking unlabelled pixels (masked
             out of loss and metrics, as ``ignore_index`` in ``nn.CrossEntropyLoss``).
+        missing: label values that mean "no label" for this task only (a stray ``3`` in a
+            0/1 column, ``"unknown"``), compared as text like class labels; those rows are
+            masked out of this task's loss and metrics, other tasks keep them.
     """
 
     name: str
     kind: TaskKind
     target: str | list[str]
     classes: list[str] | None = None
-    positive: str | None = None
+    positive: str | list[str] | None = None
     loss: str | None = None
     metrics: list[str] | None = None
     primary_metric: str | None = None
@@ -75,6 +82,7 @@ class Task:
     target_mean: float | None = None
     target_std: float | None = None
     ignore_index: int | None = None
+    missing: list[str | int | float] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -122,6 +130,8 @@ class Task:
                 f"{where}: unknown kind {self.kind!r}; valid choices: {', '.join(KINDS.names())}"
             )
         self.spec.validate(self, where)
+        if self.missing is not None and self.dense:
+            raise ConfigError(f"{where}: missing applies to label columns, not {self.kind} targets")
 
     # -- JSON round trip -----------------------------------------------------------------
     def declared(self) -> dict[str, Any]:

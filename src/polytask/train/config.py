@@ -29,7 +29,12 @@ class TrainConfig(Schema):
     criterion: str = "mean_relative"
     log_format: Literal["jsonl", "csv"] = "jsonl"
     progress: bool = True
-    threads: int | None = Field(default=None, ge=1, le=4096)
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="CPU threads torch computes with (torch.set_num_threads); default: torch's",
+    )
     checkpoint_every: Steps | None = Field(
         default=None,
         description="also checkpoint every N steps, so a resume continues mid-epoch",

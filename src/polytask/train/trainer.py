@@ -31,6 +31,7 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from polytask.balance.base import BackwardResult, Balancer
+from polytask.console import make_console
 from polytask.data.sources import SourceSet, TrainingData
 from polytask.data.tensors import Batch, TensorData
 from polytask.devices import (
@@ -200,7 +201,7 @@ class Trainer:
         self.config = config
         self.seed = seed
         self.callbacks = list(callbacks)
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
         self.label = label
         self.quiet = quiet or not self.group.writes  # rank 0 speaks for the run
         self.loss_fn: BatchLoss = loss_fn if loss_fn is not None else LabelLoss(tasks)
@@ -375,6 +376,7 @@ class Trainer:
                     f"[{self.label}] epoch {record.epoch}: skipped {record.skipped_steps} "
                     f"step(s) with a non-finite loss or gradient (train.nonfinite = 'skip')",
                     soft_wrap=True,
+                    markup=False,
                 )
             self.history.append(record)
             for hook in self.hooks:  # diagnostics and early stopping complete the record first

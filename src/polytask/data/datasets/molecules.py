@@ -27,14 +27,20 @@ a molecule is featurised, so ``polytask list`` and the other datasets work witho
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from polytask.data.chem import (
+    DEFAULT_BITS,
+    DESCRIPTORS,
+    FINGERPRINT_PREFIX,
+    MORGAN_RADIUS,
+    featurise_smiles,
+    fingerprint_columns,
+)
 from polytask.errors import DataError
 
 # The chemprop commit whose data/ folder holds the files described in ../shared/data/README.md
@@ -88,114 +94,34 @@ QM8_CITATION = (
     "J. Chem. Phys. 143 (2015) 084111."
 )
 
-MORGAN_RADIUS = 2
-DEFAULT_BITS = 2048
-FINGERPRINT_PREFIX = "morgan_"
-
-#: The 2-D descriptors computed for every molecule, in column order. Size, lipophilicity,
-#: polarity, hydrogen bonding, flexibility, rings, saturation, charge and stereo: cheap (about
-#: 0.3 ms per Tox21 molecule in all) and the usual physico-chemical context for a fingerprint,
-#: whose bits say which substructures occur but not how large or polar the molecule is.
-#: NumFragments counts the disconnected parts (Tox21 holds salts and mixtures).
-DESCRIPTORS: tuple[str, ...] = (
-    "MolWt",
-    "HeavyAtomCount",
-    "MolLogP",
-    "MolMR",
-    "TPSA",
-    "LabuteASA",
-    "NumHDonors",
-    "NumHAcceptors",
-    "NumHeteroatoms",
-    "NumRotatableBonds",
-    "RingCount",
-    "NumAromaticRings",
-    "FractionCSP3",
-    "NumAtomStereoCenters",
-    "FormalCharge",
-    "NumFragments",
-)
-
-
-def _import_rdkit() -> tuple[ModuleType, ModuleType, ModuleType, ModuleType, ModuleType]:
-    """RDKit's modules, or a one-line DataError saying how to install the optional extra."""
-    try:
-        from rdkit import Chem, rdBase
-        from rdkit.Chem import Descriptors, rdFingerprintGenerator, rdMolDescriptors
-    except ImportError as exc:
-        raise DataError(
-            "molecular features need RDKit, which is not installed; "
-            "run: pip install 'polytask[chem]'"
-        ) from exc
-    return Chem, rdBase, Descriptors, rdFingerprintGenerator, rdMolDescriptors
-
-
-def fingerprint_columns(n_bits: int = DEFAULT_BITS) -> list[str]:
-    """Names of the fingerprint columns: ``morgan_0000`` ... (zero-padded, so they sort)."""
-    width = len(str(n_bits - 1))
-    return [f"{FINGERPRINT_PREFIX}{i:0{width}d}" for i in range(n_bits)]
-
-
-def _descriptor_functions(
-    Chem: ModuleType, Descriptors: ModuleType, rd: ModuleType
-) -> list[Callable[[Any], float]]:
-    """One function per entry of :data:`DESCRIPTORS`, in the same order."""
-    table: dict[str, Callable[[Any], float]] = {
-        "MolWt": Descriptors.MolWt,
-        "HeavyAtomCount": lambda mol: mol.GetNumHeavyAtoms(),
-        "MolLogP": Descriptors.MolLogP,
-        "MolMR": Descriptors.MolMR,
-        "TPSA": rd.CalcTPSA,
-        "LabuteASA": rd.CalcLabuteASA,
-        "NumHDonors": rd.CalcNumHBD,
-        "NumHAcceptors": rd.CalcNumHBA,
-        "NumHeteroatoms": rd.CalcNumHeteroatoms,
-        # RDKit's default (strict) definition, as Descriptors.NumRotatableBonds: the non-strict
-        # one is 4x cheaper (0.1 s instead of 0.5 s on Tox21) but counts amide C-N and similar
-        # bonds and so differs on a third of the Tox21 molecules, under the same name.
-        "NumRotatableBonds": rd.CalcNumRotatableBonds,
-        "RingCount": rd.CalcNumRings,
-        "NumAromaticRings": rd.CalcNumAromaticRings,
-        "FractionCSP3": rd.CalcFractionCSP3,
-        "NumAtomStereoCenters": rd.CalcNumAtomStereoCenters,
-        "FormalCharge": Chem.GetFormalCharge,
-        "NumFragments": lambda mol: len(Chem.GetMolFrags(mol)),
-    }
-    return [table[name] for name in DESCRIPTORS]
+#: The featurisation itself is shared with the ``smiles`` input processor: see
+#: :mod:`polytask.data.chem`.
+__all__ = [
+    "DEFAULT_BITS",
+    "DESCRIPTORS",
+    "FINGERPRINT_PREFIX",
+    "MORGAN_RADIUS",
+    "featurise",
+    "fingerprint_columns",
+    "load_qm8",
+    "load_tox21",
+    "read_qm8",
+    "read_tox21",
+]
 
 
 def _featurise(smiles: Sequence[str], n_bits: int, radius: int) -> tuple[pd.DataFrame, list[int]]:
     """Features of the SMILES RDKit can parse, and the positions of those it cannot."""
-    if n_bits < 1 or radius < 0:
-        raise ValueError(f"need n_bits >= 1 and radius >= 0 (got {n_bits}, {radius})")
-    Chem, rdBase, Descriptors, rdFingerprintGenerator, rd = _import_rdkit()
-    generator = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
-    functions = _descriptor_functions(Chem, Descriptors, rd)
-    bits = np.zeros((len(smiles), n_bits), dtype=np.uint8)
-    values = np.full((len(smiles), len(functions)), np.nan)
-    parsed = np.zeros(len(smiles), dtype=bool)
-    failed: list[int] = []
-    # RDKit logs every rejected SMILES to stderr; the caller reports them once instead.
-    blocker = rdBase.BlockLogs()
-    try:
-        for i, text in enumerate(smiles):
-            mol = Chem.MolFromSmiles(text) if isinstance(text, str) and text.strip() else None
-            if mol is None:
-                failed.append(i)
-                continue
-            parsed[i] = True
-            bits[i] = generator.GetFingerprintAsNumPy(mol)
-            values[i] = [function(mol) for function in functions]
-    finally:
-        del blocker
+    features = featurise_smiles(smiles, n_bits, radius, descriptors=True)
+    parsed = features.parsed
     frame = pd.concat(
         [
-            pd.DataFrame(values[parsed], columns=list(DESCRIPTORS)),
-            pd.DataFrame(bits[parsed], columns=fingerprint_columns(n_bits)),
+            pd.DataFrame(features.descriptors[parsed], columns=list(DESCRIPTORS)),
+            pd.DataFrame(features.bits[parsed], columns=fingerprint_columns(n_bits)),
         ],
         axis=1,
     )
-    return frame, failed
+    return frame, features.failed
 
 
 def featurise(

@@ -1,9 +1,10 @@
-"""Input processors for non-tabular data: images, audio and text. Importing the package
-registers every processor in :data:`INPUTS`."""
+"""Input processors for non-tabular data: images, audio, text and molecules (SMILES).
+Importing the package registers every processor in :data:`INPUTS`."""
 
 from polytask.data.inputs import (
     audio,  # noqa: F401  (importing registers the processor)
     image,  # noqa: F401  (importing registers the processor)
+    smiles,  # noqa: F401  (importing registers the processor)
     text,  # noqa: F401  (importing registers the processors)
 )
 from polytask.data.inputs.base import INPUTS, InputProcessor, input_from_dict

@@ -347,7 +347,7 @@ def affinity(
     """
 
     cfg = _as_config(config, overrides)
-    names = [t.name for t in cfg.tasks]
+    names = cfg.named_tasks("affinity")
     if len(names) < 2:
         raise ConfigError("affinity needs at least two tasks")
     if epochs is not None and epochs < 1:

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from polytask.config import RunConfig, load_config
 from polytask.config_errors import validation_message
+from polytask.console import make_console
 from polytask.errors import ConfigError, PolytaskError
 from polytask.run.directory import is_finished
 from polytask.state_io import atomic_write_text, to_json
@@ -35,9 +36,10 @@ class CompareResult:
     trained: list[str]
     reused: list[str]
 
-    def tables(self) -> list[Table]:
-        """The terminal tables (one per training fraction)."""
-        return tables(self.summary)
+    def tables(self, per_task: bool = False) -> list[Table]:
+        """The terminal tables: a summary per training fraction (and, with ``per_task``, the
+        table of every task)."""
+        return tables(self.summary, per_task)
 
 
 def _write(out: Path, plan: Plan, outcomes: Mapping[str, Outcome]) -> dict[str, Any]:
@@ -77,7 +79,7 @@ def compare(
         except ValidationError as exc:
             raise ConfigError(validation_message(exc, "compare", CompareConfig)) from None
         cfg = cfg.model_copy(update={"compare": section})
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     plan = build_plan(cfg)
     root = Path(out)
     if root.exists() and not root.is_dir():

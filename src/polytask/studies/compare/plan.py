@@ -139,7 +139,7 @@ def build_plan(cfg: RunConfig) -> Plan:
                     "compare.grid tunes; remove one of them"
                 )
     seeds, points = cmp.seed_list(cfg.seed), grid_points(cmp.grid)
-    tasks = [t.name for t in cfg.tasks]
+    tasks = cfg.named_tasks("compare")
     if len(tasks) < 2:
         raise ConfigError("config error: tasks: a comparison needs at least two tasks")
     raw = base_raw(cfg)

@@ -6,8 +6,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
+from polytask.evaluate.reference import outcome
+from polytask.evaluate.statistics import FEW_SEEDS
 from polytask.studies.compare.config import SINGLE_TASK
 
 _MARK = {"helps": "helps", "hurts": "HURTS", "no significant difference": "n.s."}
@@ -26,6 +29,9 @@ def _mean_pm(stat: dict[str, Any], digits: int = 4, unit: str = "") -> str:
         return "-"
     if low is None or high is None:
         return f"{mean:.{digits}f}{unit}"
+    if not math.isclose(mean - low, high - mean, rel_tol=1e-9, abs_tol=1e-12):
+        # Clipped at the metric's range (AUROC <= 1): no longer symmetric, so both ends.
+        return f"{mean:.{digits}f}{unit} [{low:.{digits}f}, {high:.{digits}f}]"
     return f"{mean:.{digits}f}{unit} ± {(high - low) / 2:.{digits}f}"
 
 
@@ -45,7 +51,38 @@ def _verdict(v: dict[str, Any]) -> str:
     detail = [] if change is None else [f"{change:+.2f}%"]
     if p is not None:
         detail.append(f"p={p:.3g}")
+    n = v.get("n_pairs")
+    if v.get("evidence") and isinstance(n, int):
+        detail.append(f"only {n} seeds")
     return f"{text} ({', '.join(detail)})" if detail else text
+
+
+def _raw_change(doc: dict[str, Any], row: dict[str, Any], base: dict[str, Any], task: str) -> str:
+    """Mean over seeds of the configuration minus that of the baselines, in the metric's unit,
+    and whether that is better or worse in the metric's direction."""
+    mean = row["per_task"][task].get("mean")
+    ref = base["per_task"][task].get("mean") if base else None
+    if mean is None or ref is None:
+        return "-"
+    word = outcome(mean, ref, doc["tasks"][task]["higher_is_better"])
+    return f"{mean - ref:+.3f} {word}"
+
+
+def _few_seeds(rows: list[dict[str, Any]]) -> str | None:
+    """The caveat of verdicts that rest on few seeds (None when every verdict has enough)."""
+    n = [
+        v["n_pairs"]
+        for r in rows
+        for v in (r.get("verdicts") or {}).values()
+        if v.get("evidence") and isinstance(v.get("n_pairs"), int)
+    ]
+    if not n:
+        return None
+    return (
+        f"verdicts from {min(n)} seeds rest on little: the paired t-test has {min(n) - 1} "
+        f"degree{'s' if min(n) > 2 else ''} of freedom; train {FEW_SEEDS} or more seeds "
+        "(--seeds) before relying on them"
+    )
 
 
 def _by_fraction(doc: dict[str, Any], fraction: float) -> list[dict[str, Any]]:
@@ -75,7 +112,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"- Δm: {doc['delta_m_definition']}",
         f"- Verdict: {doc['test']}",
-        "- Cells: mean ± half-width of the 95% Student-t interval over seeds.",
+        "- Cells: mean ± half-width of the 95% Student-t interval over seeds "
+        "(mean [low, high] where the interval is clipped to the metric's range).",
     ]
     for name, conf in doc["configurations"].items():
         overrides = ", ".join(f"`{o}`" for o in conf["overrides"]) or "the config as written"
@@ -113,6 +151,9 @@ def markdown(doc: dict[str, Any]) -> str:
             ["configuration", *tasks],
             [[r["configuration"]] + [_verdict(r["verdicts"][t]) for t in tasks] for r in multi],
         )
+        few = _few_seeds(multi)
+        if few:
+            lines += ["", f"Note: {few}."]
     return "\n".join(lines) + "\n"
 
 
@@ -123,34 +164,109 @@ def _worst(row: dict[str, Any]) -> str:
     return f"{worst['task']} ({worst['change_pct']:+.2f}%)"
 
 
-def tables(doc: dict[str, Any]) -> list[Table]:
-    """One terminal table per training fraction."""
+def _counts(row: dict[str, Any], tasks: list[str]) -> str:
+    verdicts = [row["verdicts"][t]["verdict"] for t in tasks]
+    n = {k: verdicts.count(k) for k in ("helps", "no significant difference", "hurts")}
+    return f"{n['helps']} / {n['no significant difference']} / {n['hurts']}"
+
+
+def _name_width(rows: list[dict[str, Any]]) -> int:
+    """The configuration column's width: its longest name, up to 20 characters (a longer one
+    breaks over lines rather than ending in "…")."""
+    return min(20, max([13, *(len(r["configuration"]) for r in rows)]))
+
+
+def summary_table(doc: dict[str, Any], fraction: float) -> Table:
+    """One training fraction in a few columns, however many tasks: per configuration its Δm
+    (the mean over tasks), how many tasks it helps / leaves / hurts, and its worst task."""
     tasks = list(doc["tasks"])
+    rows = _by_fraction(doc, fraction)
+    table = Table(
+        title=f"polytask compare: training fraction {fraction:g}, {len(tasks)} tasks (test split)",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+    table.add_column("configuration", overflow="fold", min_width=_name_width(rows))
+    table.add_column("seeds", justify="right", no_wrap=True)
+    table.add_column("Δm [95% CI]", justify="right", no_wrap=True)
+    table.add_column("helps/n.s./hurts", justify="right", no_wrap=True)
+    table.add_column("worst task (change)", justify="right")
+    for r in rows:
+        if r["configuration"] == SINGLE_TASK:
+            table.add_row(r["configuration"], str(r["n_seeds"]), "(reference)", "", "")
+            continue
+        table.add_row(
+            r["configuration"],
+            str(r["n_seeds"]),
+            _signed_pm(r["delta_m"]),
+            _counts(r, tasks),
+            _worst(r),
+        )
+    notes = [
+        "Δm: mean over tasks of the relative change, < 0: multi-task better; "
+        "worst task: its relative change (> 0: worse); --per-task: every task"
+    ]
+    few = _few_seeds(rows)
+    if few:
+        notes.append(few)
+    table.caption = "; ".join(notes)
+    return table
+
+
+def per_task_table(doc: dict[str, Any], fraction: float) -> Table:
+    """Every task of one training fraction, one row per task and configuration (long, not
+    wide: fits 80 columns with any number of tasks)."""
+    tasks = list(doc["tasks"])
+    rows = _by_fraction(doc, fraction)
+    base = next((r for r in rows if r["configuration"] == SINGLE_TASK), {})
+    table = Table(
+        title=f"per task: training fraction {fraction:g} (test split)",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+    table.add_column("task", overflow="fold")
+    table.add_column("configuration", overflow="fold", min_width=_name_width(rows))
+    # Never "0…": on a narrow terminal a cell breaks between its words, never inside a number.
+    table.add_column("mean ± 95% CI", justify="right", overflow="fold")
+    table.add_column("vs single", justify="right", overflow="fold")
+    table.add_column("verdict", justify="right", overflow="fold")
+    for t in tasks:
+        for r in rows:
+            single = r["configuration"] == SINGLE_TASK
+            verdict = r["verdicts"][t] if not single else {}
+            table.add_row(
+                _task_header(doc, t).replace(" ↑", "↑").replace(" ↓", "↓") if r is rows[0] else "",
+                r["configuration"],
+                _mean_pm(r["per_task"][t], digits=3).replace(", ", "–"),
+                "" if single else _raw_change(doc, r, base, t),
+                "" if single else _short_verdict(verdict),
+                end_section=r is rows[-1],
+            )
+    notes = ["vs single-task: difference of the means, better/worse in the metric's direction"]
+    few = _few_seeds(rows)
+    if few:
+        notes.append(few)
+    table.caption = "; ".join(notes)
+    return table
+
+
+def _short_verdict(v: dict[str, Any]) -> str:
+    text = _MARK.get(str(v.get("verdict")), str(v.get("verdict")))
+    p = v.get("p_value")
+    return text if p is None else f"{text} p={p:.2g}"
+
+
+def tables(doc: dict[str, Any], per_task: bool = False) -> list[Table]:
+    """The terminal tables: per training fraction a summary, and with ``per_task`` the table
+    of every task after it."""
     result = []
     for fraction in doc["fractions"]:
-        table = Table(title=f"polytask compare — training fraction {fraction:g} (test split)")
-        table.add_column("configuration")
-        for t in tasks:
-            table.add_column(_task_header(doc, t), justify="right")
-        table.add_column("Δm [95% CI]", justify="right")
-        table.add_column("worst task", justify="right")
-        for r in _by_fraction(doc, fraction):
-            cells = [_mean_pm(r["per_task"][t]) for t in tasks]
-            if r["configuration"] != SINGLE_TASK:
-                cells = [
-                    f"{c} {_MARK.get(r['verdicts'][t]['verdict'], '?')}"
-                    for c, t in zip(cells, tasks, strict=True)
-                ]
-                extra = [_signed_pm(r["delta_m"]), _worst(r)]
-            else:
-                extra = ["", ""]
-            table.add_row(f"{r['configuration']} ({r['n_seeds']} seeds)", *cells, *extra)
-        table.caption = (
-            "mean ± 95% CI half-width over seeds; Δm < 0: multi-task better; "
-            "helps / n.s. / HURTS: paired t-test over seeds (see compare.md)"
-        )
-        result.append(table)
+        result.append(summary_table(doc, fraction))
+        if per_task:
+            result.append(per_task_table(doc, fraction))
     return result
 
 
-__all__ = ["markdown", "tables"]
+__all__ = ["markdown", "per_task_table", "summary_table", "tables"]

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from polytask.config import RunConfig
+from polytask.console import make_console
 from polytask.data.prepare import PreparedData, prepare_data
 from polytask.errors import PolytaskError
 from polytask.evaluate.reference import against_reference
@@ -259,7 +260,7 @@ class TrainRun:
             state["frame"],
             state["frames"],
             quiet=True,
-            console=Console(stderr=True, quiet=True),
+            console=make_console(stderr=True, quiet=True),
         )
 
     def __call__(self, spec: RunSpec) -> tuple[bool, float]:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from polytask.evaluate.delta import delta_m, delta_m_all_metrics
-from polytask.evaluate.metrics import higher_is_better
+from polytask.evaluate.metrics import higher_is_better, metric_range
 from polytask.evaluate.reference import DELTA_M_DEFINITION
 from polytask.evaluate.statistics import mean_ci, paired_verdict, verdict_test_description
 from polytask.studies.compare.config import SINGLE_TASK
@@ -46,6 +46,8 @@ class _Tasks:
         self.names = [t.name for t in plan.tasks]
         self.primary = {t.name: t.primary for t in plan.tasks}
         self.hib = {t.name: higher_is_better(t, t.primary) for t in plan.tasks}
+        #: What each primary metric can take: intervals are clipped to it (AUROC <= 1).
+        self.range = {t.name: metric_range(t, t.primary) for t in plan.tasks}
         self.hib_all = {
             t.name: {m: higher_is_better(t, m) for m in t.metric_names} for t in plan.tasks
         }
@@ -133,15 +135,17 @@ class _Section:
             all(self.single[t][i] for t in tasks.names) for i in range(len(plan.seeds))
         ]
 
-    def _stats(self, values: list[float | None]) -> dict[str, Any]:
-        return mean_ci(values, self.plan.confidence).to_dict()
+    def _stats(self, values: list[float | None], task: str | None = None) -> dict[str, Any]:
+        """Mean and interval; a task's primary metric is clipped to its range."""
+        bounds = self.tasks.range[task] if task is not None else (-math.inf, math.inf)
+        return mean_ci(values, self.plan.confidence, bounds).to_dict()
 
     def baselines(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "fraction": self.fraction,
             "configuration": SINGLE_TASK,
             "n_seeds": sum(self.complete),
-            "per_task": {t: self._stats(v) for t, v in self.single_values.items()},
+            "per_task": {t: self._stats(v, t) for t, v in self.single_values.items()},
         }
         if self.plan.grid:
             entry["chosen"] = {t: [_point(c) for c in runs] for t, runs in self.single.items()}
@@ -178,7 +182,7 @@ class _Section:
             "fraction": self.fraction,
             "configuration": name,
             "n_seeds": sum(c is not None for c in runs),
-            "per_task": {t: self._stats(v) for t, v in values.items()},
+            "per_task": {t: self._stats(v, t) for t, v in values.items()},
             "delta_m": self._stats([d[0] for d in deltas]),
             "delta_m_all_metrics": self._stats([d[1] for d in deltas]),
             "worst_task": {

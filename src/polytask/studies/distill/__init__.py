@@ -58,7 +58,7 @@ class Distillation:
         """Load the teachers of ``cfg``'s ``[distill]`` section and match them to its tasks."""
         settings = cfg.section("distill", DistillConfig)
         teachers = load_teachers([cfg.resolve(p) for p in settings.teachers])
-        assignment = assign_teachers(teachers, [t.name for t in cfg.tasks])
+        assignment = assign_teachers(teachers, cfg.named_tasks("distill"))
         cache = cfg.resolve(settings.cache_dir) if settings.cache_dir else None
         return cls(settings, teachers, TeacherOutputs(teachers, assignment, cache, console))
 

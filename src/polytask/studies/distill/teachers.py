@@ -22,6 +22,7 @@ from rich.console import Console
 from safetensors.torch import load_file
 from torch import Tensor
 
+from polytask.console import make_console
 from polytask.errors import ConfigError, DataError
 from polytask.run.predictor import Predictor, load, model_dir
 from polytask.state_io import atomic_directory, file_sha256, write_tensors
@@ -133,7 +134,7 @@ class TeacherOutputs:
         self.teachers = teachers
         self.assignment = assignment
         self.cache_dir = cache_dir
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
         #: Whether the last call read the cache (for the run's record).
         self.cache_hit = False
 

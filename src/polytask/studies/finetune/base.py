@@ -25,6 +25,7 @@ from polytask.run.predictor import Predictor, load, model_dir
 from polytask.state_io import file_sha256
 from polytask.studies.distill.config import DistillConfig
 from polytask.tasks import Task
+from polytask.tasks.kinds.binary import positive_class
 
 _KEEP_ARCHITECTURE = "finetune keeps the base's architecture; remove [model] or match it"
 
@@ -173,7 +174,7 @@ def _continued(declared: Task, fitted: Task, directory: Path) -> Task:
     if (
         declared.positive is not None
         and fitted.classes is not None
-        and declared.positive != fitted.classes[-1]
+        and positive_class(declared.positive) != fitted.classes[-1]
     ):
         raise ConfigError(
             f"{where}: positive {declared.positive!r} differs from the {base}'s positive class "

@@ -44,6 +44,7 @@ from rich.table import Table
 
 from polytask.config import RunConfig, config_from_dict, load_config
 from polytask.config_errors import validation_message
+from polytask.console import make_console
 from polytask.data.prepare import prepare_data
 from polytask.errors import ConfigError, PolytaskError
 from polytask.evaluate.evaluation import evaluate_data
@@ -104,7 +105,7 @@ def _unconditioned(raw: dict[str, Any], seed: int, balancer: str) -> dict[str, A
 def plan_sweep(cfg: RunConfig) -> SweepPlan:
     """Every run of the sweep described by ``cfg`` (its ``[pareto]`` section)."""
     section = cfg.section("pareto", ParetoConfig)
-    names = [t.name for t in cfg.tasks]
+    names = cfg.named_tasks("pareto")
     if len(names) < 2:
         raise ConfigError("config error: tasks: a Pareto front needs at least two tasks")
     check_test_split(cfg, "pareto")
@@ -239,7 +240,7 @@ def _execute(
     quiet: bool,
 ) -> dict[str, Any]:
     """Train (or read back) one run; what the summary needs, as plain JSON-ready data."""
-    console = Console(stderr=True, quiet=quiet)
+    console = make_console(stderr=True, quiet=quiet)
     outcome, trained = ensure_run(
         run.spec, root, frame=frame, frames=frames, cache=DataCache(), quiet=quiet, console=console
     )
@@ -325,7 +326,7 @@ def sweep(
     cfg = load_config(config) if isinstance(config, str | Path) else config
     cfg = _with_overrides(cfg, seeds=seeds, workers=workers)
     plan = plan_sweep(cfg)
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise PolytaskError(f"output path '{root}' exists and is not a directory")

@@ -1,4 +1,8 @@
-"""``binary``: one label column with two classes; the head outputs one logit per row."""
+"""``binary``: one label column with two classes; the head outputs one logit per row.
+
+A column of more labels becomes a binary task one-vs-rest when ``positive`` names one of them
+(or lists several): those rows are positive, every other label negative, and the classes are
+:func:`one_vs_rest_classes` (``["not <30", "<30"]``), so predictions say what they mean."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from polytask.tasks.kinds.base import (
     probabilities,
     torchmetric,
 )
-from polytask.tasks.kinds.columns import fit_label_classes, label_codes
+from polytask.tasks.kinds.columns import fit_label_classes, label_codes, label_strings
 
 # Pairs whose positive member is obvious; any other two labels need an explicit ``positive``.
 _OBVIOUS_POSITIVE = {
@@ -50,6 +54,17 @@ class Binary(Sigmoid):
     accepts_pos_weight = True
     accepts_positive = True
 
+    def validate(self, task: TaskLike, where: str) -> None:
+        super().validate(task, where)
+        positive = task.positive
+        if isinstance(positive, list):
+            if not positive or not all(isinstance(v, str) and v.strip() for v in positive):
+                raise ConfigError(f"{where}: positive must list at least one non-blank label")
+            if len(set(positive)) != len(positive):
+                raise ConfigError(f"{where}: positive lists a label twice")
+        elif positive is not None and not positive.strip():
+            raise ConfigError(f"{where}: positive must be a non-blank label")
+
     def check_classes(self, task: TaskLike, classes: list[str], where: str) -> None:
         if len(classes) != 2:
             raise ConfigError(f"{where}: a binary task has exactly 2 classes")
@@ -62,6 +77,14 @@ class Binary(Sigmoid):
         source: str,
         load_arrays: LoadArrays,
     ) -> dict[str, Any]:
+        if task.positive is not None and task.classes is None:
+            labels, valid = label_strings(table[task.targets[0]])
+            seen = sorted(set(labels[valid].tolist()))
+            if len(positive_values(task.positive)) > 1 or len(seen) > 2:
+                where = f"{source}: task '{task.name}'"
+                classes = _one_vs_rest(task, labels, valid, seen, train_rows, where)
+                return {"classes": classes}
+
         def order(classes: list[str], where: str, column: str) -> list[str]:
             return _binary_classes(task, classes, where, column)
 
@@ -70,6 +93,11 @@ class Binary(Sigmoid):
     def encode(
         self, task: TaskLike, table: pd.DataFrame, source: str, load_arrays: LoadArrays
     ) -> tuple[Tensor, Tensor]:
+        if is_one_vs_rest(task):
+            assert task.positive is not None
+            labels, valid = label_strings(table[task.targets[0]])
+            codes = np.isin(labels, positive_values(task.positive)) & valid
+            return torch.from_numpy(codes.astype(np.float32)), torch.from_numpy(valid)
         codes, valid = label_codes(task, table, source)
         return torch.from_numpy(codes.astype(np.float32)), torch.from_numpy(valid)
 
@@ -110,18 +138,81 @@ class Binary(Sigmoid):
         return classes_mismatch(student, teacher)
 
 
+def positive_values(positive: str | list[str]) -> list[str]:
+    """The label(s) ``positive`` names, as a list."""
+    return [positive] if isinstance(positive, str) else list(positive)
+
+
+def positive_class(positive: str | list[str]) -> str:
+    """The name of the positive class a ``positive`` declaration gives: the label itself
+    (one label), or the labels joined by `` | `` (several, one-vs-rest)."""
+    return " | ".join(positive_values(positive))
+
+
+def one_vs_rest_classes(positive: str | list[str]) -> list[str]:
+    """The ``[negative, positive]`` classes of a one-vs-rest task: ``["not <30", "<30"]``;
+    for several labels ``["not (<30 | >30)", "<30 | >30"]``."""
+    values = positive_values(positive)
+    name = positive_class(positive)
+    return [f"not {name}" if len(values) == 1 else f"not ({name})", name]
+
+
+def is_one_vs_rest(task: TaskLike) -> bool:
+    """Whether a fitted binary ``task`` recodes its labels one-vs-rest (its classes are
+    :func:`one_vs_rest_classes` of its ``positive``): any label outside ``positive`` is then
+    negative, at training and at evaluation alike."""
+    return task.positive is not None and task.classes == one_vs_rest_classes(task.positive)
+
+
+def _one_vs_rest(
+    task: TaskLike,
+    labels: np.ndarray,
+    valid: np.ndarray,
+    seen: list[str],
+    train_rows: np.ndarray,
+    where: str,
+) -> list[str]:
+    """The classes of a one-vs-rest task, after checking that its positive labels occur, that
+    some label is negative, and that the training rows hold both."""
+    assert task.positive is not None
+    column = task.targets[0]
+    values = positive_values(task.positive)
+    absent = [v for v in values if v not in seen]
+    if absent:
+        raise DataError(
+            f"{where}: positive label {absent[0]!r} is not in column '{column}' "
+            f"(labels: {seen[:8]})"
+        )
+    if set(seen) <= set(values):
+        raise DataError(
+            f"{where}: positive = {task.positive!r} covers every label of column '{column}' "
+            f"{seen[:8]}; no row is negative"
+        )
+    train = labels[train_rows][valid[train_rows]]
+    n_positive = int(np.isin(train, values).sum())
+    if n_positive == 0 or n_positive == len(train):
+        missing = "positive" if n_positive == 0 else "negative"
+        raise DataError(
+            f"{where}: column '{column}' has no {missing} label in the training rows "
+            f"(positive = {task.positive!r}); a binary task needs both"
+        )
+    return one_vs_rest_classes(task.positive)
+
+
 def _binary_classes(task: TaskLike, classes: list[str], where: str, column: str) -> list[str]:
     if len(classes) != 2:
         raise DataError(
             f"{where}: column '{column}' has {len(classes)} distinct labels {classes[:6]}; "
-            "a binary task needs exactly 2 (use kind = 'multiclass')"
+            "a binary task needs exactly 2 (use kind = 'multiclass', or positive = '...' "
+            "for one label against the rest)"
         )
     if task.classes is not None and task.positive is None:
         return classes  # declared as [negative, positive]
     if task.positive is not None:
-        if task.positive not in classes:
-            raise DataError(f"{where}: positive label {task.positive!r} not among {classes}")
-        return [c for c in classes if c != task.positive] + [task.positive]
+        label = positive_class(task.positive)
+        if label not in classes:
+            raise DataError(f"{where}: positive label {label!r} not among {classes}")
+        return [c for c in classes if c != label] + [label]
     key = tuple(sorted(c.lower() for c in classes))
     positive = _OBVIOUS_POSITIVE.get((key[0], key[1]))
     if positive is None:

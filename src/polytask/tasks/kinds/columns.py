@@ -35,6 +35,16 @@ def label_strings(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return labels, valid
 
 
+def marked_missing(series: pd.Series, markers: list[str | int | float]) -> np.ndarray:
+    """A boolean array of the cells of ``series`` holding one of ``markers`` (a task's
+    ``missing`` labels), compared as text as class labels are: ``3`` matches 3, 3.0 and "3"."""
+    wanted = {_label_text(m) for m in markers}
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    hit = np.array([_label_text(u) in wanted for u in uniques] + [False], dtype=bool)
+    marked: np.ndarray = hit[codes]  # code -1 (already missing) picks the trailing False
+    return marked
+
+
 def numeric(series: pd.Series, source: str) -> np.ndarray:
     """A float array of a numeric target; text values are an error naming the first one."""
     values = pd.to_numeric(series, errors="coerce")

@@ -9,6 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from polytask.train.callbacks.base import TrainerCallback, TrainerView
+from polytask.train.config import TrainConfig
 from polytask.train.record import EpochRecord
 
 
@@ -46,6 +47,22 @@ class EarlyStopping(TrainerCallback):
     def on_fit_end(self, trainer: TrainerView) -> None:
         if self.best_weights is not None:
             trainer.model.load_state_dict(self.best_weights)
+        if self.exhausted and trainer.epoch < trainer.config.epochs and not trainer.quiet:
+            trainer.console.print(
+                f"[{trainer.label}] {self.announcement(trainer.epoch, trainer.config)}",
+                markup=False,
+                highlight=False,
+            )
+
+    def announcement(self, epoch: int, config: TrainConfig) -> str:
+        """Which epoch training stopped at, and why (printed unless the trainer is quiet)."""
+        by = f" by more than {self.min_delta:g}" if self.min_delta > 0 else ""
+        return (
+            f"early stopping after epoch {epoch} of {config.epochs}: the validation criterion "
+            f"({config.criterion}) did not improve{by} for {self.bad_epochs} epochs "
+            f"(train.patience = {self.patience}); keeping the weights of epoch "
+            f"{self.best_epoch} (criterion {self.best_criterion:+.4f})"
+        )
 
     def state(self) -> dict[str, Any]:
         return {

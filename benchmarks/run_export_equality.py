@@ -119,11 +119,13 @@ def example_rows(name: str, rows: int) -> tuple[Any, pd.DataFrame, pd.DataFrame]
     cfg = cfg.model_copy(update={"data": data})
     rng = np.random.default_rng(0)
     if "split" in frame.columns:
+        # At most half of a small test split goes to training's held-out part, so rows are
+        # left to compare on (FSDD's test split has 300 recordings).
+        sizes = {s: int((frame["split"] == s).sum()) for s in ("train", "val", "test")}
+        wanted = {"train": rows, "val": rows // 5, "test": min(rows // 5, sizes["test"] // 2)}
         parts = [
-            frame[frame["split"] == s].sample(
-                min(n, int((frame["split"] == s).sum())), random_state=0
-            )
-            for s, n in (("train", rows), ("val", rows // 5), ("test", rows // 5))
+            frame[frame["split"] == s].sample(min(n, sizes[s]), random_state=0)
+            for s, n in wanted.items()
         ]
         train = pd.concat(parts, ignore_index=True)
         test = frame[frame["split"] == "test"].drop(parts[2].index, errors="ignore").head(500)

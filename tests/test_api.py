@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import r2_score, roc_auc_score
 
 import polytask
+from polytask import Task
 from polytask.data.synthetic import make_mmoe_synthetic
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -111,3 +113,17 @@ def test_baselines_with_a_criterion_naming_one_task() -> None:
     )
     assert set(result.baseline_metrics) == {"value", "label"}
     assert result.baseline_metrics["label"]["auroc"] > 0.5
+
+
+def test_predicting_no_rows_gives_an_empty_table_with_every_column() -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(120, 3)), columns=["a", "b", "c"])
+    frame["y"] = (frame["a"] > 0).astype(int)
+    frame["kind"] = rng.integers(0, 3, 120).astype(str)
+    tasks = [Task("y", "binary", "y"), Task("kind", "multiclass", "kind")]
+    result = polytask.fit(
+        frame, tasks, baselines=False, train={"epochs": 1, "progress": False}, quiet=True
+    )
+    empty = result.predictor.predict(frame.head(0))
+    full = result.predictor.predict(frame.head(3))
+    assert len(empty) == 0 and list(empty.columns) == list(full.columns)

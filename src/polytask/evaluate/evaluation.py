@@ -23,9 +23,10 @@ def predict_outputs(
     device = module_device(model)  # the outputs stay there: the losses and metrics follow
     try:
         n = next(iter(inputs.values())).shape[0]
+        # No rows: one pass over the empty inputs still gives every output its shape.
         chunks: list[dict[str, Tensor]] = [
             model(to_device({k: v[start : start + batch_size] for k, v in inputs.items()}, device))
-            for start in range(0, n, batch_size)
+            for start in range(0, max(n, 1), batch_size)
         ]
     finally:
         model.train(was_training)

@@ -515,8 +515,8 @@ def summary(info: dict[str, Any], single: dict[str, Any], double: dict[str, Any]
         f"Cost under 2 processes at K = {big}: the exact Gramian mode's step is "
         f"{two[exact]['vs_equal']:.1f}× equal's and {two[exact]['ms'] / two[local]['ms']:.1f}× "
         f"the local mode's ({two[exact]['ms']:.0f} vs {two[local]['ms']:.0f} ms): each rank "
-        "takes K backward passes for its K gradients (`task_jacobian`) and sends K·P floats, "
-        "where the local mode keeps the single batched backward of the layer-wise Gramian. "
+        "forms its K full per-parameter gradients (`task_jacobian`, one vectorised backward) "
+        "and sends K·P floats, where the local mode's layer-wise Gramian never forms them. "
         f"Representation mode costs {two[rep]['vs_equal']:.1f}× equal. In 1 process the exact "
         f"mode costs {one[exact]['vs_equal']:.1f}× equal at K = {big} (layer-wise Gramian and "
         "UPGrad's solver).",

@@ -16,7 +16,7 @@ from polytask.console import make_console
 from polytask.data.prepare import PreparedData, prepare_data
 from polytask.data.summary import DataSummary, describe_data
 from polytask.data.tensors import TensorData
-from polytask.distributed import collective, launched
+from polytask.distributed import Collective, collective, launched
 from polytask.errors import ConfigError
 from polytask.evaluate.evaluation import evaluate_data
 from polytask.evaluate.pooled import Pair, metric_pairs, pooled_metrics, pooled_rows
@@ -199,15 +199,29 @@ def run(
     directory and returns its path.
     """
     with launched(cfg.train.device, cfg.distributed) as group:
-        out_dir = Path(out) if out is not None else (cfg.resolve(cfg.out) if cfg.out else None)
-        if group.writes:
-            check_out_dir(out_dir, resume, overwrite, protected_paths(cfg))
-            check_tensorboard(cfg, out_dir)
-        else:
-            out_dir = None
+        out_dir = writers_out_dir(group, cfg, out, resume, overwrite)
         return _run(
             cfg, frame, frames, out_dir, resume, overwrite, quiet, console, callbacks, variant
         )
+
+
+def writers_out_dir(
+    group: Collective,
+    cfg: RunConfig,
+    out: str | Path | None,
+    resume: bool,
+    overwrite: bool,
+    protected: Sequence[tuple[str, Path]] = (),
+) -> Path | None:
+    """The run directory (``out``, else the config's ``out``), checked before anything is read
+    (:func:`check_out_dir`, with ``protected`` paths besides the config's own); ``None`` on the
+    ranks of a data-parallel run that do not write (every rank but 0)."""
+    out_dir = Path(out) if out is not None else (cfg.resolve(cfg.out) if cfg.out else None)
+    if not group.writes:
+        return None
+    check_out_dir(out_dir, resume, overwrite, [*protected_paths(cfg), *protected])
+    check_tensorboard(cfg, out_dir)
+    return out_dir
 
 
 def _run(

@@ -33,8 +33,8 @@ from polytask.evaluate.evaluation import evaluate_data
 from polytask.evaluate.reference import against_reference
 from polytask.models.model import build_model
 from polytask.run.build import build_run, train_built
-from polytask.run.directory import check_out_dir, create_out_dir, protected_paths
-from polytask.run.pipeline import RunResult, check_tensorboard, save_run
+from polytask.run.directory import create_out_dir
+from polytask.run.pipeline import RunResult, save_run, writers_out_dir
 from polytask.run.predictor import Predictor
 from polytask.studies.finetune.base import (
     BaseModelDir,
@@ -189,15 +189,10 @@ def finetune(
     """
     if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg)
-    out_dir = Path(out) if out is not None else (cfg.resolve(cfg.out) if cfg.out else None)
     # Under torchrun: data-parallel, rank 0 alone checks and writes the run directory.
     with launched(cfg.train.device, cfg.distributed) as group:
-        if group.writes:
-            protected = [*protected_paths(cfg), ("the base model", Path(base))]
-            check_out_dir(out_dir, resume, overwrite, protected)
-            check_tensorboard(cfg, out_dir)
-        else:
-            out_dir = None
+        protected = [("the base model", Path(base))]
+        out_dir = writers_out_dir(group, cfg, out, resume, overwrite, protected)
         return _finetune(
             base, cfg, frame, frames, out_dir, resume, overwrite, quiet, console, callbacks
         )

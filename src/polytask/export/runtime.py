@@ -43,8 +43,11 @@ class OnnxPredictor:
             raise PolytaskError(f"ONNX model '{self.path}' not found")
         options = ort.SessionOptions()
         if threads is not None:
+            # A bounded thread budget (a server among others on the machine): threads that
+            # wait for the next request sleep instead of spinning on a core.
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(self.path), options, providers=["CPUExecutionProvider"]

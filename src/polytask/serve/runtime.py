@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+import torch
 
 from polytask.errors import PolytaskError
 from polytask.export import OnnxPredictor, export_onnx
@@ -35,7 +36,9 @@ def onnx_runtime(predictor: Predictor, workdir: Path) -> PredictFn:
     """Predictions by onnxruntime from the model exported to ``workdir`` at start-up (the
     export is checked there, so a model the exporter cannot translate fails before serving)."""
     path = export_onnx(predictor, workdir / "model.onnx")
-    session = OnnxPredictor(path)
+    # The thread budget the torch runtime has in this process (not onnxruntime's default of
+    # every core, spinning between requests).
+    session = OnnxPredictor(path, threads=torch.get_num_threads())
 
     def predict(
         frame: pd.DataFrame, tasks: list[str] | None, preference: list[float] | None

@@ -6,7 +6,7 @@ Run it with::
     .venv/bin/python benchmarks/run_distributed.py            # ~3-5 min on 2 shared cores
     .venv/bin/python benchmarks/run_distributed.py --smoke    # tiny sizes, prints only
 
-(``--smoke`` starts the 2 processes while the 1-process reference runs, so its numbers mean
+(``--smoke`` runs tiny sizes, so its numbers mean
 nothing; it checks that every path runs.)
 
 The script measures everything twice: once in this process (no ``torchrun``, ``WORLD_SIZE``
@@ -565,10 +565,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "worker.json"
         if args.smoke:
-            # Its numbers mean nothing: the 2 processes start (and import) while this one
-            # measures, so the smoke test stays short.
-            process = launch(["--smoke"], out)
+            # Its numbers mean nothing (tiny sizes); one after the other, as the full run, so
+            # the 2 processes do not compete with this one for the cores.
             single = worker(settings)
+            process = launch(["--smoke"], out)
         else:
             print("1 process ...", flush=True)
             single = worker(settings)

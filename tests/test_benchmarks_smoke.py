@@ -11,21 +11,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_run_gpu_smoke_writes_every_section(tmp_path: Path) -> None:
+def _smoke(script: str, out: Path, timeout: float) -> str:
+    """Run ``benchmarks/SCRIPT --smoke --out OUT``; its stdout, or a failure showing both ends
+    of its stderr."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "run_gpu.py"),
-            "--smoke",
-            "--out",
-            str(tmp_path),
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out", str(out)],
         cwd=ROOT / "benchmarks",
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[:3000] + "\n...\n" + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_run_gpu_smoke_writes_every_section(tmp_path: Path) -> None:
+    _smoke("run_gpu.py", tmp_path, 600)
     payload = json.loads((tmp_path / "gpu.json").read_text())
     assert payload["smoke"] is True
     for k in ("2", "3"):
@@ -43,22 +44,8 @@ def test_run_gpu_smoke_writes_every_section(tmp_path: Path) -> None:
 def test_run_distributed_smoke_runs_both_world_sizes(tmp_path: Path) -> None:
     """``benchmarks/run_distributed.py --smoke`` (issue 19): 1 process, then 2 under torchrun
     on loopback, every row and the local-Gramian error; prints only, writes nothing."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "run_distributed.py"),
-            "--smoke",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=ROOT / "benchmarks",
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[:3000] + "\n...\n" + done.stderr[-3000:]
+    text = _smoke("run_distributed.py", tmp_path, 300)
     assert not list(tmp_path.iterdir())  # --smoke writes no results
-    text = done.stdout
     for row in (
         "equal (plain data parallel)",
         "upgrad exact mode, gramian=exact",

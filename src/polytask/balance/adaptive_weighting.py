@@ -405,20 +405,9 @@ class GradNorm(_IndexedBalancer):
     def _gradient_norms(self, losses: dict[str, Tensor], layer: list[nn.Parameter]) -> Tensor:
         """``‖∇_W L_k‖`` for each present task (0 for a loss that does not reach ``W``); in a
         data-parallel run, of the global batch's gradients (summed over the ranks)."""
-        if self.collective.active:
-            jacobian = task_jacobian(list(losses.values()), layer, self.collective)
-            global_norms: Tensor = jacobian.double().norm(dim=1)
-            return global_norms
-        norms = []
-        for loss in losses.values():
-            grads = torch.autograd.grad(loss, layer, retain_graph=True, allow_unused=True)
-            squares = [g.detach().to(torch.float64).pow(2).sum() for g in grads if g is not None]
-            norms.append(
-                torch.stack(squares).sum().sqrt()
-                if squares
-                else torch.zeros((), dtype=torch.float64)
-            )
-        return torch.stack(norms)
+        jacobian = task_jacobian(list(losses.values()), layer, self.collective)
+        norms: Tensor = jacobian.double().norm(dim=1)
+        return norms
 
     def _weight_gradients(self, losses: dict[str, Tensor], w: Tensor, norms: Tensor) -> Tensor:
         """``∂/∂w_k Σ_j |G_j − T_j|`` with the targets held constant; records ``L_k(0)``."""

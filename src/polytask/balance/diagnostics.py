@@ -73,18 +73,12 @@ class TaskGramian:
 
 
 def task_gradient_gramian(losses: dict[str, Tensor], params: list[nn.Parameter]) -> TaskGramian:
-    """The Gramian of ``∇_θ L_k`` over ``params``, one backward pass per task, leaving the graph
-    (and ``.grad``) intact."""
+    """The Gramian of ``∇_θ L_k`` over ``params`` (of the global batch in a data-parallel run),
+    one backward pass per task, leaving the graph (and ``.grad``) intact."""
     params = [p for p in params if p.requires_grad]
     names = list(losses)
-    group = collective()
-    if group.active:  # the global batch's gradients, then their Gramian
-        jacobian = task_jacobian([losses[n] for n in names], params, group).double()
-        return TaskGramian(names, (jacobian @ jacobian.T).cpu())
-    grads = [
-        torch.autograd.grad(losses[n], params, retain_graph=True, allow_unused=True) for n in names
-    ]
-    return gradient_gramian(names, grads, params)
+    jacobian = task_jacobian([losses[n] for n in names], params, collective()).double()
+    return TaskGramian(names, (jacobian @ jacobian.T).cpu())
 
 
 def gradient_gramian(

@@ -76,7 +76,7 @@ def sum_gradients(params: Sequence[nn.Parameter], group: Collective, bucket_byte
         return
     flags = torch.tensor(
         [0.0 if p.grad is None else 1.0 for p in params],
-        dtype=torch.float64,
+        dtype=params[0].dtype,
         device=params[0].device,
     )
     grads = []
@@ -84,8 +84,8 @@ def sum_gradients(params: Sequence[nn.Parameter], group: Collective, bucket_byte
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         grads.append(p.grad)
-    group.sum_([flags], bucket_bytes)
-    group.sum_(grads, bucket_bytes)
+    # The flags travel in the gradients' first bucket: one all-reduce more is not needed.
+    group.sum_([flags, *grads], bucket_bytes)
     for p, flag in zip(params, flags.tolist(), strict=True):
         if flag == 0.0:
             p.grad = None

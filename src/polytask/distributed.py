@@ -246,6 +246,10 @@ def launched(
     _current = ProcessGroup(where, settings)
     try:
         yield _current
+        # Every rank leaves together, rather than one tearing down its connections while rank
+        # 0 still writes the run directory (a rank was seen to abort at exit, std::terminate,
+        # without this).
+        dist.barrier()
     finally:
         _current = LOCAL
         dist.destroy_process_group()

@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "polytask.devices",
             "polytask.distributed",
             "polytask.console",
+            "polytask.progress",
         ),
     ),
     ("tasks", ("polytask.tasks",)),

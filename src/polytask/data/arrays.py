@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from polytask.errors import DataError
+from polytask.progress import long_step
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -82,14 +83,30 @@ def stack_column(
     *,
     reader: Callable[[object, Path | None, str], np.ndarray] = cell_array,
     allow_missing: bool = False,
+    progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every cell of ``series`` stacked into ``[N, *shape]`` and a boolean array of the rows
-    that held a value (missing rows are zero-filled; an error unless ``allow_missing``)."""
+    that held a value (missing rows are zero-filled; an error unless ``allow_missing``).
+    ``progress`` names the step for the progress display (:mod:`polytask.progress`): reading
+    thousands of image files takes minutes."""
+    with long_step(progress or "", len(series) if progress else 0, "rows") as advance:
+        return _stack_column(series, source, base_dir, reader, allow_missing, advance)
+
+
+def _stack_column(
+    series: pd.Series,
+    source: str,
+    base_dir: Path | None,
+    reader: Callable[[object, Path | None, str], np.ndarray],
+    allow_missing: bool,
+    advance: Callable[[int], None],
+) -> tuple[np.ndarray, np.ndarray]:
     column = str(series.name)
     arrays: list[np.ndarray | None] = []
     shape: tuple[int, ...] | None = None
     first_row: object = None
     for row, value in series.items():
+        advance(1)
         where = f"{source}: column '{column}', row {row}"
         if is_missing(value):
             if not allow_missing:

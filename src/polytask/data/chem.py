@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from polytask.errors import DataError
+from polytask.progress import long_step
 
 MORGAN_RADIUS = 2
 DEFAULT_BITS = 2048
@@ -135,14 +136,16 @@ def featurise_smiles(
     parsed = np.zeros(len(smiles), dtype=bool)
     blocker = rdBase.BlockLogs()
     try:
-        for i, text in enumerate(smiles):
-            mol = Chem.MolFromSmiles(text) if isinstance(text, str) and text.strip() else None
-            if mol is None:
-                continue
-            parsed[i] = True
-            bits[i] = generator.GetFingerprintAsNumPy(mol)
-            if functions:
-                values[i] = [function(mol) for function in functions]
+        with long_step("featurising molecules", len(smiles), "molecules") as advance:
+            for i, text in enumerate(smiles):
+                advance(1)
+                mol = Chem.MolFromSmiles(text) if isinstance(text, str) and text.strip() else None
+                if mol is None:
+                    continue
+                parsed[i] = True
+                bits[i] = generator.GetFingerprintAsNumPy(mol)
+                if functions:
+                    values[i] = [function(mol) for function in functions]
     finally:
         del blocker
     return MoleculeFeatures(bits, values, parsed)

@@ -22,6 +22,7 @@ from polytask.evaluate.evaluation import evaluate_data
 from polytask.evaluate.pooled import Pair, metric_pairs, pooled_metrics, pooled_rows
 from polytask.evaluate.reference import Comparison, against_reference
 from polytask.models.model import MultiTaskModel
+from polytask.progress import console_sink, reporting
 from polytask.run.baselines import train_baselines
 from polytask.run.build import build_run, train_built
 from polytask.run.directory import (
@@ -238,16 +239,20 @@ def _run(
 ) -> RunResult:
     if variant is None:
         variant = variant_for(cfg, console)
-    data = prepare_data(cfg, frame, frames, soft_targets=variant.soft_targets)
-    tasks = data.tasks
     console = console or make_console(stderr=True)
+    # The long steps of data preparation (sentence embeddings, decoding recordings or images,
+    # featurising molecules) report their progress where the training's progress goes.
+    speaks = not quiet and cfg.train.progress and collective().writes  # rank 0 speaks
+    with reporting(console_sink(console) if speaks else None):
+        data = prepare_data(cfg, frame, frames, soft_targets=variant.soft_targets)
+    tasks = data.tasks
     built = build_run(cfg, data.input_spec, tasks)
     # ``work_dir`` is ``out_dir``, or with ``overwrite`` the sibling that replaces it only once
     # this block has finished; the directory is locked until then.
     with create_out_dir(out_dir, cfg, resume, overwrite) as work_dir:
         # Once every check has passed, with the progress display (train.progress): a run that
         # stops on bad input prints its one line only.
-        if not quiet and cfg.train.progress and collective().writes:  # rank 0 speaks
+        if speaks:
             for line in summarise_data(data).lines():
                 console.print(line, markup=False, highlight=False)
         if work_dir is not None and data.split_rows is not None:

@@ -33,6 +33,7 @@ from polytask.data.arrays import is_missing, resolve_path
 from polytask.data.inputs.base import INPUTS, InputProcessor, StoredState, parse_state
 from polytask.data.spec import InputSpec
 from polytask.errors import ConfigError, DataError
+from polytask.progress import long_step
 
 #: Highest sample rate and longest fixed length a config may ask for: an hour at 384 kHz is
 #: already 1.4e9 samples per recording.
@@ -217,7 +218,11 @@ class AudioInput(InputProcessor):
         cells = self._cells(train, source)
         if not cells:
             raise DataError(f"{source}: column '{self.p.column}' holds no recording")
-        lengths = [self._fit_length(value, base_dir, where) for value, where in cells]
+        lengths = []
+        with long_step("measuring recordings", len(cells), "recordings") as advance:
+            for value, where in cells:
+                lengths.append(self._fit_length(value, base_dir, where))
+                advance(1)
         rate = self._expected_rate()
         assert rate is not None  # the first cell set it or raised
         self.sample_rate = rate
@@ -233,8 +238,10 @@ class AudioInput(InputProcessor):
             raise DataError(f"{source}: the audio input is used before it was fitted")
         cells = self._cells(df, source)
         out = np.zeros((len(cells), self.samples), dtype=np.float32)
-        for i, (value, where) in enumerate(cells):
-            out[i] = self._fix_length(self._read(value, base_dir, where))
+        with long_step("decoding recordings", len(cells), "recordings") as advance:
+            for i, (value, where) in enumerate(cells):
+                out[i] = self._fix_length(self._read(value, base_dir, where))
+                advance(1)
         return {"audio": torch.from_numpy(out)}
 
     @property

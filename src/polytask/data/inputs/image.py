@@ -97,7 +97,9 @@ class ImageInput(InputProcessor):
 
     def _pixels(self, df: pd.DataFrame, source: str, base_dir: Path | None) -> Tensor:
         self.require_columns(df, source)
-        stacked, _ = stack_column(df[self.p.column], source, base_dir, reader=self._read)
+        stacked, _ = stack_column(
+            df[self.p.column], source, base_dir, reader=self._read, progress="reading images"
+        )
         # Copied by NumPy into N x C x H x W order: torch's permute(...).contiguous() keeps
         # the odd strides of a grey (C = 1) batch, which CPU convolutions mishandle.
         return torch.from_numpy(np.ascontiguousarray(stacked.transpose(0, 3, 1, 2)))

@@ -80,6 +80,7 @@ from polytask.data.inputs.hf import (
 from polytask.data.inputs.minilm import MINILM_DIM, minilm_dir
 from polytask.data.spec import InputSpec
 from polytask.errors import PolytaskError
+from polytask.progress import long_step
 from polytask.safe_read import regular_file
 
 #: Words (inner apostrophes kept), apostrophe-led clitics, any other single non-space char.
@@ -498,11 +499,13 @@ def embed_texts(
     pad_id = pad_id_of(tokenizer)
     ids = pretrained_ids(tokenizer, texts, max_tokens)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    with torch.inference_mode():
+    step = long_step(f"embedding texts with {directory.name}", len(order), "texts")
+    with torch.inference_mode(), step as advance:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             batch = pad_rows((ids[i] for i in chunk), max(len(ids[i]) for i in chunk), pad_id)
             out[torch.tensor(chunk)] = hf_embed(model, batch, pad_id, pooling, normalize)
+            advance(len(chunk))
     return out.clone()
 
 

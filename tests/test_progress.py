@@ -86,7 +86,7 @@ def _images(n: int) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (n, 8, 8)).astype(np.uint8)
     bright = images.mean(axis=(1, 2)) > 127
-    frame = pd.DataFrame({"image": list(images), "bright": bright})
+    frame: pd.DataFrame = pd.DataFrame({"image": list(images), "bright": bright})
     return frame
 
 

@@ -177,3 +177,46 @@ def test_init_bad_input_is_one_line(tmp_path: Path, args: tuple[str, ...], messa
     assert res.err.strip().startswith(message.format(root=tmp_path))
     assert len(res.err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_init_writes_one_vs_rest_tasks_that_train(tmp_path: Path) -> None:
+    """``grade`` holds A-D: ``grade=binary`` is one-vs-rest on the rarest label unless the
+    labels are named (``grade=binary:A,B``); the config trains and the binary task's classes
+    are the two sides."""
+    frame = _table()
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    out = tmp_path / "run.toml"
+    res = run_cli(
+        "init", tmp_path / "t.csv", "-t", "grade=binary:A,B", "-t", "ward=binary", "-o", out
+    )
+    assert res.code == 0, res.err
+    raw = tomllib.loads(out.read_text(encoding="utf-8"))
+    counts = frame.ward.value_counts()
+    rarest = sorted(counts.index, key=lambda v: (counts[v], v))[0]
+    assert [(t["name"], t["kind"], t["positive"]) for t in raw["tasks"]] == [
+        ("grade", "binary", ["A", "B"]),
+        ("ward", "binary", str(rarest)),
+    ]
+    assert "one-vs-rest: negative = C, D" in out.read_text(encoding="utf-8")
+    run = tmp_path / "run"
+    res = run_cli("train", out, "--out", run, "--set", "train.epochs=1", "-q")
+    assert res.code == 0, res.err
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    assert set(results["multi_task"]) == {"grade", "ward"}
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("grade=binary:Z", "--target grade: label 'Z' is not in the rows read (labels: 'A', "),
+        ("grade=multiclass:A", "labels after ':' name the positive class of a binary task"),
+        ("grade=binary:", "labels after ':' name the positive class of a binary task"),
+    ],
+)
+def test_init_refuses_bad_one_vs_rest_targets(tmp_path: Path, target: str, message: str) -> None:
+    _table().to_csv(tmp_path / "t.csv", index=False)
+    res = run_cli("init", tmp_path / "t.csv", "-t", target, "-o", tmp_path / "run.toml")
+    assert res.code != 0
+    assert message in res.err
+    assert len(res.err.strip().splitlines()) == 1
+    assert not (tmp_path / "run.toml").exists()

@@ -489,7 +489,8 @@ def init_command(
             "--target",
             "-t",
             help="a target column, one task each (repeat); COL=KIND sets the kind "
-            "(binary | multiclass | regression; default: inferred)",
+            "(binary | multiclass | regression; default: inferred); COL=binary:LABEL[,LABEL] "
+            "counts those labels positive and the rest negative (one-vs-rest)",
         ),
     ] = None,
     output: Annotated[

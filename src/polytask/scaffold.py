@@ -153,7 +153,39 @@ def _positive(series: pd.Series) -> str | None:
     present = pd.Series(labels[valid])
     if tuple(sorted(v.lower() for v in present.unique())) in _OBVIOUS:
         return None
-    counts = present.value_counts()
+    return _rarest(series)
+
+
+def _positive_lines(series: pd.Series, asked: tuple[str, ...], where: str) -> list[str]:
+    """The ``positive`` line of a binary task: the labels asked for, else the rarer of two
+    labels; on a column of more than two labels, the task is one-vs-rest and the comment says
+    which labels fall on the negative side (the README's ``positive = "<30"`` on a column of
+    ``<30``, ``>30`` and ``NO``)."""
+    labels, valid = label_strings(series)
+    present = sorted(pd.Series(labels[valid]).unique())
+    unknown = [label for label in asked if label not in present]
+    if unknown:
+        raise DataError(
+            f"{where}: label {unknown[0]!r} is not in the rows read "
+            f"(labels: {', '.join(map(repr, present[:20]))})"
+        )
+    if len(present) > 2:
+        positive = list(asked) if asked else [_rarest(series)]
+        rest = [label for label in present if label not in positive]
+        comment = f"one-vs-rest: negative = {', '.join(rest)}"[:60]
+        value = positive[0] if len(positive) == 1 else positive
+        return [_line(f"positive = {_toml(value)}", comment)]
+    if asked:
+        value = asked[0] if len(asked) == 1 else list(asked)
+        return [_line(f"positive = {_toml(value)}", "as asked")]
+    guessed = _positive(series)
+    return [] if guessed is None else [_line(f"positive = {_toml(guessed)}", "the rarer label")]
+
+
+def _rarest(series: pd.Series) -> str:
+    """The rarest label (ties: the later), as the binary kind reads labels."""
+    labels, valid = label_strings(series)
+    counts = pd.Series(labels[valid]).value_counts()
     return str(sorted(counts.index, key=lambda v: (counts[v], v))[0])
 
 
@@ -179,16 +211,37 @@ def _task_name(column: str, taken: set[str]) -> str:
     return name
 
 
-def parse_targets(targets: list[str]) -> list[tuple[str, str | None]]:
-    """``COL`` or ``COL=KIND`` (kind one of :data:`TABLE_KINDS`)."""
-    parsed: list[tuple[str, str | None]] = []
+@dataclass(frozen=True)
+class Target:
+    """One ``--target``: the column, the kind asked for (``None``: inferred) and, for a binary
+    task, the labels asked to be positive (one-vs-rest when the column holds more than two)."""
+
+    column: str
+    kind: str | None = None
+    positive: tuple[str, ...] = ()
+
+
+def parse_targets(targets: list[str]) -> list[Target]:
+    """``COL``, ``COL=KIND`` (kind one of :data:`TABLE_KINDS`) or ``COL=binary:LABEL[,LABEL]``
+    (the labels counted positive, every other label negative: one-vs-rest)."""
+    parsed: list[Target] = []
     for text in targets:
-        column, sep, kind = text.rpartition("=") if "=" in text else (text, "", "")
-        if sep and kind not in TABLE_KINDS:
+        if "=" not in text:
+            parsed.append(Target(text))
+            continue
+        column, _, spec = text.rpartition("=")
+        kind, colon, labels = spec.partition(":")
+        if kind not in TABLE_KINDS:
             raise ConfigError(
                 f"--target {text}: unknown kind {kind!r}; valid: {', '.join(TABLE_KINDS)}"
             )
-        parsed.append((column, kind or None))
+        positive = tuple(label.strip() for label in labels.split(",")) if colon else ()
+        if colon and (kind != "binary" or not all(positive)):
+            raise ConfigError(
+                f"--target {text}: labels after ':' name the positive class of a binary task: "
+                f"{column}=binary:LABEL[,LABEL]"
+            )
+        parsed.append(Target(column, kind, positive))
     return parsed
 
 
@@ -206,7 +259,7 @@ def starter_config(
     df = read_sample(table, sample_rows)
     profiles = {p.name: p for p in profile_columns(df)}
     chosen = parse_targets(targets)
-    for column, _ in chosen:
+    for column in (t.column for t in chosen):
         if column not in profiles:
             close = difflib.get_close_matches(column, list(profiles), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -214,9 +267,9 @@ def starter_config(
                 f"--target {column}: no such column in '{table}'{hint} "
                 f"(columns: {', '.join(profiles)})"
             )
-    if len({c for c, _ in chosen}) != len(chosen):
+    if len({t.column for t in chosen}) != len(chosen):
         raise ConfigError("polytask init: a column is named twice in --target")
-    target_cols = {c for c, _ in chosen}
+    target_cols = {t.column for t in chosen}
     ids = [p.name for p in profiles.values() if p.type == "id" and p.name not in target_cols]
     unused = [
         p.name
@@ -268,7 +321,8 @@ def starter_config(
         "test = 0.15",
     ]
     taken: set[str] = set()
-    for column, declared in chosen:
+    for target in chosen:
+        column, declared = target.column, target.kind
         profile = profiles[column]
         kind = declared or infer_kind(profile)
         why = (
@@ -284,9 +338,7 @@ def starter_config(
         lines.append(_line(f"kind = {_toml(kind)}", f"{why}; binary | multiclass | regression"))
         lines.append(f"target = {_toml(column)}")
         if kind == "binary":
-            positive = _positive(df[column])
-            if positive is not None:
-                lines.append(_line(f"positive = {_toml(positive)}", "the rarer label"))
+            lines += _positive_lines(df[column], target.positive, f"--target {column}")
         if profile.missing:
             lines.append(f"# {profile.missing:.1%} of the rows read have no label: masked")
     lines += [

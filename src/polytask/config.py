@@ -86,9 +86,21 @@ def registered_sections() -> dict[str, type[BaseModel]]:
 class RunConfig(Schema):
     """A whole run: data, tasks, model, balancer and training budget."""
 
-    seed: Seed = 0
-    out: str | None = None
-    baselines: bool = True
+    seed: Seed = Field(
+        default=0,
+        description="seeds every random draw of the run: split, initialisation, batches, "
+        "dropout, balancers",
+    )
+    out: str | None = Field(
+        default=None,
+        description="run directory to write (model, metrics, checkpoints); relative to the "
+        "config file",
+    )
+    baselines: bool = Field(
+        default=True,
+        description="also train one single-task model per task under the same budget, to "
+        "measure what sharing gives (Δm)",
+    )
     data: DataConfig
     tasks: list[TaskEntry] = Field(min_length=1)
     model: ModelConfig = Field(default_factory=ModelConfig)

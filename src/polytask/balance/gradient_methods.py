@@ -256,7 +256,9 @@ class GradDropAggregator(MatrixAggregator):
 # -- parameters ----------------------------------------------------------------------------------
 class MGDAParams(EngineParams):
     epsilon: float = Field(default=1e-3, gt=0, description="Frank-Wolfe stopping tolerance")
-    max_iters: Steps = 100
+    max_iters: Steps = Field(
+        default=100, description="Frank-Wolfe iterations of the min-norm solver at most"
+    )
 
 
 class CAGradParams(EngineParams):
@@ -277,7 +279,12 @@ class NashParams(EngineParams):
 
 
 class AlignedParams(EngineParams):
-    scale_mode: str = Field(default="min", pattern="^(min|median|rmse)$")
+    scale_mode: str = Field(
+        default="min",
+        pattern="^(min|median|rmse)$",
+        description="scale of the aligned update: the smallest singular value (min), the "
+        "median or the RMS",
+    )
 
 
 class FairGradParams(EngineParams):

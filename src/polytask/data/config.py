@@ -31,11 +31,24 @@ class SplitConfig(Schema):
         description="random rows; group: whole data.group groups; files: val_path / test_path "
         "tables; column: split.column holds each row's split: train, val or test (any case)",
     )
-    val: float = Field(default=0.15, ge=0.0, lt=1.0)
-    test: float = Field(default=0.15, ge=0.0, lt=1.0)
-    seed: Seed | None = None
-    val_path: str | None = None
-    test_path: str | None = None
+    val: float = Field(
+        default=0.15,
+        ge=0.0,
+        lt=1.0,
+        description="fraction of the rows (or of the groups, unit = 'groups') held out for "
+        "validation",
+    )
+    test: float = Field(
+        default=0.15,
+        ge=0.0,
+        lt=1.0,
+        description="fraction held out for the test set, scored once at the end",
+    )
+    seed: Seed | None = Field(
+        default=None, description="seed of the split; default: the run's seed"
+    )
+    val_path: str | None = Field(default=None, description="method 'files': the validation table")
+    test_path: str | None = Field(default=None, description="method 'files': the test table")
     column: str | None = Field(
         default=None, description="method 'column': the column holding train / val / test"
     )
@@ -49,10 +62,23 @@ class SplitConfig(Schema):
 class DataConfig(Schema):
     """Where the table is and what role each column plays."""
 
-    path: str | None = None
-    dataset: str | None = None
-    root: str | None = None
-    format: Literal["auto", "csv", "parquet", "excel", "folder", "lines"] = "auto"
+    path: str | None = Field(
+        default=None,
+        description="the table (CSV, Parquet, xlsx, a folder of files); relative to the "
+        "config file",
+    )
+    dataset: str | None = Field(
+        default=None, description="a registered dataset instead of a path (polytask list: datasets)"
+    )
+    root: str | None = Field(
+        default=None,
+        description="folder the dataset's files are read from; default: POLYTASK_DATA or "
+        "../shared/data",
+    )
+    format: Literal["auto", "csv", "parquet", "excel", "folder", "lines"] = Field(
+        default="auto",
+        description="how path is read; auto: from its suffix (a folder: one row per file)",
+    )
     pattern: str = Field(default="**/*", description="folder: glob of the files to read")
     regex: str | None = Field(
         default=None, description="folder: named groups read from each relative file path"
@@ -71,7 +97,10 @@ class DataConfig(Schema):
         description="a non-tabular input processor (image, audio, text, ...) and its "
         "parameters; default: the table's columns are the features",
     )
-    na_values: list[str] = Field(default_factory=list)
+    na_values: list[str] = Field(
+        default_factory=list,
+        description="extra cell values read as missing, besides the empty cell and NA/NaN",
+    )
     features: list[str] | None = Field(
         default=None, description="the feature columns; default: every column not otherwise used"
     )
@@ -82,15 +111,44 @@ class DataConfig(Schema):
     id: str | None = Field(
         default=None, description="copied into predictions, not used as a feature"
     )
-    numeric: list[str] = Field(default_factory=list)
-    categorical: list[str] = Field(default_factory=list)
-    categorical_encoding: Literal["auto", "onehot", "embedding"] = "auto"
-    onehot_max_categories: int = Field(default=10, ge=1, le=MAX_VOCAB)
-    max_categories: VocabSize = 1000
-    min_frequency: int = Field(default=1, ge=1)
-    unseen: Literal["unknown", "error"] = "unknown"
-    missing_numeric: Literal["median", "mean", "zero"] = "median"
-    missing_indicator: bool = True
+    numeric: list[str] = Field(
+        default_factory=list,
+        description="columns to treat as numbers even if they look categorical",
+    )
+    categorical: list[str] = Field(
+        default_factory=list, description="columns to treat as categories even if they hold numbers"
+    )
+    categorical_encoding: Literal["auto", "onehot", "embedding"] = Field(
+        default="auto",
+        description="auto: one-hot up to onehot_max_categories values, a learned embedding above",
+    )
+    onehot_max_categories: int = Field(
+        default=10,
+        ge=1,
+        le=MAX_VOCAB,
+        description="auto encoding: most categories a column may have and still be one-hot",
+    )
+    max_categories: VocabSize = Field(
+        default=1000,
+        description="categories kept per column (the most frequent); the rest share the "
+        "unseen slot",
+    )
+    min_frequency: int = Field(
+        default=1, ge=1, description="training rows a category needs to get its own slot"
+    )
+    unseen: Literal["unknown", "error"] = Field(
+        default="unknown",
+        description="a category never seen in training at prediction: the unknown slot, or "
+        "an error",
+    )
+    missing_numeric: Literal["median", "mean", "zero"] = Field(
+        default="median", description="value a missing number is imputed with (training statistic)"
+    )
+    missing_indicator: bool = Field(
+        default=True,
+        description="add a 0/1 column per numeric feature with missing values, so the model "
+        "sees the gap",
+    )
     scale_binary: bool = Field(
         default=True,
         description="standardise numeric columns whose training values are all 0 or 1; "
@@ -174,22 +232,41 @@ SOURCE_KEYS = (
 class SourceConfig(Schema):
     """One ``[[data.sources]]`` entry: a table and the tasks it labels."""
 
-    name: str = Field(min_length=1)
-    tasks: list[str] = Field(min_length=1)
-    path: str | None = None
-    dataset: str | None = None
-    root: str | None = None
-    format: Literal["auto", "csv", "parquet", "excel", "folder", "lines"] | None = None
-    na_values: list[str] | None = None
-    pattern: str | None = None
-    regex: str | None = None
-    path_column: str | None = None
-    columns: list[str] | None = None
-    separator: str | None = None
-    encoding: str | None = None
-    files_root: str | None = None
+    name: str = Field(min_length=1, description="the source's name (in logs and sampling weights)")
+    tasks: list[str] = Field(
+        min_length=1,
+        description="tasks whose labels this source holds; the others are missing on its rows",
+    )
+    path: str | None = Field(
+        default=None, description="this source's table; relative to the config file"
+    )
+    dataset: str | None = Field(default=None, description="a registered dataset instead of a path")
+    root: str | None = Field(default=None, description="folder the dataset's files are read from")
+    format: Literal["auto", "csv", "parquet", "excel", "folder", "lines"] | None = Field(
+        default=None, description="as data.format; default: data.format"
+    )
+    na_values: list[str] | None = Field(
+        default=None, description="as data.na_values; default: data.na_values"
+    )
+    pattern: str | None = Field(
+        default=None, description="folder: glob of the files to read; default: data.pattern"
+    )
+    regex: str | None = Field(
+        default=None, description="folder: named groups read from each relative file path"
+    )
+    path_column: str | None = Field(default=None, description="folder: column of the file paths")
+    columns: list[str] | None = Field(default=None, description="lines: fields of a line")
+    separator: str | None = Field(default=None, description="lines: field separator")
+    encoding: str | None = Field(default=None, description="lines: text encoding")
+    files_root: str | None = Field(
+        default=None, description="folder relative file paths in the table resolve against"
+    )
     split: SplitConfig | None = None
-    where: dict[str, str | list[str]] | None = None
+    where: dict[str, str | list[str]] | None = Field(
+        default=None,
+        description="keep only the rows where these columns hold these values (column = "
+        "value or [values])",
+    )
 
 
 DataConfig.model_rebuild()

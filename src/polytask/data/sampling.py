@@ -43,13 +43,25 @@ Strategy = Literal["proportional", "uniform", "temperature", "annealed", "round_
 class SamplingConfig(Schema):
     """The ``[sampling]`` section: how batches are drawn from the data sources."""
 
-    strategy: Strategy = "proportional"
+    strategy: Strategy = Field(
+        default="proportional",
+        description="how often each source is drawn: p_i ∝ n_i^α (proportional α=1, uniform "
+        "α=0, temperature α=1/T, annealed), or in turn",
+    )
     temperature: float = Field(default=2.0, gt=0.0, description="temperature: T of n^(1/T)")
     anneal_end: float = Field(
         default=0.2, ge=0.0, le=1.0, description="annealed: the exponent α at the last epoch"
     )
-    batches: Literal["homogeneous", "mixed"] = "homogeneous"
-    epoch: Literal["sum", "largest", "smallest", "steps"] = "sum"
+    batches: Literal["homogeneous", "mixed"] = Field(
+        default="homogeneous",
+        description="homogeneous: each batch from one source; mixed: rows of every source "
+        "in a batch",
+    )
+    epoch: Literal["sum", "largest", "smallest", "steps"] = Field(
+        default="sum",
+        description="what an epoch is: the sum of the sources' batches, the largest, the "
+        "smallest, or sampling.steps",
+    )
     steps: Steps | None = Field(default=None, description="epoch = 'steps': steps per epoch")
 
 

@@ -90,10 +90,18 @@ def mlp_layers(
 class MLPParams(Schema):
     """Parameters of the tabular MLP encoder."""
 
-    widths: Widths = Field(default=[256, 128], min_length=1)
-    activation: Activation = "relu"
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
-    norm: Norm = "batch"
+    widths: Widths = Field(
+        default=[256, 128], min_length=1, description="hidden layer widths, input to representation"
+    )
+    activation: Activation = Field(
+        default="relu", description="non-linearity after each hidden layer"
+    )
+    dropout: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="dropout after each hidden layer (training only)"
+    )
+    norm: Norm = Field(
+        default="batch", description="normalisation of each hidden layer: batch, layer or none"
+    )
     embedding_dim: Width | None = Field(
         default=None, description="embedding width; default min(32, 1.6 * n^0.56)"
     )

@@ -61,9 +61,11 @@ class EmbeddingBagParams(Schema):
     widths: Widths = Field(
         default_factory=list, description="MLP layers after the bag; [] = the bag itself"
     )
-    activation: Activation = "relu"
+    activation: Activation = Field(default="relu", description="non-linearity of the MLP layers")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout in the MLP")
-    norm: Norm = "none"
+    norm: Norm = Field(
+        default="none", description="normalisation of the MLP layers: batch, layer or none"
+    )
     word_dropout: float = Field(
         default=0.0,
         ge=0.0,
@@ -134,10 +136,12 @@ class TransformerParams(Schema):
     """Parameters of the small Transformer text encoder."""
 
     width: Width = Field(default=128, ge=8, description="model width d_model")
-    layers: Layers = 2
+    layers: Layers = Field(default=2, description="encoder layers")
     heads: Layers = Field(default=4, description="attention heads; must divide width")
     ff_width: Width | None = Field(default=None, description="feed-forward width; 4 x width")
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="dropout inside attention and feed-forward blocks"
+    )
     embedding_dropout: float = Field(
         default=0.1, ge=0.0, lt=1.0, description="dropout on token + position embeddings"
     )

@@ -47,8 +47,16 @@ class TaskEntry(TaskConfig):
     template's ``name`` may be a pattern (``"school_{value}"``) or be left out; a wide
     template lists ``targets`` (or a glob) instead of one ``target``."""
 
-    name: str | None = Field(default=None, min_length=1)  # type: ignore[assignment]
-    target: str | list[str] | None = None  # type: ignore[assignment]
+    name: str | None = Field(  # type: ignore[assignment]
+        default=None,
+        min_length=1,
+        description="the task's name; a template's may be a pattern ('school_{value}') or left out",
+    )
+    target: str | list[str] | None = Field(  # type: ignore[assignment]
+        default=None,
+        description="the label column (a list of columns for multilabel); a wide template "
+        "lists targets instead",
+    )
     names: list[str] | None = Field(
         default=None,
         min_length=1,

@@ -16,19 +16,45 @@ from polytask.tasks import Task
 class TrainConfig(Schema):
     """Optimisation budget and bookkeeping."""
 
-    epochs: Epochs = 20
-    batch_size: BatchSize = 256
-    eval_batch_size: BatchSize = 8192
-    lr: float = Field(default=1e-3, gt=0.0)
-    weight_decay: float = Field(default=1e-4, ge=0.0)
-    scheduler: Literal["none", "cosine", "linear"] = "cosine"
+    epochs: Epochs = Field(default=20, description="passes over the training data at most")
+    batch_size: BatchSize = Field(
+        default=256, description="rows per training step (the global batch under torchrun)"
+    )
+    eval_batch_size: BatchSize = Field(
+        default=8192, description="rows per forward pass when evaluating and predicting"
+    )
+    lr: float = Field(
+        default=1e-3, gt=0.0, description="AdamW learning rate (peak, with a schedule)"
+    )
+    weight_decay: float = Field(default=1e-4, ge=0.0, description="AdamW decoupled weight decay")
+    scheduler: Literal["none", "cosine", "linear"] = Field(
+        default="cosine", description="learning-rate schedule over the run's steps"
+    )
     warmup: float = Field(default=0.0, ge=0.0, lt=1.0, description="fraction of steps")
-    grad_clip: float | None = Field(default=1.0, gt=0.0)
-    patience: Epochs | None = 5
-    min_delta: float = Field(default=0.0, ge=0.0)
-    criterion: str = "mean_relative"
-    log_format: Literal["jsonl", "csv"] = "jsonl"
-    progress: bool = True
+    grad_clip: float | None = Field(
+        default=1.0, gt=0.0, description="clip the global gradient norm to this (None: no clipping)"
+    )
+    patience: Epochs | None = Field(
+        default=5,
+        description="stop after this many epochs without improvement of the criterion "
+        "(None: never)",
+    )
+    min_delta: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="smallest change of the criterion that counts as improvement",
+    )
+    criterion: str = Field(
+        default="mean_relative",
+        description="what early stopping watches: mean_relative (mean relative change of "
+        "the primary metrics) or TASK.METRIC",
+    )
+    log_format: Literal["jsonl", "csv"] = Field(
+        default="jsonl", description="format of the per-epoch metrics log in the run directory"
+    )
+    progress: bool = Field(
+        default=True, description="print what was read, progress of long steps and a line per epoch"
+    )
     threads: int | None = Field(
         default=None,
         ge=1,
@@ -116,7 +142,9 @@ class FinetuneConfig(Schema):
         description="gradual: unfreeze one frozen layer every `unfreeze_every` epochs, from the "
         "top down (Howard & Ruder, ULMFiT, 2018)",
     )
-    unfreeze_every: Epochs = 1
+    unfreeze_every: Epochs = Field(
+        default=1, description="gradual: epochs between unfreezing one more layer"
+    )
     keep_tasks: bool = Field(
         default=True,
         description="keep the base model's tasks that this run does not train (heads frozen)",

@@ -31,8 +31,13 @@ from polytask.config_errors import Epochs, Schema
 class ScheduleConfig(Schema):
     """The ``[schedule]`` section."""
 
-    name: Literal["all", "round_robin", "random", "progress"] = "all"
-    tasks_per_step: int = Field(default=1, ge=1)
+    name: Literal["all", "round_robin", "random", "progress"] = Field(
+        default="all",
+        description="which tasks train at each step: all, in turn, at random, or by slow progress",
+    )
+    tasks_per_step: int = Field(
+        default=1, ge=1, description="round_robin / random / progress: tasks trained per step"
+    )
     temperature: float = Field(
         default=0.1, gt=0.0, description="progress: softness of exp(-r / temperature)"
     )

@@ -149,14 +149,17 @@ class TextParams(Schema):
     """Parameters of the text input (tokenizer, vocabulary, n-grams)."""
 
     column: str = Field(default="text", description="column of texts")
-    lowercase: bool = True
+    lowercase: bool = Field(default=True, description="lowercase texts before tokenising")
     max_tokens: Width = Field(default=256, description="tokens kept per text (the first)")
     min_frequency: int = Field(default=1, ge=1, description="training count to enter the vocab")
     max_size: VocabSize | None = Field(
         default=50_000, description="vocabulary size cap (most frequent words)"
     )
     ngrams: int = Field(default=1, ge=1, le=3, description="word n-grams up to this order")
-    ngram_mode: Literal["hashed", "counted"] = "hashed"
+    ngram_mode: Literal["hashed", "counted"] = Field(
+        default="hashed",
+        description="n-grams hashed into ngram_buckets, or counted into a vocabulary",
+    )
     ngram_buckets: VocabSize = Field(default=100_000, description="hashed: number of buckets")
     ngram_min_frequency: int = Field(default=2, ge=1, description="counted: training count")
     ngram_max_size: VocabSize | None = Field(

@@ -298,7 +298,7 @@ def _with_overrides(cfg: RunConfig, **values: Any) -> RunConfig:
         )
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, "pareto", ParetoConfig)) from None
-    return cfg.model_copy(update={"pareto": section})
+    return cfg.with_section("pareto", section)
 
 
 def sweep(

@@ -11,7 +11,8 @@ Then, each in a fresh child process so that every peak is its own, side by side:
 2. ``prepare_data`` of the CSV (read, split, fit, encode every split);
 3. ``prepare_data`` of the Parquet file.
 
-Reported: wall seconds (best of ``--rounds`` interleaved rounds), the peak resident memory
+Reported: wall seconds (best of ``--rounds`` interleaved rounds), CPU seconds (the least of
+the rounds: on a shared machine the steadier measure of the work), the peak resident memory
 above the process's memory after imports (``ru_maxrss`` minus the RSS before the work), the
 bytes of the final tensors (every split's inputs, targets and masks), and the ratios the issue
 sets targets for: prepare(CSV) / read_csv ≤ 1.5, peak / final tensors ≤ 2, Parquet < CSV.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import resource
 import time
 from pathlib import Path
@@ -106,6 +108,7 @@ def _child(job: str, path: str, queue: Any) -> None:
 
     cfg = _config(Path(path)) if job != "read_csv" else None
     before = _rss_mib()
+    cpu = time.process_time()
     started = time.perf_counter()
     final = 0
     if job == "read_csv":
@@ -116,8 +119,17 @@ def _child(job: str, path: str, queue: Any) -> None:
         splits = [data.train, data.val] + ([data.test] if data.test is not None else [])
         final = sum(t.numel() * t.element_size() for s in splits for t in s._all())
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"seconds": seconds, "peak_mib": peak - before, "final_mib": final / 2**20})
+    queue.put(
+        {
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+            "peak_mib": peak - before,
+            "final_mib": final / 2**20,
+            "load_average": os.getloadavg()[0],
+        }
+    )
 
 
 def measure(job: str, path: Path) -> dict[str, float]:
@@ -145,10 +157,14 @@ def main() -> None:
             runs[name].append(measure(name, path))
             print(f"round {round_ + 1}: {name}: {runs[name][-1]}", flush=True)
     best = {name: min(r, key=lambda x: x["seconds"]) for name, r in runs.items()}
+    cpu = {name: min(x["cpu_seconds"] for x in r) for name, r in runs.items()}
+    loads = [x["load_average"] for r in runs.values() for x in r]
     peak = {name: max(x["peak_mib"] for x in r) for name, r in runs.items()}
     final = best["prepare_csv"]["final_mib"]
     time_ratio = best["prepare_csv"]["seconds"] / best["read_csv"]["seconds"]
     parquet_ratio = best["prepare_parquet"]["seconds"] / best["prepare_csv"]["seconds"]
+    cpu_ratio = cpu["prepare_csv"] / cpu["read_csv"]
+    cpu_parquet = cpu["prepare_parquet"] / cpu["prepare_csv"]
     mem_csv = peak["prepare_csv"] / final
     mem_parquet = peak["prepare_parquet"] / final
 
@@ -159,6 +175,7 @@ def main() -> None:
         [
             name,
             f"{best[name]['seconds']:.2f}",
+            f"{cpu[name]:.2f}",
             f"{peak[name]:,.0f}",
             f"{best[name]['final_mib']:,.0f}",
         ]
@@ -174,24 +191,29 @@ def main() -> None:
         f"binary and a regression target), {MISSING:.0%} of cells missing; CSV "
         f"{csv.stat().st_size / 2**20:,.0f} MiB, Parquet {parquet.stat().st_size / 2**20:,.0f} "
         "MiB. Each measurement in a fresh process (1 torch thread); seconds are the best of "
-        f"{args.rounds} interleaved rounds, peak = `ru_maxrss` minus the RSS after imports "
-        "(largest of the rounds); final = bytes of the result (read_csv: the frame; prepare: "
-        "every split's tensors).",
+        f"{args.rounds} interleaved rounds, CPU seconds (user + system, one thread: the work "
+        "itself, less sensitive than wall seconds to other processes on the machine) the "
+        "least of the rounds, peak = `ru_maxrss` minus the RSS after imports (largest of the "
+        "rounds); final = bytes of the result (read_csv: the frame; prepare: every split's "
+        f"tensors). 1-minute load average during the runs: {min(loads):.1f} to "
+        f"{max(loads):.1f} on {os.cpu_count()} cores.",
         "",
-        *markdown_table(["job", "seconds", "peak MiB", "final MiB"], rows),
+        *markdown_table(["job", "seconds", "CPU seconds", "peak MiB", "final MiB"], rows),
         "",
         f"- prepare_data(CSV) / read_csv time: {time_ratio:.2f}x (target ≤ 1.5x: "
-        f"{verdict(time_ratio <= 1.5)})",
+        f"{verdict(time_ratio <= 1.5)}); in CPU seconds: {cpu_ratio:.2f}x",
         f"- peak / final tensors, CSV: {mem_csv:.2f}x; Parquet: {mem_parquet:.2f}x (target ≤ 2x: "
         f"{verdict(max(mem_csv, mem_parquet) <= 2.0)})",
         f"- prepare_data(Parquet) / prepare_data(CSV) time: {parquet_ratio:.2f}x (target < 1: "
-        f"{verdict(parquet_ratio < 1.0)})",
+        f"{verdict(parquet_ratio < 1.0)}); in CPU seconds: {cpu_parquet:.2f}x",
     ]
     data = {
         "info": info,
         "rows": args.rows,
         "runs": runs,
         "time_ratio": time_ratio,
+        "cpu_ratio": cpu_ratio,
+        "parquet_over_csv_cpu": cpu_parquet,
         "memory_ratio_csv": mem_csv,
         "memory_ratio_parquet": mem_parquet,
         "parquet_over_csv": parquet_ratio,

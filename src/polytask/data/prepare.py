@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from torch import Tensor
 
@@ -41,7 +42,15 @@ from polytask.data.streaming import (
     fit_stream,
     stream_preprocessor,
 )
-from polytask.data.tables import read_table, require_columns
+from polytask.data.tables import (
+    arrow_numeric,
+    arrow_text,
+    read_arrow,
+    read_table,
+    require_columns,
+    table_format,
+    table_names,
+)
 from polytask.data.targets import encode_targets, fit_task
 from polytask.data.tensors import TensorData
 from polytask.errors import ConfigError, DataError
@@ -213,6 +222,73 @@ class _Loaded:
     group: str | None
     ignore: list[str]
     files_root: Path | None
+    #: The feature columns, when read as Arrow (:func:`_read_arrow`; ``df`` then holds the
+    #: other columns used only): the columns (handed over to be consumed), numeric and
+    #: categorical names.
+    arrow: tuple[dict[str, pa.ChunkedArray], list[str], list[str]] | None = None
+
+
+def _read_arrow(
+    cfg: DataJob,
+) -> tuple[pd.DataFrame, str, Path, tuple[dict[str, pa.ChunkedArray], list[str], list[str]]] | None:
+    """The table of ``data.path`` with its feature columns as Arrow columns and its other
+    used columns (targets, group, id, split column) as the frame :func:`read_table` would
+    give, with its name for messages, the folder its relative paths start from, and the
+    features (columns, numeric names, categorical names as :func:`infer_types` splits them).
+
+    Only for a plain CSV or Parquet file and a configuration whose every check on the
+    table is on those columns: None for anything else (``data.where``, ``data.task_column``,
+    split files, missing-value markers, a declared column absent from the file, text declared
+    numeric, a number declared categorical in Parquet, a file pandas reads otherwise than
+    pyarrow), which then goes through :func:`read_table` and pandas, so that results and
+    messages stay what they were."""
+    data = cfg.data
+    if (
+        data.path is None
+        or data.dataset is not None
+        or data.where
+        or data.task_column is not None
+        or data.split.method == "files"
+        or data.na_values
+    ):
+        return None
+    path = cfg.resolve(data.path)
+    names = table_names(path, data.format)
+    if names is None:
+        return None
+    targets = list(dict.fromkeys(c for t in cfg.task_objects() for c in t.targets))
+    roles = [c for c in (data.group, data.id, data.split.column) if c is not None]
+    declared = [*targets, *roles, *data.numeric, *data.categorical, *(data.features or [])]
+    if not set(declared) <= set(names):
+        return None  # read_table's frame, so that the message names the closest column
+    excluded = set(targets) | set(data.ignore) | set(roles)
+    if data.features is not None:
+        features = list(data.features)
+    else:
+        features = [c for c in names if c not in excluded]
+    frame_columns = list(dict.fromkeys([*targets, *roles]))
+    if not features or set(features) & set(frame_columns):
+        return None  # the messages of _feature_columns
+    read = read_arrow(path, data.format, frame_columns, features)
+    if read is None:
+        return None
+    df, columns = read
+    parquet = table_format(path, data.format) == "parquet"
+    numeric, categorical = [], []
+    for name in features:
+        kind = columns[name].type
+        if name in data.categorical:
+            if parquet and not arrow_text(kind):
+                return None  # pandas may type the column otherwise (Int64, ...)
+            categorical.append(name)
+        elif name in data.numeric or arrow_numeric(kind):
+            if not arrow_numeric(kind):
+                return None  # text read as numbers, by pandas: as_float names a bad cell
+            numeric.append(name)
+        else:
+            categorical.append(name)
+    root = cfg.resolve(data.files_root) if data.files_root is not None else path.parent
+    return df, f"data file '{path}'", root, (columns, numeric, categorical)
 
 
 #: Fixed first word of the training-subset random stream (distinct from the split's stream).
@@ -237,8 +313,19 @@ def train_subset(train_idx: np.ndarray, fraction: float, seed: int, salt: int = 
     return train_idx[chosen]
 
 
-def _load_and_split(cfg: DataJob, frame: pd.DataFrame | None, salt: int = 0) -> _Loaded:
-    df, source, preset, group, ignore, files_root = _read_sources(cfg, frame)
+def _load_and_split(
+    cfg: DataJob, frame: pd.DataFrame | None, salt: int = 0, *, arrow: bool = False
+) -> _Loaded:
+    """The table read and split; with ``arrow``, its features as Arrow columns where
+    :func:`_read_arrow` can read them so."""
+    read = _read_arrow(cfg) if arrow and frame is None else None
+    features = None
+    files_root: Path | None
+    if read is not None:
+        df, source, files_root, features = read
+        preset, group, ignore = None, cfg.data.group, list(cfg.data.ignore)
+    else:
+        df, source, preset, group, ignore, files_root = _read_sources(cfg, frame)
     data = cfg.data
     role_columns = [c for c in (group, data.id, data.split.column) if c is not None]
     require_columns(df, role_columns, source, "group/id/split")
@@ -261,7 +348,7 @@ def _load_and_split(cfg: DataJob, frame: pd.DataFrame | None, salt: int = 0) -> 
             "add rows or change data.split"
         )
     train_idx = train_subset(train_idx, data.train_fraction, cfg.seed, salt)
-    return _Loaded(df, source, (train_idx, val_idx, test_idx), group, ignore, files_root)
+    return _Loaded(df, source, (train_idx, val_idx, test_idx), group, ignore, files_root, features)
 
 
 def read_split(
@@ -518,7 +605,15 @@ def prepare_data(
             raise ConfigError("config error: data.sources: give the sources' tables, not a frame")
         loaded, sources, labelled = _load_sources(cfg, frames or {})
     else:
-        loaded = _load_and_split(cfg, frame)
+        # The feature columns of a CSV or Parquet file go from Arrow to the tensors, without
+        # a pandas frame of the table, unless something needs that frame.
+        arrow = (
+            preprocessor is None
+            and soft_targets is None
+            and not cfg.templates
+            and cfg.data.input is None
+        )
+        loaded = _load_and_split(cfg, frame, arrow=arrow)
     df, source, files_root = loaded.df, loaded.source, loaded.files_root
     train_idx, val_idx, test_idx = loaded.splits
     data = cfg.data
@@ -548,6 +643,13 @@ def prepare_data(
         require_columns(df, processor.columns, source, f"data.input '{data.input.name}'")
         processor.fit(df.iloc[train_idx], source, files_root)
         pre = processor
+    elif loaded.arrow is not None:
+        columns, numeric, categorical = loaded.arrow
+        loaded.arrow = None  # the columns are consumed (freed) as they are encoded
+        pre, inputs = TablePreprocessor.fit_transform_arrow(
+            columns, numeric, categorical, _options(cfg), source, train_idx, order
+        )
+        del columns
     else:
         features = _feature_columns(cfg, df, source, target_cols, loaded.ignore, role_columns)
         pre, inputs = _fit_table(cfg, df, features, train_idx, order, source)

@@ -5,8 +5,9 @@ column, then standardised. Categorical columns: categories kept by frequency, mi
 category of their own, unseen or rare values sent to a reserved "unknown" slot (or rejected, by
 policy), then one-hot encoded into the numeric matrix or passed as indices to embeddings.
 
-Everything runs column-wise with NumPy/pandas; the output is two tensors per table, so batching
-later is plain tensor indexing.
+Everything runs column-wise with NumPy/pandas (or, for a table read from a file, straight from
+its Arrow columns: :meth:`TablePreprocessor.fit_transform_arrow`, bit for bit the same); the
+output is two tensors per table, so batching later is plain tensor indexing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch import Tensor
 
@@ -213,6 +216,81 @@ MAX_STANDARD_SCORE = 1e6
 _ENCODE_BLOCK = 8192
 
 
+#: Blocks of :data:`_ENCODE_BLOCK` rows between two returns of freed Arrow memory to the
+#: system (about 20 MB of a table of 40 numeric columns); each return costs a sweep of the
+#: pool.
+_RELEASE_EVERY = 8
+
+
+class _ArrowRows:
+    """One numeric Arrow column read in row order, block by block, as float64 (NaN missing,
+    the values :func:`as_float` gives pandas' int64 or float64 column); each chunk is dropped
+    once the blocks have passed it, so that its memory can be freed."""
+
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        self._chunks: list[pa.Array | None] = list(column.chunks)
+        self._starts = np.concatenate([[0], np.cumsum([len(c) for c in column.chunks])])
+        self._first = 0  # chunks before this one are dropped
+
+    @staticmethod
+    def as_float(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """float64 values, NaN where missing (nulls; an int64 column with nulls converts as
+        pandas converts it, exactly: every int64 read this way is within 2**53 or complete)."""
+        if isinstance(values, pa.ChunkedArray):
+            # Chunk by chunk: ChunkedArray.to_numpy with nulls was 4x slower.
+            parts = [_ArrowRows.as_float(chunk) for chunk in values.chunks]
+            return np.concatenate(parts) if parts else np.empty(0, dtype=np.float64)
+        out: np.ndarray = values.to_numpy(zero_copy_only=False)
+        return out.astype(np.float64, copy=False)
+
+    def take(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` (never before the last call's ``stop``)."""
+        parts = []
+        k = self._first
+        while k < len(self._chunks) and self._starts[k] < stop:
+            chunk = self._chunks[k]
+            assert chunk is not None
+            lo, hi = (
+                max(start - self._starts[k], 0),
+                min(stop, self._starts[k + 1]) - self._starts[k],
+            )
+            if hi > lo:
+                parts.append(self.as_float(chunk.slice(lo, hi - lo)))
+            if self._starts[k + 1] > stop:
+                break
+            self._chunks[k] = None
+            self._first = k + 1
+            k += 1
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.float64)
+
+
+def _arrow_text(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_distinct_text` of an Arrow column: its distinct labels (:func:`as_text` of
+    each distinct value, ending with the missing token) and each row's index into them
+    (the last label for a missing cell). Text columns stay in Arrow; a numeric column
+    (declared categorical) is handed to pandas, whose text of a float is as_text's."""
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        distinct, codes = _distinct_text(column.to_pandas())
+        return distinct, np.where(codes < 0, len(distinct) - 1, codes)
+    uniques = pc.unique(column).drop_null()
+    codes = pc.index_in(column, value_set=uniques).fill_null(len(uniques)).to_numpy()
+    text = as_text(pd.Series(uniques.to_pandas())).to_numpy(dtype=object)
+    labels: np.ndarray = np.append(text, np.array([MISSING_TOKEN], dtype=object))
+    return labels, codes
+
+
+def _label_counts(labels: np.ndarray, codes: np.ndarray) -> pd.Series:
+    """``pd.Series(labels[codes]).value_counts(sort=True)``, the counts :meth:`fit_transform`
+    fits a vocabulary from, with the rows' labels gathered by Arrow: pandas makes the same
+    text Series (Arrow-backed) from the labels, only after checking each Python string, 2-3x
+    slower."""
+    text = pa.array(labels, type=pa.string()).take(pa.array(codes))
+    counts: pd.Series = pd.Series(text.to_pandas()).value_counts(sort=True)
+    return counts
+
+
 def finite_mean_std(values: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of finite float64 ``values``, finite even when the values
     are near the float64 limit: numpy's own (so ordinary columns keep their exact bits) unless
@@ -290,6 +368,11 @@ class _Layout:
     onehot: list[tuple[int, int]]
     embedded: list[int]
     width: int
+
+    @property
+    def flag_of(self) -> dict[int, int]:
+        """Numeric column -> dense position of its missing indicator."""
+        return dict(zip(self.flagged.tolist(), self.flag_at.tolist(), strict=True))
 
     @classmethod
     def of(cls, numeric: list[NumericColumn], categorical: list[CategoricalColumn]) -> _Layout:
@@ -389,10 +472,92 @@ class TablePreprocessor:
             # The first unseen label must be the first in table order, as transform finds it.
             pre.transform(df, source)
         codes = [
-            pre._codes(pd.Series(labels), j, source)[row_codes]
+            pre._codes(pd.Series(labels), j, source, check=False)[row_codes]
             for j, (labels, row_codes) in enumerate(texts)
         ]
         return pre, pre._encode(numbers, codes, len(rows), rows)
+
+    @classmethod
+    def fit_transform_arrow(
+        cls,
+        columns: dict[str, pa.ChunkedArray],
+        numeric: Sequence[str],
+        categorical: Sequence[str],
+        options: PreprocessOptions,
+        source: str,
+        train_rows: np.ndarray,
+        rows: np.ndarray,
+    ) -> tuple[TablePreprocessor, dict[str, Tensor]]:
+        """:meth:`fit_transform` of a table held as Arrow columns (``columns``, consumed: each
+        is taken out of the mapping and freed as it is used), bit for bit, without a pandas
+        frame of the table: the path of ``prepare_data`` for CSV and Parquet files.
+
+        Numeric columns (Arrow int64, float64) are fitted one at a time from their training
+        rows as float64, as :func:`as_float` gives them. A text column's labels are written
+        for its distinct values (:func:`as_text`, the one definition) and each row keeps only
+        its index into them; a numeric column declared categorical goes through pandas
+        (:func:`_distinct_text`). Then the rows are encoded in table order, a block at a
+        time, and each block's rows are written to their places in ``rows`` order (the
+        splits, one after another): the numeric columns' Arrow chunks are freed as soon as
+        they are encoded and handed back to the system, so that the peak memory is about the
+        larger of the table and the output rather than their sum (benchmarks/run_prepare.py).
+        """
+        n = len(next(iter(columns.values()))) if columns else 0
+        num_cols = []
+        for name in numeric:
+            values = _ArrowRows.as_float(columns[name])
+            num_cols.append(cls._fit_numbers(str(name), values[train_rows], options, source))
+            del values
+        texts: list[tuple[np.ndarray, np.ndarray]] = []
+        for name in categorical:
+            column = columns.pop(name)
+            texts.append(_arrow_text(column))
+            del column
+        cat_cols = [
+            categorical_column(str(c), _label_counts(labels, codes[train_rows]), options)
+            for c, (labels, codes) in zip(categorical, texts, strict=True)
+        ]
+        pre = cls(num_cols, cat_cols, options)
+        lookups = []
+        for j, (labels, codes_of_rows) in enumerate(texts):
+            if options.unseen == "error":
+                # The first unseen label in table order, named as transform names it.
+                pre._codes(pd.Series(labels[codes_of_rows]), j, source)
+            lookups.append(pre._codes(pd.Series(labels), j, source, check=False))
+        row_codes = [codes for _, codes in texts]
+        del texts
+        numbers = [_ArrowRows(columns.pop(name)) for name in numeric]
+        layout = pre._layout
+        dense = np.zeros((len(rows), layout.width), dtype=np.float32)
+        index = np.zeros((len(rows), len(layout.embedded)), dtype=np.int64)
+        position = np.full(n, -1, dtype=np.int64)
+        position[rows] = np.arange(len(rows))
+        pool = pa.default_memory_pool()
+        for start in range(0, n, _ENCODE_BLOCK):
+            stop = min(n, start + _ENCODE_BLOCK)
+            at = position[start:stop]
+            block = np.zeros((stop - start, layout.width), dtype=np.float32)
+            block_index = np.empty((stop - start, len(layout.embedded)), dtype=np.int64)
+            pre._encode_block(
+                block,
+                block_index,
+                [column.take(start, stop) for column in numbers],
+                [
+                    lookup[codes[start:stop]]
+                    for lookup, codes in zip(lookups, row_codes, strict=True)
+                ],
+            )
+            kept = at >= 0
+            if not kept.all():  # rows of no split (data.train_fraction)
+                at, block, block_index = at[kept], block[kept], block_index[kept]
+            # Whole rows scattered: each split's rows are in table order, so the writes move
+            # forward through three regions of the output.
+            dense[at] = block
+            index[at] = block_index
+            if (start // _ENCODE_BLOCK) % _RELEASE_EVERY == _RELEASE_EVERY - 1:
+                # The Arrow pool keeps freed pages for reuse; nothing will reuse them here.
+                pool.release_unused()
+        return pre, {"numeric": torch.from_numpy(dense), "categorical": torch.from_numpy(index)}
 
     @staticmethod
     def _fit_numeric(series: pd.Series, opts: PreprocessOptions, source: str) -> NumericColumn:
@@ -523,31 +688,51 @@ class TablePreprocessor:
         layout = self._layout
         dense = np.zeros((n, layout.width), dtype=np.float32)
         index = np.zeros((n, len(layout.embedded)), dtype=np.int64)
-        flag_of = dict(zip(layout.flagged.tolist(), layout.flag_at.tolist(), strict=True))
         for start in range(0, n, _ENCODE_BLOCK):
             stop = min(n, start + _ENCODE_BLOCK)
             sel: slice | np.ndarray = slice(start, stop) if rows is None else rows[start:stop]
-            block = dense[start:stop]
-            for i, column in enumerate(numbers):
-                x = column[sel]
-                present = np.isfinite(x)
-                with np.errstate(over="ignore"):
-                    z = (np.where(present, x, layout.fills[i]) - layout.means[i]) / layout.stds[i]
-                block[:, layout.value_at[i]] = np.clip(z, -MAX_STANDARD_SCORE, MAX_STANDARD_SCORE)
-                if i in flag_of:
-                    block[:, flag_of[i]] = ~present
-            for j, offset in layout.onehot:
-                c = codes[j][sel]
-                known = c > 0
-                block[np.flatnonzero(known), offset + c[known] - 1] = 1.0
-            for k, j in enumerate(layout.embedded):
-                index[start:stop, k] = codes[j][sel]
+            self._encode_block(
+                dense[start:stop],
+                index[start:stop],
+                [column[sel] for column in numbers],
+                [column[sel] for column in codes],
+            )
         return {"numeric": torch.from_numpy(dense), "categorical": torch.from_numpy(index)}
 
-    def _codes(self, text: pd.Series | list[str], j: int, source: str) -> np.ndarray:
+    def _encode_block(
+        self,
+        block: np.ndarray,
+        index: np.ndarray,
+        numbers: Sequence[np.ndarray],
+        codes: Sequence[np.ndarray],
+    ) -> None:
+        """Write one block of rows into ``block`` (float32, zeros) and ``index`` (int64) from
+        each numeric column's float64 values and each categorical column's codes there."""
+        layout = self._layout
+        flag_of = layout.flag_of
+        for i, x in enumerate(numbers):
+            present = np.isfinite(x)
+            with np.errstate(over="ignore"):
+                z = (np.where(present, x, layout.fills[i]) - layout.means[i]) / layout.stds[i]
+            block[:, layout.value_at[i]] = np.clip(z, -MAX_STANDARD_SCORE, MAX_STANDARD_SCORE)
+            flag = flag_of.get(i)
+            if flag is not None:
+                block[:, flag] = ~present
+        for j, offset in layout.onehot:
+            c = codes[j]
+            known = c > 0
+            block[np.flatnonzero(known), offset + c[known] - 1] = 1.0
+        for k, j in enumerate(layout.embedded):
+            index[:, k] = codes[j]
+
+    def _codes(
+        self, text: pd.Series | list[str], j: int, source: str, *, check: bool = True
+    ) -> np.ndarray:
         """1-based indices into categorical column ``j``'s categories of labels written by
         :func:`as_text` (a Series) or :func:`cells_as_text` (a list); 0 for unknown (rare or
-        unseen) values."""
+        unseen) values. Unseen values are rejected under ``data.unseen = 'error'`` unless
+        ``check`` is False (distinct labels, among them the missing token of a column that
+        has no missing cell, looked up after the rows were checked)."""
         cat = self.categorical[j]
         codes: np.ndarray
         if isinstance(text, list):
@@ -555,7 +740,7 @@ class TablePreprocessor:
             codes = np.array([lookup.get(t, 0) for t in text], dtype=np.int64)
         else:
             codes = (self._vocabularies[j].get_indexer(pd.Index(text)) + 1).astype(np.int64)
-        if self.options.unseen == "error" and not bool(codes.all()):
+        if check and self.options.unseen == "error" and not bool(codes.all()):
             rare = set(cat.rare)
             labels = list(text)
             for i in np.flatnonzero(codes == 0):

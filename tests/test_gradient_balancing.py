@@ -27,6 +27,7 @@ from torchjd.aggregation import MGDAWeighting
 from conftest import run_interrupted_and_resumed, synthetic_raw
 from polytask import config_from_dict, run
 from polytask.balance import BALANCERS, build_balancer
+from polytask.balance import gramian as gramian_module
 from polytask.balance.gradient_engine import (
     EngineParams,
     GradientBalancer,
@@ -35,6 +36,7 @@ from polytask.balance.gradient_engine import (
     MatrixAggregator,
 )
 from polytask.balance.gradient_methods import NashBargaining
+from polytask.balance.gramian import GramianRecorder
 from polytask.data.spec import InputSpec
 from polytask.data.synthetic import make_mmoe_synthetic
 from polytask.errors import ConfigError, PolytaskError
@@ -590,6 +592,84 @@ def test_absent_task_gets_no_gradient_and_takes_no_part(mode: GradientMode) -> N
     w = torch.tensor([weights["a"], weights["c"]], dtype=F64)
     _assert_close_scaled(_shared_grad(model), w @ ref.jac)
     assert torch.isnan(bal.cached[1]) and not bool(torch.isnan(bal.cached[[0, 2]]).any())
+
+
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize(("rows", "block"), [(50, 16), (300, 128), (7, 128)])
+def test_kernel_form_is_the_gram_matrix_of_the_weight_gradients(
+    rows: int, block: int, batched: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel form (block upper triangle of a aᵀ, diagonal blocks halved, S + Sᵀ) against
+    the float64 Gram matrix of the explicit weight gradients d_kᵀ a: several blocks with a
+    ragged last one (50 rows in blocks of 16, 300 in blocks of 128) and a single block; the
+    per-task products of a CPU and the broadcast product of an accelerator."""
+    monkeypatch.setattr(gramian_module, "_MIN_BLOCK_ROWS", block)
+    g = torch.Generator().manual_seed(rows)
+    a = torch.randn(rows, 24, generator=g).relu()
+    d = torch.randn(4, rows, 10, generator=g)
+    flat = torch.einsum("kno,ni->koi", d.double(), a.double()).reshape(4, -1)
+    got = gramian_module._kernel_form(a, d, batched=batched)
+    assert got.shape == (4, 4) and got.dtype == torch.float32
+    _assert_close_scaled(got.double(), flat @ flat.T)
+
+
+class _TiedTrunk(nn.Module):
+    """A wide dense layer called twice (weight tying; its Gramian takes the kernel form at 40
+    rows), a layer norm (the generic path) and a narrow bias-free layer (the weight form)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = nn.Linear(256, 256)
+        self.norm = nn.LayerNorm(256)
+        self.narrow = nn.Linear(256, 3, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.wide(x))
+        return self.narrow(self.norm(torch.relu(self.wide(h))))
+
+
+def test_recorder_gramian_and_update_match_per_task_gradients_in_both_forms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(0)
+    trunk = _TiedTrunk()
+    x = torch.randn(40, 256)
+    target = torch.randn(40, 3)
+    kernel_rows: list[int] = []  # the layers whose Gramian took the kernel form, by row count
+    kernel_form = gramian_module._kernel_form
+
+    def spy(a: Tensor, d: Tensor) -> Tensor:
+        kernel_rows.append(a.shape[0])
+        return kernel_form(a, d)
+
+    monkeypatch.setattr(gramian_module, "_kernel_form", spy)
+
+    def losses(model: nn.Module) -> Tensor:
+        z = model(x.to(next(model.parameters()).dtype))
+        t = target.to(z.dtype)
+        return torch.stack(
+            [((z - t) ** 2)[:, k].mean() + z[:, (k + 1) % 3].mean() for k in range(3)]
+        )
+
+    reference = copy.deepcopy(trunk).double()
+    params = list(reference.parameters())
+    ref_losses = losses(reference)
+    jac = torch.stack(
+        [
+            _flat(list(torch.autograd.grad(loss, params, retain_graph=True)), params)
+            for loss in ref_losses
+        ]
+    )
+    recorder = GramianRecorder([trunk])
+    stacked = losses(trunk)
+    gramian = recorder.gramian(stacked, torch.eye(3))
+    _assert_close_scaled(gramian.double(), jac @ jac.T)
+    assert kernel_rows == [80]  # the wide layer's two calls pooled; the narrow one by weights
+    assert recorder.covers(list(trunk.parameters()))
+    w = torch.tensor([0.5, -1.25, 2.0])
+    recorder.backward(w)
+    got = _flat([p.grad for p in trunk.parameters()], list(trunk.parameters()))
+    _assert_close_scaled(got, w.double() @ jac)
 
 
 def _forward_hooks(model: nn.Module) -> int:

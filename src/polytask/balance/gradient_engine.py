@@ -9,7 +9,10 @@ of the shared parameters, not only at their losses. Almost all of them need only
 ``exact``
     ``G`` over the shared parameters, accumulated layer by layer from the tasks' gradients at
     each shared layer's output (:mod:`polytask.balance.gramian`, the identity behind torchjd's
-    autogram engine): no K × P matrix, one weighted backward for the update.
+    autogram engine): one batched backward of the K directions through the layers' inputs
+    only, no per-task weight gradient where the kernel form is cheaper, no K × P matrix. The
+    update ``Jᵀ w`` is then formed layer by layer from the same output gradients
+    (:meth:`GramianRecorder.backward`), not by a second backward through the shared layers.
 ``representation``
     ``G`` of the gradients with respect to the shared representation ``z`` (the MGDA-UB upper
     bound of Sener & Koltun, NeurIPS 2018): each head reads its own detached copy of ``z``, so a
@@ -34,7 +37,9 @@ biased, and its weights change with the number of ranks). ``distributed.gramian`
     In ``exact`` mode each rank computes its K per-task gradients of the shared parameters,
     one all-reduce sums them (K × P numbers instead of the P of plain data parallelism), and
     the global Gramian and the update ``Jᵀ w`` both come from the summed matrix: no second
-    all-reduce. In ``representation`` mode the representations of different ranks are
+    all-reduce. (The layer-wise Gramian of one process is not used here: its cross-rank terms
+    ``⟨δ_{k,r}ᵀ a_r, δ_{l,s}ᵀ a_s⟩`` would need every rank's layer inputs and output
+    gradients.) In ``representation`` mode the representations of different ranks are
     different coordinates, so the global Gramian *is* the sum of the ranks' K × K Gramians:
     exact at K² numbers of communication.
 ``local``
@@ -221,7 +226,19 @@ class GradientBalancer(Balancer):
         eye = torch.eye(len(names), dtype=stacked.dtype, device=stacked.device)
         gramian = self._reduced(recorder.gramian(stacked, eye), exact=False)
         weights, measured = self._weigh(gramian, stacked, idx)
-        applied = self._weighted_backward(stacked, names, weights, model)
+        shared = [p for p in model.shared_parameters() if p.requires_grad]
+        if self.grad_scale is None and recorder.covers(shared):
+            # As in _split_backward: the shared layers' gradients from the output gradients
+            # the Gramian already needed; the heads then get their own task's gradient.
+            # (Under float16 those output gradients come from the unscaled losses, so the
+            # update takes the scaled backward below, where small gradients cannot underflow.)
+            recorder.backward(self.scaled(weights))
+            own = [p for n in names for p in model.task_parameters(n) if p.requires_grad]
+            if own:
+                torch.autograd.backward(self.scaled(stacked.sum()), inputs=own)
+            applied = {n: float(w) for n, w in zip(names, weights, strict=True)}
+        else:
+            applied = self._weighted_backward(stacked, names, weights, model)
         return BackwardResult(applied, measured.gramian, measured.grad_norms)
 
     def _reduced(self, gramian: Tensor, *, exact: bool) -> Tensor:

@@ -466,3 +466,35 @@ def test_pareto_plan_errors() -> None:
     assert not [r for r in plan_sweep(config_from_dict(raw)).runs if r.group == BUDGET_CONTROL]
     raw["pareto"] |= {"budget_control": True, "conditioned_epochs": 1}  # same budget: no control
     assert not [r for r in plan_sweep(config_from_dict(raw)).runs if r.group == BUDGET_CONTROL]
+
+
+def test_sweep_and_cli_overrides_of_seeds_and_workers_are_honoured(tmp_path: Path) -> None:
+    """``sweep(seeds=, workers=)`` and ``polytask pareto --seeds/--workers`` override the
+    ``[pareto]`` keys. They were once written to a field of the config that nothing read, so
+    ``--seeds 1`` trained every seed of the config (here 2: twice the runs) and ``--workers``
+    kept the config's processes."""
+    from polytask.studies.pareto.config import ParetoConfig
+    from polytask.studies.pareto.driver import _with_overrides, plan_sweep
+
+    raw = _conflict_raw(epochs=1)
+    raw["data"]["path"] = "train.csv"
+    del raw["train"]["patience"]  # TOML has no null
+    raw["pareto"] = {"n_points": 2, "balancers": ["equal"], "seeds": 2, "workers": 2}
+    cfg = config_from_dict(raw)
+    assert plan_sweep(cfg).seeds == [0, 1]
+    changed = _with_overrides(cfg, seeds=1, workers=3)
+    assert plan_sweep(changed).seeds == [0]
+    assert changed.section("pareto", ParetoConfig).workers == 3
+    assert _with_overrides(cfg, seeds=[4, 7]).section("pareto", ParetoConfig).seeds == [4, 7]
+    assert _with_overrides(cfg) is cfg  # nothing given: the config as it is
+
+    _conflict_frame(200, 0).to_csv(tmp_path / "train.csv", index=False)
+    config = tmp_path / "pareto.toml"
+    config.write_text(toml_text(raw), encoding="utf-8")
+    out = tmp_path / "front"
+    # One seed: 2 sweep points + the conditioned model + equal weights, in this process.
+    result = run_cli("pareto", config, "--out", out, "-q", "--seeds", "1", "--workers", "1")
+    assert result.code == 0, result.err
+    assert "(4 runs trained, 0 already finished)" in result.out
+    # One seed directory per set of points (the sweep's holds its 2 points): seed 0 only.
+    assert sorted(p.name for p in out.glob("runs/*/seed*")) == ["seed0"] * 3

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "polytask._version",
             "polytask.errors",
+            "polytask.catalog",
             "polytask.state_io",
             "polytask.safe_read",
             "polytask.config_errors",

@@ -18,11 +18,13 @@ import typer
 from rich.table import Table
 
 import polytask
+from polytask import catalog
+from polytask.catalog import BUILT_IN, Catalog, Row
 from polytask.console import make_console
 from polytask.errors import PolytaskError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from polytask.registry import Registry
     from polytask.run.pipeline import RunResult
@@ -363,20 +365,33 @@ def _first_line(doc: str | None) -> str:
     return (doc or "").strip().split("\n", 1)[0]
 
 
-@app.command("list")
-def list_components(
-    params: Annotated[
-        str | None,
-        typer.Option(
-            "--params", metavar="NAME", help="one component's parameters: --params upgrad"
-        ),
-    ] = None,
-) -> None:
-    """List registered inputs, encoders, architectures, balancers, task kinds and datasets,
-    polytask's own and those of installed plug-ins (entry point group ``polytask.plugins``)."""
-    if params is not None:
-        _print_params(params)
-        return
+#: The modules defining the registries ``polytask list`` reads (each imports torch).
+_REGISTRY_MODULES = (
+    "polytask.data.inputs",
+    "polytask.models.encoders",
+    "polytask.models.architectures",
+    "polytask.balance.base",
+    "polytask.tasks.kinds",
+    "polytask.data.datasets",
+)
+
+
+def _use_catalog() -> bool:
+    """Whether ``polytask list`` reads the committed catalogue (:mod:`polytask.catalog`)
+    rather than the live registries: only when that spares importing them (seconds of CPU)
+    and says the same. A plug-in's components exist only once its code has run, so an
+    installed plug-in (an entry point, found without importing it) means the live registries;
+    so do registries already imported in this process, which may hold components registered
+    in it, and cost nothing more to read."""
+    from polytask.plugins import entry_points  # looked up at each call: tests replace it
+
+    if entry_points():
+        return False
+    return not any(module in sys.modules for module in _REGISTRY_MODULES)
+
+
+def _live_rows() -> list[Row]:
+    """``polytask list``'s rows from the live registries, plug-ins' components included."""
     from polytask.balance.base import BALANCERS
     from polytask.data.datasets import DATASETS
     from polytask.data.inputs import INPUTS
@@ -385,25 +400,40 @@ def list_components(
     from polytask.plugins import load_plugins, source_of
     from polytask.tasks.kinds import KINDS
 
-    load_plugins()  # loaded by ``import polytask`` already; a no-op unless one was added since
+    load_plugins()  # loads the plug-ins not loaded yet (none when already loaded)
     registries: tuple[Registry[Any], ...] = (INPUTS, ENCODERS, ARCHITECTURES, BALANCERS)
     # One row per component: kind, name, summary, and where it comes from (polytask, or the
     # distribution of the plug-in that registered it).
     rows = [
-        (registry.kind, entry.name, entry.summary, source_of(entry.factory) or "polytask")
+        Row(registry.kind, entry.name, entry.summary, source_of(entry.factory) or BUILT_IN)
         for registry in registries
         for entry in registry
     ]
     rows += [
-        (
+        Row(
             "task kind",
             kind.name,
             _first_line(type(kind).__doc__),
-            source_of(type(kind)) or "polytask",
+            source_of(type(kind)) or BUILT_IN,
         )
         for kind in KINDS
     ]
-    rows += [("dataset", name, DATASETS[name].summary, "polytask") for name in sorted(DATASETS)]
+    rows += [Row("dataset", name, DATASETS[name].summary, BUILT_IN) for name in sorted(DATASETS)]
+    return rows
+
+
+def _live_catalog() -> Catalog:
+    """What the committed catalogue must hold: the live registries' and schemas' answer for
+    polytask's own components (plug-ins left out, so it does not depend on what is
+    installed)."""
+    from polytask.config_reference import builtin_components
+
+    polytask._load_all()  # the study sections (``--params compare``) register on import
+    rows = [row for row in _live_rows() if row.source == BUILT_IN]
+    return Catalog(rows, builtin_components())
+
+
+def _components_table(rows: Sequence[Row]) -> Table:
     table = Table(title="polytask components")
     # Kinds, names and sources are never wrapped or cut (they are typed into configs and
     # searched for); the summaries give way on a narrow terminal.
@@ -411,17 +441,72 @@ def list_components(
         if col == "summary":
             table.add_column(col)
         else:
-            table.add_column(col, no_wrap=True, min_width=max(len(row[i]) for row in rows))
+            table.add_column(col, no_wrap=True, min_width=max(len(_row_cells(r)[i]) for r in rows))
     for row in rows:
-        table.add_row(*row)
-    out_console.print(table)
+        table.add_row(*_row_cells(row))
+    return table
 
 
-def _print_params(name: str) -> None:
-    """``polytask list --params NAME``: each component called NAME, its keys one per line."""
-    from polytask.config_reference import find_components
+def _row_cells(row: Row) -> tuple[str, str, str, str]:
+    return (row.kind, row.name, row.summary, row.source)
 
-    for i, component in enumerate(find_components(name)):
+
+@app.command("list")
+def list_components(
+    params: Annotated[
+        str | None,
+        typer.Option(
+            "--params", metavar="NAME", help="one component's parameters: --params upgrad"
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+    write_catalog: Annotated[
+        Path | None,
+        typer.Option(
+            "--write-catalog",
+            metavar="FILE",
+            hidden=True,  # a developer's command (regenerates src/polytask/catalog.json)
+            help="write the catalogue of polytask's own components (polytask.catalog)",
+        ),
+    ] = None,
+) -> None:
+    """List registered inputs, encoders, architectures, balancers, task kinds and datasets,
+    polytask's own and those of installed plug-ins (entry point group ``polytask.plugins``)."""
+    if write_catalog is not None:
+        from polytask.state_io import atomic_write_text
+
+        atomic_write_text(write_catalog, _live_catalog().to_text())
+        err_console.print(f"wrote {write_catalog}", markup=False, highlight=False, soft_wrap=True)
+        return
+    # Without a plug-in, polytask's own components come from the committed catalogue: no
+    # torch, pydantic or metrics import (``polytask list`` in well under a second of CPU).
+    from_catalog = _use_catalog()
+    if params is not None:
+        _print_params(params, from_catalog)
+        return
+    rows = catalog.load().rows if from_catalog else _live_rows()
+    if as_json:
+        columns = ("kind", "name", "summary", "from")
+        document = [dict(zip(columns, _row_cells(r), strict=True)) for r in rows]
+        # What _emit_json writes, without its import of polytask.state_io (torch): strings
+        # only here, no NaN to turn into null.
+        sys.stdout.write(json.dumps(document, indent=2, allow_nan=False) + "\n")
+        sys.stdout.flush()
+        return
+    out_console.print(_components_table(rows))
+
+
+def _print_params(name: str, from_catalog: bool) -> None:
+    """``polytask list --params NAME``: each component called NAME, its keys one per line
+    (from the committed catalogue when ``from_catalog``, else from the live schemas)."""
+    if from_catalog:
+        components = catalog.load().find(name)
+    else:
+        from polytask.config_reference import find_components
+
+        polytask._load_all()  # the study sections and the plug-ins' components, by name
+        components = find_components(name)
+    for i, component in enumerate(components):
         lines = [""] if i else []
         where = (
             f"[{component.where}] name = {json.dumps(component.name)}"
@@ -771,19 +856,37 @@ def pareto_command(
     out_console.print(wrote, soft_wrap=True)
 
 
-def main() -> None:
+#: Commands that only read and print, and import what they need themselves: ``list`` reads
+#: the committed catalogue (no torch, registries or studies) when no plug-in is installed.
+#: Start-up lasts until they return, so Ctrl-C anywhere in them is start-up's clean exit
+#: (polytask.__main__): they write nothing, but for the developer's ``list --write-catalog``,
+#: an atomic rename (the file is whole or untouched).
+_READ_ONLY = frozenset({"list"})
+
+
+def main(started: Callable[[], None] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2.
 
     The command is invoked below click's ``main`` on purpose: click turns an ``EOFError`` (which
     a truncated gzip file raises deep inside pandas) and a ``KeyboardInterrupt`` into a bare
     ``Abort`` with a blank line, hiding what happened. Here each gets its own one-line message.
+
+    ``started`` is called once start-up is over (the command line built and parsed, the
+    studies and plug-ins imported), right before the command runs (not for the read-only
+    :data:`_READ_ONLY`): :mod:`polytask.__main__` puts Python's Ctrl-C handling back there
+    (see its docstring for why not earlier).
     """
+    args = sys.argv[1:]
     command = typer.main.get_command(app)
     try:
-        with command.make_context("polytask", sys.argv[1:]) as ctx:
+        with command.make_context("polytask", list(args)) as ctx:
             # Past ``polytask --help``: load the studies' config sections and the plug-ins,
-            # which the package no longer imports up front (see polytask/__init__.py).
-            polytask._load_all()
+            # which the package no longer imports up front (see polytask/__init__.py). The
+            # top level takes no options, so ``args[0]`` is the command's name.
+            if args[0] not in _READ_ONLY:
+                polytask._load_all()
+                if started is not None:
+                    started()
             command.invoke(ctx)
     except PolytaskError as exc:
         _fail(str(exc), 2)

@@ -19,7 +19,6 @@ so it does not depend on what is installed; the command line shows the plug-ins'
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -31,11 +30,11 @@ from pydantic.fields import FieldInfo
 from pydantic.json_schema import models_json_schema
 
 from polytask.balance.base import BALANCERS
+from polytask.catalog import Component, Key, unknown_component
 from polytask.config import RunConfig, registered_sections
 from polytask.config_errors import _inner_model
 from polytask.data.datasets import DATASETS
 from polytask.data.inputs import INPUTS
-from polytask.errors import ConfigError
 from polytask.models.architectures import ARCHITECTURES
 from polytask.models.encoders import ENCODERS
 from polytask.registry import ComponentConfig, Entry, Registry
@@ -67,17 +66,6 @@ REGENERATE = "polytask config --reference -o docs/config.md"
 
 
 # -- what the schemas hold ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Key:
-    """One documented key: its path, type, default, valid values and description."""
-
-    name: str
-    type: str
-    default: str
-    valid: str
-    description: str
-
-
 @dataclass
 class Section:
     """One documented table: its TOML header, what it is, its keys."""
@@ -661,16 +649,27 @@ def _default_component(path: str) -> str | None:
 
 
 # -- one component ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Component:
-    """A registered component found by name: which registry, its entry (or its task kind)."""
+# ``Component`` and ``Key`` live in polytask.catalog (the bottom layer), so that the committed
+# catalogue and this live look-up print through the same types.
 
-    kind: str
-    name: str
-    summary: str
-    keys: list[Key]
-    where: str
-    extra: list[tuple[str, str]] = field(default_factory=list)
+
+def _entry_component(path: str, registry: Registry[Any], entry: Entry[Any]) -> Component:
+    summary = entry.summary or _schema_doc(entry.params)
+    return Component(registry.kind, entry.name, summary, model_keys(entry.params), path)
+
+
+def _kind_component(kind: Kind) -> Component:
+    extra = [
+        ("losses", ", ".join(getattr(kind, "losses", ()))),
+        ("metrics", ", ".join(getattr(kind, "metric_factories", {}))),
+        ("optional keys", ", ".join(_kind_fields(kind)) or "none"),
+    ]
+    summary = _first_line(type(kind).__doc__)
+    return Component("task kind", kind.name, summary, [], "tasks.kind", extra)
+
+
+def _section_component(name: str, schema: type[BaseModel]) -> Component:
+    return Component("section", name, _schema_doc(schema), model_keys(schema), name)
 
 
 def find_components(name: str) -> list[Component]:
@@ -680,22 +679,12 @@ def find_components(name: str) -> list[Component]:
     found: list[Component] = []
     for path, registry in COMPONENT_FIELDS.items():
         if name in registry:
-            entry = registry.get(name)
-            summary = entry.summary or _schema_doc(entry.params)
-            found.append(Component(registry.kind, name, summary, model_keys(entry.params), path))
+            found.append(_entry_component(path, registry, registry.get(name)))
     if name in KINDS:
-        kind = KINDS.get(name)
-        extra = [
-            ("losses", ", ".join(getattr(kind, "losses", ()))),
-            ("metrics", ", ".join(getattr(kind, "metric_factories", {}))),
-            ("optional keys", ", ".join(_kind_fields(kind)) or "none"),
-        ]
-        summary = _first_line(type(kind).__doc__)
-        found.append(Component("task kind", name, summary, [], "tasks.kind", extra))
+        found.append(_kind_component(KINDS.get(name)))
     studies = registered_sections()
     if name in studies:
-        schema = studies[name]
-        found.append(Component("section", name, _schema_doc(schema), model_keys(schema), name))
+        found.append(_section_component(name, studies[name]))
     if found:
         return found
     names = sorted(
@@ -703,6 +692,23 @@ def find_components(name: str) -> list[Component]:
         | set(KINDS.names())
         | set(studies)
     )
-    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-    hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise ConfigError(f"unknown component {name!r}{hint} (polytask list shows them all)")
+    raise unknown_component(name, names)
+
+
+def builtin_components() -> list[Component]:
+    """Every component of polytask's own that :func:`find_components` can return, plug-ins
+    left out, in the order it returns them for one name (registries in
+    :data:`COMPONENT_FIELDS` order, then the task kinds, then the study sections): the
+    ``params`` of the committed catalogue (:mod:`polytask.catalog`)."""
+    found = [
+        _entry_component(path, registry, entry)
+        for path, registry in COMPONENT_FIELDS.items()
+        for entry in _entries(registry, include_plugins=False)
+    ]
+    found += [_kind_component(kind) for kind in KINDS if _is_own(type(kind))]
+    found += [
+        _section_component(name, schema)
+        for name, schema in sorted(registered_sections().items())
+        if _is_own(schema)
+    ]
+    return found

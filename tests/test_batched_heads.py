@@ -12,7 +12,14 @@ from torch import Tensor, nn
 from polytask.data.spec import InputSpec
 from polytask.losses import TaskLoss, task_losses
 from polytask.models.config import ModelConfig
-from polytask.models.heads import BATCH_MIN_HEADS, HeadParams, PooledTower, Tower, run_heads
+from polytask.models.heads import (
+    BATCH_MIN_HEADS,
+    HeadParams,
+    PooledTower,
+    Tower,
+    run_heads,
+    stacked_outputs,
+)
 from polytask.models.model import MultiTaskModel, build_model
 from polytask.tasks import Task
 
@@ -241,3 +248,195 @@ def test_exact_mode_matches_k_separate_backward_passes(norm: str) -> None:
             model.task_parameters(t.name), reference.task_parameters(t.name), strict=True
         ):
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7)
+
+
+# -- the batched path against the per-head computation, mixed kinds (issue 18) ----------------
+def _mixed_tasks() -> list[Task]:
+    """Regression and binary heads share one head shape (one output) but not a loss group;
+    multiclass heads (three classes) are a second group, one of them class-weighted (its loss
+    computed on its own, from its head's row)."""
+    classes = ["x", "y", "z"]
+    tasks = [Task(name=f"r{i}", kind="regression", target=f"r{i}") for i in range(5)]
+    tasks += [Task(name=f"b{i}", kind="binary", target=f"b{i}", pos_weight=2.0) for i in range(4)]
+    tasks += [
+        Task(name=f"m{i}", kind="multiclass", target=f"m{i}", classes=classes) for i in range(3)
+    ]
+    tasks.append(
+        Task(name="mw", kind="multiclass", target="mw", classes=classes, class_weights=[1, 2, 1])
+    )
+    assert len(tasks) >= 3 * BATCH_MIN_HEADS
+    return tasks
+
+
+def _mixed_batch(
+    tasks: list[Task], rows: int, absent: set[str]
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    g = torch.Generator().manual_seed(5)
+    x = {"numeric": torch.randn(rows, 6, generator=g)}
+    targets: dict[str, Tensor] = {}
+    masks: dict[str, Tensor] = {}
+    for t in tasks:
+        if t.kind == "regression":
+            targets[t.name] = torch.randn(rows, generator=g)
+        elif t.kind == "binary":
+            targets[t.name] = torch.randint(0, 2, (rows,), generator=g).float()
+        else:
+            targets[t.name] = torch.randint(0, 3, (rows,), generator=g)
+        masks[t.name] = torch.rand(rows, generator=g) > 0.25
+        if t.name in absent:
+            masks[t.name] = torch.zeros(rows, dtype=torch.bool)
+    return x, targets, masks
+
+
+def _mixed_model(tasks: list[Task], widths: list[int]) -> MultiTaskModel:
+    cfg = ModelConfig.model_validate(
+        {"encoder": {"name": "mlp", "widths": [12], "dropout": 0.0}, "head": {"widths": widths}}
+    )
+    return build_model(tasks, InputSpec(n_numeric=6), cfg, seed=0)
+
+
+@pytest.mark.parametrize("widths", [[], [8]])
+def test_batched_heads_stacked_losses_and_equal_weights_match_the_per_head_step(
+    widths: list[int],
+) -> None:
+    from polytask.balance import build_balancer
+
+    tasks = _mixed_tasks()
+    absent = {"r3", "b1", "m2"}  # one absent task in each loss group
+    x, targets, masks = _mixed_batch(tasks, 24, absent)
+    losses_fn = {t.name: TaskLoss(t) for t in tasks}
+
+    model = _mixed_model(tasks, widths)
+    outputs = model(x)
+    # The fast path is the one under test: the heads ran batched and the losses read the
+    # batched output and came out as rows of one vector per loss group.
+    assert stacked_outputs([outputs[f"r{i}"] for i in range(5)]) is not None
+    assert stacked_outputs([outputs[f"m{i}"] for i in range(3)]) is not None
+    losses = task_losses(losses_fn, outputs, targets, masks)
+    assert stacked_outputs([losses[n] for n in ("r0", "r1", "r2", "r4")]) is not None
+    balancer = build_balancer("equal", {}, tasks)
+    weights = balancer.backward(losses, model).weights
+
+    reference = _mixed_model(tasks, widths)
+    z = reference.represent(x)
+    ref_out = {t.name: reference.task_output(t.name, z) for t in tasks}
+    ref_losses = {
+        n: v for n, f in losses_fn.items() if (v := f(ref_out[n], targets[n], masks[n])) is not None
+    }
+    torch.stack(list(ref_losses.values())).sum().backward()  # type: ignore[no-untyped-call]
+
+    assert list(losses) == list(ref_losses) == [t.name for t in tasks if t.name not in absent]
+    assert weights == dict.fromkeys(losses, 1.0)
+    for name in outputs:
+        torch.testing.assert_close(outputs[name], ref_out[name], rtol=1e-5, atol=1e-6)
+    for name in losses:
+        torch.testing.assert_close(losses[name], ref_losses[name], rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        task = name.split(".")[2] if name.startswith("architecture.heads.") else None
+        if task in absent:
+            assert p.grad is None and q.grad is None, name
+            continue
+        assert p.grad is not None and q.grad is not None, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_present_task_left_out_of_the_backward_keeps_none_gradients() -> None:
+    # Task scheduling drops a present task's loss after it was computed: its head must get no
+    # gradient (None), though its loss was a row of the same stacked vector as the others'.
+    from polytask.balance import build_balancer
+
+    tasks = [Task(name=f"t{i}", kind="regression", target=f"y{i}") for i in range(6)]
+    model = _mixed_model(tasks, [4])
+    x, targets, masks = _mixed_batch(tasks, 10, set())
+    losses = task_losses({t.name: TaskLoss(t) for t in tasks}, model(x), targets, masks)
+    chosen = {k: v for k, v in losses.items() if k not in ("t1", "t4")}
+    build_balancer("equal", {}, tasks).backward(chosen, model)
+    for t in tasks:
+        grads = [p.grad for p in model.task_parameters(t.name)]
+        if t.name in ("t1", "t4"):
+            assert all(g is None for g in grads), t.name
+        else:
+            assert all(g is not None and bool(g.abs().sum() > 0) for g in grads), t.name
+
+
+def test_a_head_with_zero_weight_gets_zero_gradients_not_none() -> None:
+    # Received a gradient (of zero) is not "had no loss": as on the per-head path, AdamW's
+    # weight decay applies to a head whose task was weighted 0.
+    from polytask.balance import build_balancer
+
+    tasks = [Task(name=f"t{i}", kind="regression", target=f"y{i}") for i in range(5)]
+    model = _mixed_model(tasks, [])
+    x, targets, masks = _mixed_batch(tasks, 10, set())
+    losses = task_losses({t.name: TaskLoss(t) for t in tasks}, model(x), targets, masks)
+    weights = {f"t{i}": 1.0 for i in range(5)} | {"t2": 0.0}
+    build_balancer("static", {"weights": weights}, tasks).backward(losses, model)
+    grads = [p.grad for p in model.task_parameters("t2")]
+    assert all(g is not None and not g.any() for g in grads)
+
+
+def test_equal_weighting_of_stacked_losses_is_bit_identical_to_per_task_products() -> None:
+    from polytask.balance import build_balancer
+
+    tasks = [Task(name=f"t{i}", kind="regression", target=f"y{i}") for i in range(7)]
+    model = _mixed_model(tasks, [])
+    x, targets, masks = _mixed_batch(tasks, 16, {"t5"})
+    losses = task_losses({t.name: TaskLoss(t) for t in tasks}, model(x), targets, masks)
+    balancer = build_balancer("static", {"weights": {"t0": 0.5, "t3": 2.0}}, tasks)
+    total, weights = balancer.combine(losses)
+    expected = torch.stack([weights[k] * losses[k] for k in losses]).sum()
+    assert torch.equal(total, expected)
+    # The total reads the losses' stacked vector (not the K loss tensors): the same gradients
+    # reach every parameter, bit for bit; an absent task's head gets none either way.
+    params = list(model.parameters())
+    got = torch.autograd.grad(total, params, retain_graph=True, allow_unused=True)
+    want = torch.autograd.grad(expected, params, allow_unused=True)
+    for a, b in zip(got, want, strict=True):
+        assert (a is None) == (b is None)
+        assert a is None or torch.equal(a, b)
+    assert sum(g is None for g in got) == len(model.task_parameters("t5")) == 2
+
+
+def test_double_backward_through_the_batched_heads_matches_the_per_head_one() -> None:
+    # GradNorm differentiates a gradient norm: the batched path's nodes are differentiable.
+    tasks = [Task(name=f"t{i}", kind="regression", target=f"y{i}") for i in range(5)]
+    x, targets, masks = _mixed_batch(tasks, 12, {"t3"})
+    losses_fn = {t.name: TaskLoss(t) for t in tasks}
+
+    def penalty(model: MultiTaskModel, per_head: bool) -> Tensor:
+        z = model.represent(x)
+        if per_head:
+            outputs = {t.name: model.task_output(t.name, z) for t in tasks}
+        else:
+            outputs = model.architecture.heads_forward(z)  # type: ignore[operator]
+            outputs = {k: model._shape(k, v) for k, v in outputs.items()}
+        losses = task_losses(losses_fn, outputs, targets, masks)
+        total = torch.stack(list(losses.values())).sum()
+        (grad,) = torch.autograd.grad(total, z, create_graph=True)
+        return grad.pow(2).sum()
+
+    model, reference = _mixed_model(tasks, [6]), _mixed_model(tasks, [6])
+    penalty(model, False).backward()  # type: ignore[no-untyped-call]
+    penalty(reference, True).backward()  # type: ignore[no-untyped-call]
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        assert (p.grad is None) == (q.grad is None)
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in model.task_parameters("t3"))
+
+
+def test_stacked_outputs_refuses_what_is_not_a_row_of_one_batched_pass() -> None:
+    model = _model(5)
+    outputs = model({"numeric": torch.randn(6, 5)})
+    rows = [outputs[f"t{i}"] for i in range(5)]
+    found = stacked_outputs(rows)
+    assert found is not None and torch.equal(found.value, torch.stack(rows))
+    reordered = stacked_outputs([rows[3], rows[0]])
+    assert reordered is not None and torch.equal(reordered.value, torch.stack([rows[3], rows[0]]))
+    assert stacked_outputs([rows[0].detach(), rows[1]]) is None
+    assert stacked_outputs([rows[0].clone(), rows[1]]) is None
+    assert stacked_outputs([rows[0], rows[1] * 1.0]) is None
+    assert stacked_outputs([rows[0][:3], rows[1][:3]]) is None  # part of a row
+    with torch.no_grad():
+        assert stacked_outputs(list(model({"numeric": torch.randn(6, 5)}).values())) is None
+    small = _model(BATCH_MIN_HEADS - 1)  # run one by one: nothing to recognise
+    assert stacked_outputs(list(small({"numeric": torch.randn(6, 5)}).values())) is None

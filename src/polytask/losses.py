@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from polytask.data.tensors import Batch
+from polytask.models.heads import stacked_outputs
 from polytask.tasks import Task
 
 
@@ -95,7 +96,12 @@ def _stacked_losses(
     targets: dict[str, Tensor],
     masks: dict[str, Tensor],
 ) -> dict[str, Tensor]:
-    """The losses of ``names`` (tasks with ``loss``'s stack key) from one ``[K, ...]`` pass."""
+    """The losses of ``names`` (tasks with ``loss``'s stack key) from one ``[K, ...]`` pass.
+
+    When the outputs are rows of one batched head pass (:func:`stacked_outputs`), that
+    ``[K, ...]`` tensor is used as it is and the K losses come out of one autograd node which
+    tells the heads whose loss received a gradient; otherwise the outputs are stacked and the
+    losses unbound. Both compute the same numbers."""
     mask = torch.stack([masks[n] for n in names])
     counts = mask.flatten(1).sum(dim=1)
     present = counts.tolist()  # the group's one host synchronisation
@@ -110,10 +116,13 @@ def _stacked_losses(
     # so neither the value nor the gradient of a masked unit can be NaN.
     target = torch.stack([targets[n] for n in names])
     target = torch.where(mask, target, torch.zeros((), dtype=target.dtype))
-    units = loss.spec.unit_losses(loss, torch.stack([outputs[n] for n in names]), target)
+    rows = stacked_outputs([outputs[n] for n in names])
+    output = rows.value if rows is not None else torch.stack([outputs[n] for n in names])
+    units = loss.spec.unit_losses(loss, output, target)
     units = torch.where(mask, units, torch.zeros((), dtype=units.dtype))
     values = units.flatten(1).sum(dim=1) / counts
-    return dict(zip(names, values.unbind(), strict=True))
+    per_task = rows.split(values) if rows is not None else values.unbind()
+    return dict(zip(names, per_task, strict=True))
 
 
 def loss_denominator(loss: TaskLoss, target: Tensor, mask: Tensor) -> Tensor:

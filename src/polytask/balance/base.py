@@ -25,6 +25,7 @@ from polytask.balance.diagnostics import TaskGramian
 from polytask.config_errors import Schema
 from polytask.distributed import LOCAL, Collective
 from polytask.errors import ConfigError
+from polytask.models.heads import stacked_outputs
 from polytask.registry import Registry
 from polytask.tasks import Task
 
@@ -92,7 +93,7 @@ class Balancer(nn.Module):
     def combine(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """The scalar to back-propagate and the weight given to each present task."""
         weights = self.weights(losses)
-        return torch.stack([weights[k] * losses[k] for k in losses]).sum(), weights
+        return weighted_sum(losses, torch.stack([weights[k] for k in losses])), weights
 
     def scaled(self, value: Tensor) -> Tensor:
         """``value`` times the float16 gradient scale (itself without one): what an update's
@@ -103,11 +104,36 @@ class Balancer(nn.Module):
         """Back-propagate the combined loss; return the weight applied to each task."""
         total, weights = self.combine(losses)
         self.scaled(total).backward()  # type: ignore[no-untyped-call]
-        return BackwardResult({k: float(w) for k, w in weights.items()})
+        return BackwardResult(as_floats(weights))
 
     def end_epoch(self, mean_losses: dict[str, float]) -> None:
         """Called by the trainer after each epoch with the tasks' mean training losses
         (NaN for a task that had no label in the epoch). Epoch-level methods update here."""
+
+
+def weighted_sum(losses: dict[str, Tensor], weights: Tensor) -> Tensor:
+    """``Σ_k w_k L_k`` over ``losses``' order, ``weights`` a vector in that order.
+
+    One stack and one product, not K products and a stack of them: with K = 100 tasks the
+    per-task autograd nodes cost more than the arithmetic. The products and their sum are the
+    ones ``torch.stack([w_k * L_k ...]).sum()`` computes, so the value and every gradient are
+    the same bit for bit. Losses that are the rows of one vector (the stacked losses of
+    :func:`polytask.losses.task_losses`) are read as that vector, not stacked again: the sum is
+    then a function of the parameters through that vector, not of the K loss tensors
+    (differentiate it with respect to parameters, not losses)."""
+    rows = stacked_outputs(list(losses.values()))
+    values = rows.whole() if rows is not None else torch.stack(list(losses.values()))
+    # Weights held on the CPU (a 0-dim tensor each used to broadcast onto any device).
+    return (weights.to(values.device) * values).sum()
+
+
+def as_floats(weights: dict[str, Tensor]) -> dict[str, float]:
+    """The (single-element) weights as Python floats, read in one transfer rather than one per
+    task."""
+    tensors = [w.detach().reshape(1) for w in weights.values()]
+    if not tensors or any(t.device != tensors[0].device for t in tensors):
+        return {k: float(t) for k, t in zip(weights, tensors, strict=True)}
+    return dict(zip(weights, torch.cat(tensors).tolist(), strict=True))
 
 
 BalancerFactory = Callable[[list[Task], BaseModel], Balancer]
@@ -122,6 +148,11 @@ def build_balancer(name: str, params: dict[str, Any], tasks: list[Task]) -> Bala
     return balancer
 
 
+#: Sets of present tasks whose weight vectors :class:`StaticWeights` keeps (missing labels make
+#: the set vary from batch to batch; a bound keeps memory flat whatever the data).
+_CACHED_TASK_SETS = 64
+
+
 class StaticParams(Schema):
     weights: dict[str, float] | None = Field(
         default=None, description="per-task weights; default: each task's own `weight`"
@@ -134,9 +165,37 @@ class StaticWeights(Balancer):
     def __init__(self, tasks: list[Task], weights: dict[str, float]) -> None:
         super().__init__(tasks)
         self._w = {k: torch.tensor(float(v)) for k, v in weights.items()}
+        #: Per set of present tasks (in order) and device: the weight vector, the weights as
+        #: tensors and as floats. Built once: every step without missing labels has one set.
+        self._by_tasks: dict[
+            tuple[tuple[str, ...], torch.device],
+            tuple[Tensor, dict[str, Tensor], dict[str, float]],
+        ] = {}
 
     def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: self._w[k] for k in losses}
+
+    def _for(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
+        device = next(iter(losses.values())).device
+        key = (tuple(losses), device)
+        found = self._by_tasks.get(key)
+        if found is None:
+            tensors = self.weights(losses)
+            found = (torch.stack(list(tensors.values())).to(device), tensors, as_floats(tensors))
+            # (A subclass computing its weights afresh each step is asked each step.)
+            fixed = type(self).weights is StaticWeights.weights
+            if fixed and len(self._by_tasks) < _CACHED_TASK_SETS:
+                self._by_tasks[key] = found
+        return found
+
+    def combine(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        vector, tensors, _ = self._for(losses)
+        return weighted_sum(losses, vector), dict(tensors)
+
+    def backward(self, losses: dict[str, Tensor], model: MultiTaskModel) -> BackwardResult:
+        vector, _, floats = self._for(losses)
+        self.scaled(weighted_sum(losses, vector)).backward()  # type: ignore[no-untyped-call]
+        return BackwardResult(dict(floats))
 
 
 @BALANCERS.register("static", params=StaticParams, summary="fixed per-task weights (default)")

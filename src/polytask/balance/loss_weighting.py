@@ -40,12 +40,22 @@ class LearnedLossScales(Balancer):
         raise NotImplementedError
 
     def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {k: self._weight(self.scales[k]) for k in losses}
+        w = self._weight(self._present_scales(losses))
+        return dict(zip(losses, w.unbind(), strict=True))
+
+    def _present_scales(self, losses: dict[str, Tensor]) -> Tensor:
+        """The present tasks' ``s_k`` as one vector (absent tasks' scales stay out of the
+        graph: no gradient reaches them)."""
+        return torch.stack([self.scales[k] for k in losses])
 
     def combine(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        weights = self.weights(losses)
-        terms = [weights[k] * losses[k] + self._regulariser(self.scales[k]) for k in losses]
-        return torch.stack(terms).sum(), {k: w.detach() for k, w in weights.items()}
+        # Vectorised over the present tasks (one node per operation, not one per task); the
+        # elementwise values are those of the per-task terms, summed in the same order.
+        s = self._present_scales(losses)
+        w = self._weight(s)
+        values = torch.stack(list(losses.values()))
+        total = (w * values + self._regulariser(s)).sum()
+        return total, dict(zip(losses, w.detach().unbind(), strict=True))
 
 
 class UncertaintyWeighting(LearnedLossScales):
@@ -96,12 +106,13 @@ class GeometricLoss(Balancer):
 
     def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         gm = self._geometric_mean(losses).detach()
-        return {k: gm / (len(losses) * v.detach()) for k, v in losses.items()}
+        values = torch.stack([v.detach() for v in losses.values()])
+        return dict(zip(losses, (gm / (len(losses) * values)).unbind(), strict=True))
 
     @staticmethod
     def _geometric_mean(losses: dict[str, Tensor]) -> Tensor:
         # A loss of exactly 0 would give log(0); clamp to keep the step finite.
-        logs = torch.stack([torch.log(v.clamp_min(1e-12)) for v in losses.values()])
+        logs = torch.log(torch.stack(list(losses.values())).clamp_min(1e-12))
         return torch.exp(logs.mean())
 
     def combine(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -150,7 +161,8 @@ class DynamicWeightAverage(Balancer):
 
     def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         index = {n: i for i, n in enumerate(self.task_names)}
-        return {k: self.current[index[k]].float() for k in losses}
+        rows = torch.tensor([index[k] for k in losses], device=self.current.device)
+        return dict(zip(losses, self.current[rows].float().unbind(), strict=True))
 
 
 def _without_params(cls: type[Balancer]) -> BalancerFactory:

@@ -18,14 +18,15 @@ keeps its own ``nn.Parameter`` (and its state-dict names), so saved models load 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from polytask.config_errors import Schema, Widths
 from polytask.errors import ConfigError
@@ -87,39 +88,230 @@ def run_heads(heads: nn.ModuleDict, z: Tensor) -> dict[str, Tensor]:
     results agree to float rounding, not always bit for bit. Normalised towers (batch
     statistics, per-task running buffers) and dense decoders run one by one; so do the towers
     of a group smaller than :data:`BATCH_MIN_HEADS`.
+
+    A batched group's outputs are the rows of one ``[K, B, out]`` tensor, handed out as views
+    by a single autograd node (:class:`_Split`) rather than K indexing nodes with a gradient
+    hook each (at K = 100 those nodes cost more than the heads' arithmetic). The node learns
+    which rows received a gradient, so a head whose task had no loss still gets ``None``, not
+    zeros. :func:`stacked_outputs` hands the ``[K, B, out]`` tensor back to a caller that
+    would otherwise stack the rows again (:func:`polytask.losses.task_losses`).
     """
-    groups: dict[tuple[object, ...], list[str]] = {}
-    for name, head in heads.items():
-        groups.setdefault(_group_key(head), []).append(name)
+    groups, in_order = _plan(heads)
     out: dict[str, Tensor] = {}
-    for key, names in groups.items():
-        if key[0] is None or len(names) < BATCH_MIN_HEADS:
-            for name in names:
-                out[name] = heads[name](z)
+    for group in groups:
+        if group.dropout_depths is None:
+            out[group.names[0]] = group.heads[0](z)
             continue
-        towers = [heads[n] for n in names]
-        assert all(isinstance(t, Tower) for t in towers)
-        if _mixed_dropout_modes(towers):  # type: ignore[arg-type]
+        # Re-read each step (dict lookups, no module walk): a layer replaced after the plan
+        # was made is used, never a stale one.
+        layers = [_layers(t) for t in group.heads]
+        by_depth: list[list[nn.Module]] = [list(d) for d in zip(*layers, strict=True)]
+        if any(len({m.training for m in by_depth[d]}) > 1 for d in group.dropout_depths):
             # A frozen head held in eval mode must not get the training heads' dropout.
-            for name in names:
-                out[name] = heads[name](z)
+            for name, head in zip(group.names, group.heads, strict=True):
+                out[name] = head(z)
             continue
-        used = [False] * len(towers)
-        stacked = _towers_forward(towers, z, used)  # type: ignore[arg-type]
-        for i, name in enumerate(names):
-            out[name] = stacked[i]
-            if out[name].requires_grad:
-                out[name].register_hook(partial(_mark_used, used, i))  # type: ignore[no-untyped-call]
-    return {name: out[name] for name in heads}
+        used = [False] * len(group.names)
+        stacked = _towers_forward(by_depth, group.pooled, z, used)
+        if stacked.requires_grad:
+            out.update(zip(group.names, _split(used, None, stacked), strict=True))
+        else:  # no gradient to track (inference, or every head frozen)
+            out.update(zip(group.names, stacked.unbind(0), strict=True))
+    return out if in_order else {name: out[name] for name in heads}
 
 
-def _mixed_dropout_modes(towers: list[Tower]) -> bool:
-    modes = {m.training for t in towers for m in t.hidden if isinstance(m, nn.Dropout)}
-    return len(modes) > 1
+@dataclass(frozen=True)
+class _Group:
+    """Same-shape towers that run as one batched pass, or one head alone."""
+
+    names: list[str]
+    heads: list[nn.Module]
+    #: Depths of the towers' dropout layers (their train/eval modes must agree across the
+    #: group); None: a head that runs alone.
+    dropout_depths: list[int] | None
+    pooled: bool = False
 
 
-def _mark_used(used: list[bool], index: int, grad: Tensor) -> None:
-    used[index] = True
+def _plan(heads: nn.ModuleDict) -> tuple[list[_Group], bool]:
+    """The groups :func:`run_heads` runs and whether they list the heads in ``heads``' order,
+    cached on ``heads`` while it holds the same named head modules (grouping K towers by their
+    layer shapes each step would cost more than the batching saves at small K)."""
+    key = tuple(heads.items())
+    cached: tuple[tuple[tuple[str, nn.Module], ...], list[_Group], bool] | None = (
+        heads.__dict__.get("_head_plan")
+    )
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    by_key: dict[tuple[object, ...], list[str]] = {}
+    for name, head in heads.items():
+        by_key.setdefault(_group_key(head), []).append(name)
+    groups: list[_Group] = []
+    for group_key, names in by_key.items():
+        members = [heads[n] for n in names]
+        if group_key[0] is None or len(names) < BATCH_MIN_HEADS:
+            groups += [_Group([n], [h], None) for n, h in zip(names, members, strict=True)]
+            continue
+        # The key lists the layers after the tower class: ("dropout", p) marks a dropout.
+        depths = [i for i, layer in enumerate(group_key[1:]) if _is_dropout_key(layer)]
+        groups.append(_Group(names, members, depths, isinstance(members[0], PooledTower)))
+    in_order = [n for g in groups for n in g.names] == list(heads)
+    heads.__dict__["_head_plan"] = (key, groups, in_order)
+    return groups, in_order
+
+
+def _layers(tower: nn.Module) -> tuple[nn.Module, ...]:
+    """A tower's layers in order, read from the module dicts directly (iterating the
+    ``nn.Sequential`` goes through Python-level ``__iter__``/``__len__``: K towers a step)."""
+    hidden = tower._modules["hidden"]
+    assert hidden is not None
+    return (*hidden._modules.values(), tower._modules["out"])  # type: ignore[arg-type]
+
+
+def _is_dropout_key(layer: object) -> bool:
+    return isinstance(layer, tuple) and bool(layer) and layer[0] == "dropout"
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """A tensor whose rows were handed out as separate views by :func:`_split`: row ``i``
+    belongs to the head whose flag is ``used[flags[i]]`` (``flags`` None: ``used[i]``)."""
+
+    value: Tensor
+    used: list[bool]
+    flags: list[int] | None
+
+
+#: The stacks of the live forward passes, by the tensor their row views are views of
+#: (``Tensor._base``), so :func:`stacked_outputs` can recognise those rows. Weak: an entry goes
+#: with its graph.
+_STACKS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+
+
+def _root(t: Tensor) -> Tensor:
+    return t if t._base is None else t._base
+
+
+@dataclass(frozen=True)
+class StackedOutputs:
+    """Several rows handed out by :func:`run_heads` (a batched group's outputs) or by
+    :meth:`split` (values computed from them, e.g. the tasks' losses), as the one
+    ``[n, *row shape]`` tensor they are rows of."""
+
+    #: Row ``i`` is the ``i``-th tensor asked for. Its gradient flows back as the rows' own
+    #: gradients would, but does not by itself tell the heads which rows received one: pass
+    #: per-row results through :meth:`split`, or use :meth:`whole`.
+    value: Tensor
+    _used: list[bool]
+    _flags: list[int]
+
+    def split(self, per_row: Tensor) -> tuple[Tensor, ...]:
+        """``per_row`` (``[n, ...]``, one entry per row of :attr:`value`, e.g. each task's
+        loss) as ``n`` separate tensors. A head counts as having received a gradient when its
+        entry does (a task whose loss a balancer leaves out keeps ``None`` gradients), and the
+        entries are themselves rows :func:`stacked_outputs` recognises."""
+        return _split(self._used, self._flags, per_row)
+
+    def whole(self) -> Tensor:
+        """:attr:`value` for a consumer of every row (a weighted sum of all the losses): a
+        gradient reaching it marks every row's head as having received one, as the rows'
+        own gradients would have."""
+        out: Tensor = _MarkUsed.apply(self._used, self._flags, self.value)  # type: ignore[no-untyped-call]
+        return out
+
+
+def stacked_outputs(rows: Sequence[Tensor]) -> StackedOutputs | None:
+    """``torch.stack(rows)`` without the copy or the per-row autograd nodes, when every
+    tensor in ``rows`` is a row handed out by :func:`run_heads` or :meth:`StackedOutputs.split`
+    from one stack of this forward pass (or a view of one dropping size-1 dimensions, as
+    :meth:`MultiTaskModel._shape <polytask.models.model.MultiTaskModel._shape>` squeezes);
+    None otherwise (the caller stacks). Rows are recognised by where they sit in the stack's
+    storage, so any other tensor, a detached or a copied one included, gives None."""
+    if not rows:
+        return None
+    first = rows[0]
+    root = first._base
+    stack: _Stack | None = _STACKS.get(root) if root is not None else None  # type: ignore[no-untyped-call]
+    if stack is None:
+        return None
+    value = stack.value
+    offset, step, k = int(value.storage_offset()), value.stride(0), value.shape[0]
+    row = [(s, st) for s, st in zip(value.shape[1:], value.stride()[1:], strict=True) if s != 1]
+    if [(s, st) for s, st in zip(first.shape, first.stride(), strict=True) if s != 1] != row:
+        return None
+    shape, stride = first.shape, first.stride()
+    picked: list[int] = []
+    for t in rows:
+        index, rest = divmod(int(t.storage_offset()) - offset, step)
+        if (
+            t._base is not root
+            or rest
+            or not 0 <= index < k
+            or t.grad_fn is None
+            or t.shape != shape
+            or t.stride() != stride
+        ):
+            return None
+        picked.append(index)
+    flags = picked if stack.flags is None else [stack.flags[i] for i in picked]
+    if picked != list(range(k)):  # some rows, or in another order: a gather
+        value = value[torch.tensor(picked, device=value.device)]
+    return StackedOutputs(value.reshape(len(picked), *shape), stack.used, flags)
+
+
+class _Split(torch.autograd.Function):
+    """``stacked.unbind(0)`` as one autograd node that records, in ``used``, which rows
+    received a gradient (``flags[i]``: the flag of output ``i``; None: ``i`` itself).
+
+    Gradients are not materialised: an output outside the backward pass arrives as ``None``,
+    which is how a head whose task had no loss is told apart from one whose gradient happens
+    to be zero (weight 0, a perfect prediction). The backward is a plain stack, itself
+    differentiable (GradNorm's double backward)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, used: list[bool], flags: list[int] | None, stacked: Tensor
+    ) -> tuple[Tensor, ...]:
+        ctx.set_materialize_grads(False)
+        ctx.used, ctx.flags = used, flags
+        return stacked.unbind(0)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        used, flags = ctx.used, ctx.flags
+        some: Tensor | None = None
+        for i, g in enumerate(grads):
+            if g is not None:
+                used[i if flags is None else flags[i]] = True
+                some = g
+        if some is None:
+            return None, None, None
+        if all(g is not None for g in grads):
+            return None, None, torch.stack(grads)  # type: ignore[arg-type]
+        zero = torch.zeros_like(some)
+        return None, None, torch.stack([zero if g is None else g for g in grads])
+
+
+def _split(used: list[bool], flags: list[int] | None, stacked: Tensor) -> tuple[Tensor, ...]:
+    """:class:`_Split`, its stack recorded for :func:`stacked_outputs`."""
+    out: tuple[Tensor, ...] = _Split.apply(used, flags, stacked)  # type: ignore[no-untyped-call]
+    _STACKS[_root(stacked)] = _Stack(stacked, used, flags)
+    return out
+
+
+class _MarkUsed(torch.autograd.Function):
+    """The identity, whose backward marks the heads of every row used (``flags``: their
+    indices in ``used``) when a gradient reaches it; see :meth:`StackedOutputs.whole`."""
+
+    @staticmethod
+    def forward(ctx: Any, used: list[bool], flags: list[int], value: Tensor) -> Tensor:
+        ctx.used, ctx.flags = used, flags
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        for i in ctx.flags:
+            ctx.used[i] = True
+        return None, None, grad
 
 
 class _Gather(torch.autograd.Function):
@@ -127,10 +319,10 @@ class _Gather(torch.autograd.Function):
     backward gives ``None``, not zeros, to a head whose output received no gradient.
 
     One head per task: a task without a label in the batch has no loss, so its head must get no
-    gradient at all (AdamW's weight decay and moments would otherwise move it). Each head's
-    output has a hook that marks it used when a gradient reaches it; autograd runs those hooks
-    before this node's backward, which comes later in the backward order. The backward is a
-    plain split, so it is itself differentiable (GradNorm's double backward)."""
+    gradient at all (AdamW's weight decay and moments would otherwise move it). The group's
+    :class:`_Split` nodes mark the heads used when a gradient reaches their rows; autograd runs
+    them before this node's backward, which comes later in the backward order. The backward is
+    a plain split, so it is itself differentiable (GradNorm's double backward)."""
 
     @staticmethod
     def forward(ctx: Any, used: list[bool], stack: bool, *parts: Tensor) -> Tensor:
@@ -180,33 +372,41 @@ def _tower_key(head: Tower) -> tuple[object, ...]:
     return tuple(layers)
 
 
-def _towers_forward(towers: list[Tower], z: Tensor, used: list[bool]) -> Tensor:
-    """``[K, *z.shape[:-1], out]``: the K towers of one group applied to ``z``."""
-    if isinstance(towers[0], PooledTower):
+def _params(linears: list[nn.Module], name: str) -> list[Tensor]:
+    # ``_parameters`` directly: ``Module.__getattr__`` for 2K tensors a step is measurable.
+    return [m._parameters[name] for m in linears]  # type: ignore[misc]
+
+
+def _towers_forward(
+    by_depth: list[list[nn.Module]], pooled: bool, z: Tensor, used: list[bool]
+) -> Tensor:
+    """``[K, *z.shape[:-1], out]``: one group's K towers (their layers listed per depth)
+    applied to ``z``."""
+    if pooled:
         z = PooledTower.pool(z)
-    lead, k = z.shape[:-1], len(towers)
+    lead, k = z.shape[:-1], len(by_depth[0])
     h = z.reshape(-1, z.shape[-1])
     first = True
-    layer_lists = [[*t.hidden, t.out] for t in towers]
-    for depth, layer in enumerate(layer_lists[0]):
+    for linears in by_depth:
+        layer = linears[0]
         if not isinstance(layer, nn.Linear):
             h = layer(h)  # one activation or dropout module serves the whole group
             continue
-        linears: list[nn.Linear] = [ls[depth] for ls in layer_lists]
+        has_bias = layer.bias is not None
         if first:
             # Every tower reads the same z: one product with the concatenated weights.
-            weight = _gather(used, False, [m.weight for m in linears])
-            if layer.bias is not None:
-                bias = _gather(used, False, [m.bias for m in linears])
+            weight = _gather(used, False, _params(linears, "weight"))
+            if has_bias:
+                bias = _gather(used, False, _params(linears, "bias"))
                 wide = torch.addmm(bias, h, weight.T)
             else:
                 wide = h @ weight.T
             h = wide.view(h.shape[0], k, layer.out_features).transpose(0, 1)
             first = False
         else:
-            weight = _gather(used, True, [m.weight for m in linears]).transpose(1, 2)
-            if layer.bias is not None:
-                bias = _gather(used, True, [m.bias for m in linears]).unsqueeze(1)
+            weight = _gather(used, True, _params(linears, "weight")).transpose(1, 2)
+            if has_bias:
+                bias = _gather(used, True, _params(linears, "bias")).unsqueeze(1)
                 h = torch.baddbmm(bias, h, weight)
             else:
                 h = torch.bmm(h, weight)

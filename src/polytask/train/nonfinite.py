@@ -44,6 +44,15 @@ def total(tensors: Iterable[Tensor]) -> Tensor:
     return torch.stack(sums).sum() if sums else torch.zeros(())
 
 
+def _stacked(scalars: list[Tensor]) -> Tensor | None:
+    """The single-element ``scalars`` as one float32 vector, detached (None: none); stacked
+    before the cast, not per element: a step with 100 tasks has 100 losses."""
+    if not scalars:
+        return None
+    with torch.no_grad():
+        return torch.stack([v.reshape(()) for v in scalars]).float()
+
+
 def describe(value: float) -> str:
     """``nan``, ``inf`` or ``-inf``, as a message names a value."""
     return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
@@ -114,8 +123,8 @@ class NonFiniteGuard:
     def all_finite(losses: dict[str, Tensor], norms: list[Tensor]) -> bool:
         """The step's single synchronisation: is the sum of the losses and the gradient norms
         finite? (False may be a false alarm of an overflowing sum: the caller re-checks.)"""
-        values = [v.detach().float().reshape(()) for v in (*losses.values(), *norms)]
-        return not values or math.isfinite(torch.stack(values).sum().item())
+        values = _stacked([*losses.values(), *norms])
+        return values is None or math.isfinite(values.sum().item())
 
     @property
     def deferred(self) -> bool:
@@ -127,9 +136,9 @@ class NonFiniteGuard:
     ) -> bool:
         """Record a step's losses and gradient norms without synchronising; True when
         ``every`` steps are waiting and :meth:`first_failure` is due."""
-        values = [v.detach().float().reshape(()) for v in (*losses.values(), *norms)]
-        if values:
-            self._pending.append((torch.stack(values), where, tasks))
+        values = _stacked([*losses.values(), *norms])
+        if values is not None:
+            self._pending.append((values, where, tasks))
         return len(self._pending) >= self.every
 
     def first_failure(self) -> tuple[Any, str] | None:

@@ -75,9 +75,10 @@ class DataConfig(Schema):
         description="folder the dataset's files are read from; default: POLYTASK_DATA or "
         "../shared/data",
     )
-    format: Literal["auto", "csv", "parquet", "excel", "folder", "lines"] = Field(
+    format: Literal["auto", "csv", "parquet", "excel", "folder", "lines", "conllu"] = Field(
         default="auto",
-        description="how path is read; auto: from its suffix (a folder: one row per file)",
+        description="how path is read; auto: from its suffix (a folder: one row per file; "
+        ".conllu/.conllu.gz: one row per sentence)",
     )
     pattern: str = Field(default="**/*", description="folder: glob of the files to read")
     regex: str | None = Field(
@@ -242,7 +243,7 @@ class SourceConfig(Schema):
     )
     dataset: str | None = Field(default=None, description="a registered dataset instead of a path")
     root: str | None = Field(default=None, description="folder the dataset's files are read from")
-    format: Literal["auto", "csv", "parquet", "excel", "folder", "lines"] | None = Field(
+    format: Literal["auto", "csv", "parquet", "excel", "folder", "lines", "conllu"] | None = Field(
         default=None, description="as data.format; default: data.format"
     )
     na_values: list[str] | None = Field(

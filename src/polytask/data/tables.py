@@ -1,4 +1,5 @@
-"""Reading tables (CSV, Parquet, Excel ``.xlsx``) and checking that declared columns exist.
+"""Reading tables (CSV, Parquet, Excel ``.xlsx``, CoNLL-U treebanks) and checking that
+declared columns exist.
 
 :func:`read_table` gives the pandas frame of a file. :func:`read_arrow` gives some of its
 columns as that frame and others as Arrow columns holding the same values, for
@@ -24,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from polytask.data.conllu import is_conllu, read_conllu
 from polytask.errors import DataError
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz", ".tsv", ".txt")
@@ -32,7 +34,7 @@ _EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 
 
 def table_format(path: Path, declared: str = "auto") -> str:
-    """``csv``, ``parquet`` or ``excel``, from ``declared`` or the file name."""
+    """``csv``, ``parquet``, ``excel`` or ``conllu``, from ``declared`` or the file name."""
     if declared != "auto":
         return declared
     name = path.name.lower()
@@ -42,9 +44,11 @@ def table_format(path: Path, declared: str = "auto") -> str:
         return "csv"
     if name.endswith(_EXCEL_SUFFIXES):
         return "excel"
+    if is_conllu(path):
+        return "conllu"
     raise DataError(
         f"data file '{path}': cannot tell the format from its name; "
-        "use .csv, .parquet or .xlsx, or set data.format"
+        "use .csv, .parquet, .xlsx or .conllu, or set data.format"
     )
 
 
@@ -79,11 +83,15 @@ def read_table(
     path: str | Path, *, fmt: str = "auto", na_values: Sequence[str] = ()
 ) -> pd.DataFrame:
     """Read a CSV, Parquet or ``.xlsx`` file into a DataFrame; empty strings and
-    ``na_values`` are missing."""
+    ``na_values`` are missing. A CoNLL-U file gives one row per sentence
+    (:func:`polytask.data.conllu.read_conllu`; its fields are kept verbatim, so ``na_values``
+    does not apply)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file '{p}' not found")
     kind = table_format(p, fmt)
+    if kind == "conllu":
+        return read_conllu(p)
     try:
         if kind == "parquet":
             # One thread: on a small shared machine pyarrow's thread pool made reading 1M rows

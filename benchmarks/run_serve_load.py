@@ -473,7 +473,46 @@ def _markdown(results: dict[str, Any], info: dict[str, Any], args: argparse.Name
                 rows,
             )
             lines.append("")
+    lines += _runtime_comparison(results)
     return lines
+
+
+def _runtime_comparison(results: dict[str, Any]) -> list[str]:
+    """ONNX against torch, the multi-task server, per dataset and level: the ratios the
+    issue's target is about (server CPU per one-row request: onnx / torch, below 1.5)."""
+    rows = []
+    for name, data in results.items():
+        runtimes = data["runtimes"]
+        if "torch" not in runtimes or "onnx" not in runtimes:
+            continue
+        by_torch = runtimes["torch"]["multi"]["levels"]
+        by_onnx = runtimes["onnx"]["multi"]["levels"]
+        for t, o in zip(by_torch, by_onnx, strict=True):
+            rows.append(
+                [
+                    name,
+                    str(t["clients"]),
+                    f"{t['p50_ms']:.1f} / {o['p50_ms']:.1f} ({_ratio(o['p50_ms'], t['p50_ms'])})",
+                    f"{t['server_cpu_ms_per_request']:.2f} / "
+                    f"{o['server_cpu_ms_per_request']:.2f} "
+                    f"({_ratio(o['server_cpu_ms_per_request'], t['server_cpu_ms_per_request'])})",
+                ]
+            )
+    if not rows:
+        return []
+    return [
+        "## ONNX runtime vs torch runtime (multi-task server)",
+        "",
+        "The same rows of the tables above; ratios are onnx / torch (above 1: ONNX costs more). "
+        "Each runtime's servers ran one after the other, not interleaved, so a change in the "
+        "machine's load between them shows in the ratio (load averages above).",
+        "",
+        *markdown_table(
+            ["dataset", "clients", "p50 ms torch / onnx", "server CPU ms per request torch / onnx"],
+            rows,
+        ),
+        "",
+    ]
 
 
 if __name__ == "__main__":

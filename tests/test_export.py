@@ -147,17 +147,20 @@ def test_table_model_equals_the_predictor(
 def test_raw_graph_with_plain_onnxruntime(
     table_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    """A client without polytask feeds NaN / "" for missing cells and gets the same numbers."""
+    """A client without polytask packs the columns in the metadata's order, feeds NaN / "" for
+    missing cells and gets the same numbers."""
     model = table_model("hard")
     path = export_onnx(model, tmp_path / "m.onnx", exporter="torchscript")
     rows = _table(30, seed=2).astype({"ward": object, "sex": object})
     rows.loc[0, "ward"], rows.loc[1, "sex"], rows.loc[2, "age"] = "unseen", None, np.nan
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    inputs = {i["name"]: i for i in json.loads(meta["polytask.inputs"])}
+    numbers, categories = inputs["numbers"]["columns"], inputs["categories"]["columns"]
+    assert sorted(numbers) == ["age", "bmi"] and sorted(categories) == ["sex", "ward"]
     feeds = {
-        "age": rows["age"].to_numpy(dtype=np.float64),
-        "bmi": rows["bmi"].to_numpy(dtype=np.float64),
-        "ward": rows["ward"].fillna("").to_numpy(dtype=object).astype(str),
-        "sex": rows["sex"].fillna("").to_numpy(dtype=object).astype(str),
+        "numbers": rows[numbers].to_numpy(dtype=np.float64),
+        "categories": rows[categories].fillna("").to_numpy(dtype=object).astype(str),
     }
     assert sorted(i.name for i in session.get_inputs()) == sorted(feeds)
     names = [o.name for o in session.get_outputs()]
@@ -278,14 +281,24 @@ def test_metadata_and_input_schema(table_model: Callable[[str], Path], tmp_path:
         "labs": "multilabel",
     }
     assert json.loads(meta["polytask.classes"])["grp"] == ["hi", "lo", "mid"]
+    assert meta["polytask.format"] == "polytask.onnx/2"
     inputs = {i["name"]: i for i in json.loads(meta["polytask.inputs"])}
-    assert inputs["age"]["dtype"] == "double" and inputs["ward"]["dtype"] == "string"
-    assert inputs["sex"]["categories"] == ["F", "M"]
+    assert inputs["numbers"]["dtype"] == "double" and inputs["categories"]["dtype"] == "string"
+    assert inputs["numbers"]["columns"] == ["age", "bmi"]
+    assert inputs["categories"]["columns"] == ["ward", "sex"]
+    assert inputs["numbers"]["shape"] == ["batch", 2] == inputs["categories"]["shape"]
+    assert inputs["categories"]["categories"]["sex"] == ["F", "M"]
     assert json.loads(meta["polytask.preprocessing_steps"])
     types = {i.name: i.type.tensor_type for i in graph.graph.input}
-    assert types["age"].elem_type == onnx.TensorProto.DOUBLE
-    assert types["ward"].elem_type == onnx.TensorProto.STRING
+    assert types["numbers"].elem_type == onnx.TensorProto.DOUBLE
+    assert types["categories"].elem_type == onnx.TensorProto.STRING
     assert all(t.shape.dim[0].dim_param == "batch" for t in types.values())
+    assert all(t.shape.dim[1].dim_value == 2 for t in types.values())
+    # One node chain per input, not per column: the table's preprocessing is a fixed number
+    # of nodes plus a LabelEncoder per categorical column.
+    pre = [n for n in graph.graph.node if n.name.startswith("polytask/") and "/out/" not in n.name]
+    assert len([n for n in pre if n.op_type == "LabelEncoder"]) == 2
+    assert len(pre) <= 30, [n.op_type for n in pre]
 
 
 def test_task_subset_and_opset(table_model: Callable[[str], Path], tmp_path: Path) -> None:
@@ -336,3 +349,103 @@ def test_errors_are_one_line(table_model: Callable[[str], Path], tmp_path: Path)
     assert not out.exists()
     with pytest.raises(PolytaskError, match="not found"):
         OnnxPredictor(tmp_path / "missing.onnx")
+
+
+# -- the per-request feeds -------------------------------------------------------------------
+def _awkward_rows() -> pd.DataFrame:
+    """Rows whose dtypes and cells leave the request frame's shape: an integer number column,
+    numbers written as text, missing-value markers (numeric and text), categories as pandas
+    strings with gaps, whole numbers in a float category column, a non-default index."""
+    rows = _test_rows().iloc[:12].copy()
+    rows.index = range(100, 112)
+    rows["bmi"] = rows["bmi"].round().clip(-1e6, 1e6).astype("int64")
+    rows.loc[101, "bmi"] = -999
+    rows["age"] = rows["age"].astype(object)
+    rows.loc[102, "age"] = " 42.5 "
+    rows.loc[103, "age"] = "NA"
+    rows.loc[104, "ward"] = "NA"
+    rows["sex"] = rows["sex"].astype("string")
+    return rows
+
+
+def test_fast_feeds_equal_the_pandas_conversion(
+    table_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The packed feeds of any frame equal the per-column pandas conversion (markers applied
+    by mark_missing), cell for cell, and the predictions equal the torch predictor's."""
+    model = table_model("hard")
+    runtime = OnnxPredictor(export_onnx(model, tmp_path / "m.onnx", exporter="torchscript"))
+    runtime.na_values = ["NA", "-999"]
+    runtime._marker_numbers = np.array([-999.0])
+    predictor = polytask.load(model)
+    predictor.na_values = ["NA", "-999"]
+    from polytask.run.predictor import mark_missing
+
+    shuffled = _awkward_rows()[["sex", "days", "age", "patient", "ward", "bmi"]]
+    for rows in (_test_rows(), _awkward_rows(), _awkward_rows().iloc[[3]], shuffled):
+        fast = runtime.feeds(rows, "rows")
+        slow = runtime._table_feeds_pandas(mark_missing(rows, runtime.na_values), "rows")
+        assert fast.keys() == slow.keys() == {"numbers", "categories"}
+        np.testing.assert_array_equal(fast["numbers"], slow["numbers"])
+        assert fast["categories"].tolist() == slow["categories"].tolist()
+        _assert_equal(compare_predictions(predictor.predict(rows), runtime.predict(rows)))
+    feeds = runtime.feeds(_awkward_rows(), "rows")
+    assert np.isnan(feeds["numbers"][[1, 3], [1, 0]]).all()  # -999 and "NA": missing
+    assert feeds["numbers"][2, 0] == 42.5
+    assert feeds["categories"][4, 0] == "__missing__"
+
+
+def test_a_table_of_numbers_only(tmp_path: Path) -> None:
+    """A frame of numbers only (a fingerprint table) is read as one float64 matrix, integer
+    columns and numeric markers included."""
+    frame = _table(120)[["age", "bmi", "days", "readmitted"]]
+    frame["bits"] = (frame["bmi"] > 27).astype("int64")
+    polytask.fit(
+        frame,
+        [Task("risk", "binary", target="readmitted"), Task("stay", "regression", target="days")],
+        out=tmp_path / "run",
+        baselines=False,
+        data_options={"na_values": ["-1"]},
+        model=SMALL,
+        train=ONE_EPOCH,
+        quiet=True,
+    )
+    model = tmp_path / "run" / "model"
+    runtime = OnnxPredictor(export_onnx(model, tmp_path / "m.onnx", exporter="torchscript"))
+    rows = _table(20, seed=3)[["age", "bmi"]]
+    rows["bits"] = np.arange(20) % 3 - 1  # -1 is a marker: missing
+    assert list(runtime.feeds(rows)) == ["numbers"]
+    assert np.isnan(runtime.feeds(rows)["numbers"][0, 2])
+    expected = polytask.load(model).predict(rows)
+    _assert_equal(compare_predictions(expected, runtime.predict(rows)))
+    _assert_equal(compare_predictions(expected.iloc[[0]], runtime.predict(rows.iloc[[0]])))
+
+
+def test_bad_cell_is_named_by_its_row_label(
+    table_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    runtime = OnnxPredictor(
+        export_onnx(table_model("hard"), tmp_path / "m.onnx", exporter="torchscript")
+    )
+    rows = _awkward_rows().drop(index=103)  # "NA": not a marker of this model, an error
+    rows.loc[107, "age"] = "old"
+    with pytest.raises(
+        PolytaskError, match=r"column 'age' should hold numbers but row 107 has 'old'"
+    ):
+        runtime.predict(rows)
+    twice = pd.concat([rows[["age"]], rows], axis=1)
+    with pytest.raises(PolytaskError, match=r"column\(s\) \['age'\] appear more than once"):
+        runtime.predict(twice)
+
+
+def test_a_file_of_the_old_format_is_refused(
+    table_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    path = export_onnx(table_model("hard"), tmp_path / "m.onnx", exporter="torchscript")
+    graph = onnx.load(path)
+    for prop in graph.metadata_props:
+        if prop.key == "polytask.format":
+            prop.value = "polytask.onnx/1"
+    onnx.save(graph, tmp_path / "old.onnx")
+    with pytest.raises(PolytaskError, match=r"format 'polytask.onnx/1' .* export it again"):
+        OnnxPredictor(tmp_path / "old.onnx")

@@ -3,10 +3,11 @@ outputs in user units.
 
 The graph is three parts in one ``ModelProto``: the fitted preprocessing of the model directory
 (:mod:`polytask.export.graph`, ONNX and ``ai.onnx.ml`` operators), the torch network
-(:mod:`polytask.export.network`, ``torch.onnx.export``) and the kinds' decoding. Tables take one
-input per column (``tensor(double)[B]`` for numbers, NaN for missing; ``tensor(string)[B]`` for
-categories, ``""`` for missing); other inputs take the tensors their processor produces, with
-the processor's steps documented in the metadata. A preference-conditioned model also takes
+(:mod:`polytask.export.network`, ``torch.onnx.export``) and the kinds' decoding. Tables take
+their raw columns packed in two inputs, ``numbers`` (``tensor(double)[B, N]``, NaN for missing)
+and ``categories`` (``tensor(string)[B, C]``, ``""`` for missing), the columns in the order
+the metadata's input schema lists; other inputs take the tensors their processor produces,
+with the processor's steps documented in the metadata. A preference-conditioned model also takes
 ``preference`` (``float[B, K]``, normalised to sum to 1 inside the graph). Metadata
 (``metadata_props``, https://onnx.ai/onnx/repo-docs/IR.html#metadata) holds the polytask
 version, tasks, kinds, classes, the input schema, the outputs and the preprocessing steps (for
@@ -30,7 +31,16 @@ from polytask._version import __version__
 from polytask.data.preprocess import MAX_STANDARD_SCORE, MISSING_TOKEN, TablePreprocessor
 from polytask.errors import PolytaskError
 from polytask.export import processors
-from polytask.export.graph import ML_OPSET, Builder, output_names, table_preprocessing, task_outputs
+from polytask.export.graph import (
+    CATEGORIES,
+    ML_OPSET,
+    NUMBERS,
+    Builder,
+    output_names,
+    table_inputs,
+    table_preprocessing,
+    task_outputs,
+)
 from polytask.export.network import NET, Exporter, NetworkInput, network_proto
 from polytask.run.predictor import Predictor, load
 from polytask.tasks import Task
@@ -49,6 +59,9 @@ SUPPORTED_KINDS = (
 )
 #: Metadata key prefix (``metadata_props``).
 META = "polytask."
+#: The file format: 2 packs a table's columns into ``numbers`` and ``categories`` (1 took one
+#: input per column).
+FORMAT = "polytask.onnx/2"
 
 
 def check_opset(opset: int | None) -> int:
@@ -116,10 +129,10 @@ def _compose(
     inputs: list[Any] = []
     pre = predictor.preprocessor
     if isinstance(pre, TablePreprocessor):
-        for col in pre.numeric:
-            inputs.append(helper.make_tensor_value_info(col.name, TensorProto.DOUBLE, ["batch"]))
-        for cat in pre.categorical:
-            inputs.append(helper.make_tensor_value_info(cat.name, TensorProto.STRING, ["batch"]))
+        dtypes = {NUMBERS: TensorProto.DOUBLE, CATEGORIES: TensorProto.STRING}
+        for name, columns in table_inputs(pre):
+            shape: list[str | int | None] = ["batch", len(columns)]
+            inputs.append(helper.make_tensor_value_info(name, dtypes[name], shape))
         table_preprocessing(b, pre, net_inputs)
     else:
         for i in net_inputs:
@@ -135,11 +148,11 @@ def _compose(
         b.nodes.append(helper.make_node("Div", ["preference", total], [NET + "preference"]))
     names = [i.name for i in inputs]
     clash = sorted(set(names) & {n for t in chosen for n in output_names(t)})
-    clash += [n for n in set(names) if names.count(n) > 1]  # a column named "preference"
+    clash += [n for n in set(names) if names.count(n) > 1]  # an input named "preference"
     if clash:
         raise PolytaskError(
-            f"export: input column '{clash[0]}' has the name of another graph input or output "
-            "(a task output, or the preference); rename the column or the task"
+            f"export: graph input '{clash[0]}' has the name of another graph input or of a "
+            "task output; rename the task (or the input)"
         )
     post = Builder("polytask/out/")
     outputs: list[Any] = []
@@ -173,27 +186,34 @@ def _numpy_dtype(i: NetworkInput) -> Any:
 def _input_schema(predictor: Predictor, net_inputs: list[NetworkInput]) -> list[dict[str, Any]]:
     pre = predictor.preprocessor
     if isinstance(pre, TablePreprocessor):
-        schema: list[dict[str, Any]] = [
-            {
-                "name": c.name,
-                "type": "number",
-                "dtype": "double",
-                "shape": ["batch"],
-                "missing": "NaN (inf and -inf are missing too)",
-            }
-            for c in pre.numeric
-        ]
-        schema += [
-            {
-                "name": c.name,
-                "type": "category",
-                "dtype": "string",
-                "shape": ["batch"],
-                "missing": "empty string",
-                "categories": [x for x in c.categories if x != MISSING_TOKEN],
-            }
-            for c in pre.categorical
-        ]
+        schema: list[dict[str, Any]] = []
+        for name, columns in table_inputs(pre):
+            if name == NUMBERS:
+                schema.append(
+                    {
+                        "name": NUMBERS,
+                        "type": "numbers",
+                        "dtype": "double",
+                        "shape": ["batch", len(columns)],
+                        "columns": columns,
+                        "missing": "NaN (inf and -inf are missing too)",
+                    }
+                )
+            else:
+                schema.append(
+                    {
+                        "name": CATEGORIES,
+                        "type": "categories",
+                        "dtype": "string",
+                        "shape": ["batch", len(columns)],
+                        "columns": columns,
+                        "missing": "empty string",
+                        "categories": {
+                            c.name: [x for x in c.categories if x != MISSING_TOKEN]
+                            for c in pre.categorical
+                        },
+                    }
+                )
     else:
         schema = []
         for i in net_inputs:
@@ -224,6 +244,9 @@ def _steps(predictor: Predictor) -> list[str]:
     pre = predictor.preprocessor
     if isinstance(pre, TablePreprocessor):
         return [
+            f"inputs: the numeric columns as one '{NUMBERS}' matrix and the categorical ones "
+            f"as one '{CATEGORIES}' matrix, one row per example, the columns in the order of "
+            "polytask.inputs",
             "categories: strip surrounding whitespace and write integral numbers without a "
             "fraction ('3', not '3.0') before feeding (polytask.data.preprocess.as_text); "
             "a missing value is the empty string",
@@ -246,7 +269,7 @@ def metadata(
     """The ``metadata_props`` of the exported graph (JSON values; see the module docstring)."""
     return {
         META + "version": __version__,
-        META + "format": "polytask.onnx/1",
+        META + "format": FORMAT,
         META + "tasks": json.dumps([t.to_dict() for t in chosen]),
         META + "all_tasks": json.dumps(predictor.task_names),
         META + "kinds": json.dumps({t.name: t.kind for t in chosen}),

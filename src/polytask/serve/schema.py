@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -126,24 +127,49 @@ class ModelSchema:
     def frame(self, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         """Validated records as the DataFrame the Predictor reads. Dtypes are fixed per column
         (not inferred from the values), so frames of different requests concatenate into one
-        batch without changing any value's type."""
-        data: dict[str, Any] = {}
-        for col in self.columns:
-            values = [r.get(col.name) for r in records]
-            if col.kind == "number":
-                data[col.name] = np.array(
-                    [np.nan if v is None else v for v in values], dtype=np.float64
-                )
-            else:
-                # object, not pandas' inferred string dtype: the preprocessing reads the
-                # values exactly as it reads them from pd.DataFrame(records).
-                data[col.name] = pd.Series(values, dtype=object)
+        batch without changing any value's type.
+
+        The number columns are one float64 matrix and the other columns one object matrix,
+        each read row by row and made a frame at once: a frame built column by column cost
+        a one-row request 4 ms on Census (39 columns) and 23 ms on Tox21 (2,064), more than
+        the prediction."""
+        numbers, others, number_index, other_index, in_order = self._layout
+        parts: list[pd.DataFrame] = []
+        if numbers:
+            # float64 reads a null (None) as NaN.
+            cells = [[r.get(name) for name in numbers] for r in records]
+            matrix = np.array(cells, dtype=np.float64).reshape(len(records), len(numbers))
+            parts.append(pd.DataFrame(matrix, columns=number_index, copy=False))
+        if others:
+            # object, not pandas' inferred string dtype: the preprocessing reads the values
+            # exactly as it reads them from pd.DataFrame(records).
+            objects = np.empty((len(records), len(others)), dtype=object)
+            for i, r in enumerate(records):
+                objects[i, :] = [r.get(name) for name in others]
+            parts.append(pd.DataFrame(objects, columns=other_index, dtype=object, copy=False))
         id_column = self.predictor.id_column
         sent_ids = id_column is not None and any(id_column in r for r in records)
-        if id_column is not None and id_column not in data and sent_ids:
-            data[id_column] = pd.Series([r.get(id_column) for r in records], dtype=object)
-        frame: pd.DataFrame = pd.DataFrame(data)
+        if id_column is not None and id_column not in self._names and sent_ids:
+            ids = pd.Series([r.get(id_column) for r in records], dtype=object, name=id_column)
+            parts.append(ids.to_frame())
+        frame: pd.DataFrame = parts[0] if len(parts) == 1 else pd.concat(parts, axis=1)
+        if not in_order:
+            order = [c.name for c in self.columns]
+            frame = frame[[*order, *[c for c in frame.columns if c not in self._names]]]
         return frame
+
+    @cached_property
+    def _names(self) -> frozenset[str]:
+        return frozenset(c.name for c in self.columns)
+
+    @cached_property
+    def _layout(self) -> tuple[list[str], list[str], pd.Index, pd.Index, bool]:
+        """The number columns and the others (names and indexes, built once: reading a long
+        index back cost a Tox21 request 1 ms), and whether the columns come in that order."""
+        numbers = [c.name for c in self.columns if c.kind == "number"]
+        others = [c.name for c in self.columns if c.kind != "number"]
+        in_order = numbers + others == [c.name for c in self.columns]
+        return numbers, others, pd.Index(numbers), pd.Index(others), in_order
 
     def metadata(self) -> dict[str, Any]:
         """What ``GET /metadata`` answers: tasks with their kinds, classes and units, the

@@ -87,12 +87,12 @@ def _awkward() -> pd.DataFrame:
 
 
 def _pandas(predictor: Predictor, df: pd.DataFrame, **kw: Any) -> pd.DataFrame:
-    fast_rows = predictor.fast_rows
-    predictor.fast_rows = 0
+    """The pandas path (``TablePreprocessor.transform``): the definition of a prediction."""
+    predictor.fast_frames = False
     try:
         return predictor.predict(df, **kw)
     finally:
-        predictor.fast_rows = fast_rows
+        predictor.fast_frames = True
 
 
 @pytest.mark.parametrize("typed", [True, False], ids=["typed", "object"])
@@ -347,3 +347,146 @@ def test_frame_cells_equal_series_to_numpy() -> None:
         want = frame[name].to_numpy()
         assert isinstance(values, np.ndarray) and values.dtype == want.dtype, name
         pd.testing.assert_series_equal(pd.Series(values), pd.Series(want), check_names=False)
+
+
+def _frames_for_encoding() -> list[pd.DataFrame]:
+    """Frames of every column type the vectorised encoding reads itself or hands on."""
+    typed = _frame(300, 5).drop(columns=["readmitted", "days", "grade"])
+    text = typed.astype({"ward": "string", "sex": "str"})
+    text.loc[[3, 7], "ward"] = pd.NA
+    text.loc[[4], "sex"] = None
+    floats = typed.astype({"code": "float64"})
+    floats.loc[[0, 9], "code"] = np.nan  # a float column of codes: 3.0 is the category "3"
+    objects = _awkward()  # numbers in an object column of codes: the general path
+    with_bool = typed.assign(sex=typed["sex"] == "F")  # booleans in a category column
+    mixed = typed.astype({"code": object})
+    mixed.loc[1, "code"] = "3"  # 3 and "3" in one object column: the general path
+    nullable = typed.astype({"code": "Int64"})  # an extension type: the general path
+    return [typed, text, floats, objects, with_bool, mixed, nullable]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_frame_encoding_equals_transform(predictor: Predictor, index: int) -> None:
+    """FastTable.prepare/encode (any row range) give TablePreprocessor.transform's tensors
+    bit for bit, or None for the general path; the distinct values remembered from one frame
+    do not change the next's."""
+    import torch
+
+    fast = predictor._fast_table()
+    pre = predictor.preprocessor
+    assert fast is not None and isinstance(pre, TablePreprocessor)
+    frame = mark_missing(_frames_for_encoding()[index], predictor.na_values)
+    want = pre.transform(frame, "t")
+    for rows in (frame, frame.iloc[::-1], frame.iloc[:1]):
+        prepared = fast.prepare(rows, "t")
+        if index in (3, 5, 6):  # object codes of numbers (1 and 1.0 hash alike), Int64
+            assert prepared is None
+            continue
+        assert prepared is not None
+        expected = pre.transform(rows, "t")
+        got = fast.encode(prepared, 0, len(rows))
+        for key in expected:
+            assert got[key].dtype == expected[key].dtype
+            assert torch.equal(got[key], expected[key]), key
+        part = fast.encode(prepared, 1, 4)
+        assert all(torch.equal(part[k], expected[k][1:4]) for k in expected)
+    assert want["numeric"].shape[0] == len(frame)
+
+
+def test_frame_encoding_of_unseen_under_error_policy(predictor: Predictor, tmp_path: Path) -> None:
+    strict = polytask.load(predictor.save(tmp_path / "m"))
+    assert isinstance(strict.preprocessor, TablePreprocessor)
+    strict.preprocessor.options.unseen = "error"
+    fast = strict._fast_table()
+    assert fast is not None
+    rows = _frame(300, 5).drop(columns=["readmitted", "days", "grade"])
+    assert fast.prepare(rows, "t") is not None
+    rows.loc[250, "ward"] = "nowhere"
+    assert fast.prepare(rows, "t") is None  # the general path refuses it, naming it
+    with pytest.raises(DataError, match="column 'ward' has category 'nowhere' not seen"):
+        strict.predict(rows)
+
+
+def test_large_frames_equal_pandas_path(predictor: Predictor) -> None:
+    """predict of more rows than fast_rows (the vectorised encoding, encoded batch by batch)
+    equals the pandas path exactly, markers included, across several forward batches."""
+    predictor.batch_size = 64
+    try:
+        for frame in _frames_for_encoding():
+            copies = -(-600 // len(frame))
+            rows = pd.concat([frame] * copies, ignore_index=True).astype(frame.dtypes.to_dict())
+            if rows["age"].dtype == object:
+                rows.loc[[5, 500], "age"] = "?"
+            assert len(rows) > predictor.fast_rows
+            pd.testing.assert_frame_equal(predictor.predict(rows), _pandas(predictor, rows))
+    finally:
+        predictor.batch_size = 8192
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [" ? ", "a", None, "?", "b"],
+        ["a", "b"],
+        [1, "?", 2.5, None],
+        [["?"], "?", "a"],  # unhashable cells: one by one
+    ],
+    ids=str,
+)
+def test_text_hits_equal_the_cell_rule(values: list[Any]) -> None:
+    from polytask.run.predictor import _text_hits
+
+    texts = {"?"}
+    for series in (pd.Series(values, dtype=object), pd.Series(values)):
+        want = series.map(lambda v: isinstance(v, str) and v.strip() in texts).astype(bool)
+        assert _text_hits(series, texts).tolist() == want.tolist()
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        {"risk": np.array(["yes"], dtype=object), "risk_proba": np.array([0.25])},
+        {"id": np.array([7]), "grade": np.array(["a", "b"], dtype=object)[:1]},
+        {"risk": np.array([np.nan], dtype=object), "p": np.array([np.nan])},  # no label
+        {"risk": np.array(["a", np.nan], dtype=object), "p": np.array([1.0, 2.0])},
+        {"ok": np.array([True, False]), "n": np.array([1, 2], dtype=np.int32)},
+        {"map": np.array([None, None], dtype=object)},
+    ],
+    ids=str,
+)
+def test_output_frame_equals_the_constructor(columns: dict[str, np.ndarray]) -> None:
+    from polytask.run.predictor import _output_frame
+
+    n = len(next(iter(columns.values())))
+    index = pd.RangeIndex(3, 3 + n)
+    got = _output_frame(columns, index)
+    want = pd.DataFrame(columns, index=index)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert got.dtypes.tolist() == want.dtypes.tolist()
+    assert got.columns.dtype == want.columns.dtype
+
+
+def test_frame_values_equal_each_column_as_python_values() -> None:
+    """The few-row path's cells, read block by block, are each column's values as
+    ``Series.tolist`` gives them (text missing as None); an extension type other than text
+    (dates included) is None: the general path."""
+    from polytask.run.predictor import _frame_values
+
+    frame = pd.DataFrame(
+        {
+            "n": [1, 2],
+            "x": [0.5, np.nan],
+            "s": pd.Series(["a", None], dtype="str"),
+            "m": [3, 4],
+            "o": pd.Series([1, "b"], dtype=object),
+            "i": pd.Series([1, None], dtype="Int64"),
+            "d": pd.to_datetime(["2020-01-01", "2020-01-02"]),
+            "y": [0.25, 1.5],
+        }
+    )
+    values = _frame_values(frame)
+    assert list(values) == list(frame.columns)
+    assert values["n"] == [1, 2] and values["m"] == [3, 4] and values["y"] == [0.25, 1.5]
+    assert values["x"] is not None and values["x"][0] == 0.5 and math.isnan(values["x"][1])
+    assert values["s"] == ["a", None] and values["o"] == [1, "b"]
+    assert values["i"] is None and values["d"] is None

@@ -6,6 +6,12 @@ one chunk and its predictions, whatever the table's length. The output (CSV or P
 written to a temporary sibling and renamed over the output only when every chunk has been
 predicted: a failure part-way leaves no output file, not a partial one.
 
+Each chunk goes through :meth:`Predictor.predict`, which encodes a table model's frame with
+:meth:`FastTable.prepare <polytask.run.fast.FastTable.prepare>` (each category's text written
+once per distinct value) and one forward batch at a time (:meth:`FastTable.encode
+<polytask.run.fast.FastTable.encode>`): a chunk holds its frame, its converted columns (8 bytes a
+number and 4 a category, per row) and its predictions, never its whole float32 input matrix.
+
 A chunk's predictions equal those of the whole table read at once, with one caveat for CSV:
 pandas infers each chunk's column types on its own, so a categorical column written as numbers
 in some rows and as text in others may be typed differently in a chunk that holds only numbers
@@ -83,14 +89,16 @@ def iter_table(
 def _chunks(
     path: Path, kind: str, chunk_rows: int, na_values: Sequence[str]
 ) -> Iterator[pd.DataFrame]:
-    if kind == "excel":
-        # A workbook is read whole (openpyxl has no row-group reader worth the name).
+    if kind in ("excel", "conllu"):
+        # A workbook is read whole (openpyxl has no row-group reader worth the name); so is a
+        # CoNLL-U file (one row per sentence: small, and parsed in one pass).
         frame = read_table(path, fmt=kind, na_values=na_values)
         for start in range(0, len(frame), chunk_rows):
             yield frame.iloc[start : start + chunk_rows].reset_index(drop=True)
         return
     if kind == "parquet":
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+        # One thread, as read_table reads Parquet: pyarrow's pool spins on a shared machine.
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, use_threads=False):
             frame = batch.to_pandas()
             yield frame.replace(list(na_values), pd.NA) if na_values else frame
         return
@@ -160,7 +168,7 @@ def predict_file(
     if chunk_rows < 1:
         raise PolytaskError(f"chunk rows must be at least 1, got {chunk_rows}")
     kind = table_format(output)  # an unknown suffix fails before any work
-    if kind == "excel":
+    if kind in ("excel", "conllu"):
         raise PolytaskError(f"cannot write '{output}': predictions are written as .csv or .parquet")
     if not output.parent.is_dir():
         raise PolytaskError(f"cannot write '{output}': folder '{output.parent}' does not exist")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from torch import Tensor
 
@@ -40,7 +41,7 @@ from polytask.errors import DataError, PolytaskError
 from polytask.evaluate.evaluation import evaluate_data, predict_outputs
 from polytask.models.config import ModelConfig
 from polytask.models.model import MultiTaskModel
-from polytask.run.fast import FastTable
+from polytask.run.fast import FastTable, PreparedRows
 from polytask.run.model_schema import (
     MODEL_FORMAT,
     describe_for_save,
@@ -96,6 +97,10 @@ class Predictor:
         #: A table model predicts frames of at most this many rows on the fast path
         #: (:meth:`predict_columns`): per-cell Python beats pandas' per-column overhead there.
         self.fast_rows = 256
+        #: False: every frame takes the pandas path (``TablePreprocessor.transform``), the
+        #: definition the fast paths are tested against; True: a table model encodes a frame
+        #: of more rows through :meth:`FastTable.frame` (same tensors, bit for bit).
+        self.fast_frames = True
         #: (preprocessor, markers, its FastTable): see :meth:`_fast_table`.
         self._fast: tuple[object, list[str], FastTable] | None = None
 
@@ -150,10 +155,35 @@ class Predictor:
     ) -> dict[str, Tensor]:
         """:meth:`outputs` of a frame whose markers are already applied."""
         r = self._preference(preference)
-        inputs = self.preprocessor.transform(df, source, base_dir)
+        fast = self._fast_table() if self.fast_frames else None
+        rows = None if fast is None else fast.prepare(df, source)
         with self.model.preferring(r), self._autocast():
-            outputs = predict_outputs(self.model, inputs, self.batch_size)
+            if fast is not None and rows is not None:
+                outputs = self._forward_encoded(fast, rows)
+            else:
+                inputs = self.preprocessor.transform(df, source, base_dir)
+                outputs = predict_outputs(self.model, inputs, self.batch_size)
         return {k: v.float().cpu() for k, v in outputs.items()}  # decoded on the host
+
+    @torch.no_grad()
+    def _forward_encoded(self, fast: FastTable, rows: PreparedRows) -> dict[str, Tensor]:
+        """:func:`predict_outputs` of ``rows``, each batch encoded just before its forward
+        pass (:meth:`FastTable.encode`): the same batches of the same tensors, so the same
+        outputs, without the whole frame's float32 matrix in memory at once."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        device = module_device(model)
+        n, size = len(rows), self.batch_size
+        try:
+            # No rows: one pass over the empty inputs still gives every output its shape.
+            chunks = [
+                model(to_device(fast.encode(rows, start, min(n, start + size)), device))
+                for start in range(0, max(n, 1), size)
+            ]
+        finally:
+            model.train(was_training)
+        return {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
 
     def _autocast(self) -> AbstractContextManager[object]:
         """The forward pass's precision on the model's device (:mod:`polytask.devices`)."""
@@ -182,18 +212,10 @@ class Predictor:
         indexed = self._indexed_groups(df, tasks, per_task)
         if indexed:
             return self._predict_indexed(df, indexed, source, base_dir, preference)
-        if 0 < len(df) <= self.fast_rows and self._fast_frame(df):
-            wanted = [*self._table_columns, *([self.id_column] if self.id_column else [])]
-            cells = _frame_cells(df, wanted)
-            try:
-                fast = self.predict_columns(cells, tasks, source, preference)
-            except DataError:
-                # The cells have lost the frame's index: the pandas path below fails the same
-                # way and names the row by its label.
-                pass
-            else:
-                frame: pd.DataFrame = pd.DataFrame(fast, index=df.index)
-                return frame
+        if 0 < len(df) <= self.fast_rows and self.fast_frames:
+            few = self._predict_few_rows(df, tasks, source, preference)
+            if few is not None:
+                return few
         chosen = self._select(tasks)
         df = mark_missing(df, self.na_values)
         outputs = self._outputs(df, source, base_dir, preference)
@@ -248,20 +270,47 @@ class Predictor:
         pre = self.preprocessor
         return pre.columns if isinstance(pre, TablePreprocessor) else []
 
-    def _fast_frame(self, df: pd.DataFrame) -> bool:
-        """Whether :meth:`predict` may take ``df`` through :meth:`predict_columns`: a table
-        model, unique column names, and NumPy or text dtypes (text reads the same from an
-        object array; another extension dtype such as ``Int64`` has no NumPy twin the cells
-        could keep)."""
-        if not isinstance(self.preprocessor, TablePreprocessor) or not df.columns.is_unique:
-            return False
-        # The dtypes as a list, not looked up one by one in their Series (slow for a row).
-        features = set(self._table_columns)
-        return all(
-            isinstance(dtype, (np.dtype, pd.StringDtype))
-            for c, dtype in zip(df.columns, df.dtypes.tolist(), strict=True)
-            if c in features
-        )
+    def _predict_few_rows(
+        self,
+        df: pd.DataFrame,
+        tasks: list[str] | None,
+        source: str,
+        preference: str | Sequence[float] | None,
+    ) -> pd.DataFrame | None:
+        """:meth:`predict` of a few rows of a table model without per-column pandas work, or
+        None for the pandas path (another model, duplicated column names, a feature column
+        of an extension type other than text, or a cell that fails to convert, whose error
+        the pandas path names by the row's label).
+
+        Plain cells (numbers, text, missing) are read from the frame's column arrays as
+        Python values and encoded in one pass (:meth:`FastTable.lists`, as a JSON request
+        is); any other cell (a marker, a number written as text) sends the columns through
+        :meth:`predict_columns`, which converts them as pandas does."""
+        fast = self._fast_table()
+        if fast is None or not df.columns.is_unique:
+            return None
+        values = _frame_values(df)
+        features = [*fast.numeric, *fast.categorical]
+        plain = [values.get(c) for c in features]
+        if any(v is None for v in plain):
+            return None  # an absent column (the pandas path names it), or Int64 and the like
+        n = len(df)
+        inputs = fast.lists(plain[: len(fast.numeric)], plain[len(fast.numeric) :], n)  # type: ignore[arg-type]
+        if inputs is None:
+            wanted = [*features, *([self.id_column] if self.id_column else [])]
+            cells = _frame_cells(df, wanted)
+            try:
+                columns = self.predict_columns(cells, tasks, source, preference)
+            except DataError:
+                return None  # the cells have lost the frame's index: the pandas path has it
+            return _output_frame(columns, df.index)
+        chosen = self._select(tasks)
+        r = self._preference(preference)
+        key = self.id_column
+        ids = None
+        if key is not None and key in values:
+            ids = mark_missing_cells(_frame_cells(df, [key])[key], key, self.na_values)
+        return _output_frame(self._predict_few(inputs, n, chosen, r, ids), df.index)
 
     def predict_columns(
         self,
@@ -456,21 +505,136 @@ def _task_columns(task: Task, out: Tensor) -> dict[str, np.ndarray]:
     return task.spec.decode(task, out)
 
 
-def _frame_cells(df: pd.DataFrame, wanted: list[str]) -> dict[str, Cells]:
-    """``{c: df[c].to_numpy() for c in wanted if c in df.columns}`` (``df``'s column names
-    unique) without building a Series per column, which costs a one-row frame of 40 columns
-    more than the network's forward pass: the column arrays as the frame stores them (read
-    only), NumPy arrays kept and others converted as ``Series.to_numpy`` converts them."""
+def _column_arrays(df: pd.DataFrame) -> dict[str, Any]:
+    """``df``'s columns (names unique) as the frame stores them, a NumPy array or a pandas
+    extension array each, without building a Series per column, which costs a one-row frame
+    of 40 columns more than the network's forward pass."""
     arrays = getattr(df, "_iter_column_arrays", None)
     if arrays is None:  # a pandas without it: the public way
-        return {c: df[c].to_numpy() for c in wanted if c in df.columns}
-    stored = dict(zip(df.columns, arrays(), strict=True))
-    cells: dict[str, Cells] = {}
-    for c in wanted:
-        if c in stored:
-            values = stored[c]
-            cells[c] = values if isinstance(values, np.ndarray) else values.to_numpy()
-    return cells
+        return {c: df[c].array for c in df.columns}
+    # The names as a list: iterating a text Index reads its pyarrow array one cell at a time.
+    return dict(zip(df.columns.tolist(), arrays(), strict=True))
+
+
+def _cells(values: Any) -> Cells:
+    """A stored column (:func:`_column_arrays`) as ``Series.to_numpy`` gives it (read only)."""
+    return values if isinstance(values, np.ndarray) else values.to_numpy()
+
+
+def _frame_cells(df: pd.DataFrame, wanted: list[str]) -> dict[str, Cells]:
+    """``{c: df[c].to_numpy() for c in wanted if c in df.columns}`` (``df``'s column names
+    unique), read through :func:`_column_arrays`."""
+    stored = _column_arrays(df)
+    return {c: _cells(stored[c]) for c in wanted if c in stored}
+
+
+def _frame_values(df: pd.DataFrame) -> dict[str, list[Any] | None]:
+    """The cells of each column of ``df`` (names unique) as Python values, for
+    :meth:`FastTable.lists`, which takes only numbers, text and missing values and sends any
+    other cell to the general path; None for a column of an extension type other than text
+    (``Int64`` has no NumPy twin its cells could keep). Read from the frame's blocks (one
+    ``tolist`` per block of NumPy columns, one per text column), not column by column: a
+    Series or array per column costs a one-row frame of 40 columns a third of the network's
+    forward pass."""
+    blocks = getattr(getattr(df, "_mgr", None), "blocks", None)
+    names = df.columns.tolist()
+    if blocks is None:  # another pandas: column by column
+        return {c: _python_values(a) for c, a in _column_arrays(df).items()}
+    values: list[list[Any] | None] = [None] * len(names)
+    text_array = pd.arrays.ArrowStringArray
+    for block in blocks:
+        locs = block.mgr_locs.indexer
+        array = block.values
+        if isinstance(array, np.ndarray):
+            if array.dtype.kind in "iufbO":
+                rows = array.tolist()
+            else:  # dates and bytes: tolist() writes numbers and bytes the fast path misreads
+                rows = [[object()] * array.shape[1] for _ in range(array.shape[0])]
+            positions = range(len(names))[locs] if isinstance(locs, slice) else locs.tolist()
+            for position, row in zip(positions, rows, strict=True):
+                values[position] = row
+        else:
+            position = locs.start if isinstance(locs, slice) else int(locs[0])
+            if type(array) is text_array:  # the common case first: one C call, no checks
+                values[position] = array._pa_array.to_pylist()  # type: ignore[attr-defined]
+            else:
+                values[position] = _python_values(array)
+    return dict(zip(names, values, strict=True))
+
+
+def _python_values(values: Any) -> list[Any] | None:
+    """The cells of a stored column (:func:`_column_arrays`) as Python values (missing text
+    as None), or None for an extension type other than text (see :func:`_frame_values`)."""
+    if isinstance(values, np.ndarray):
+        # Dates, durations and bytes: tolist() writes them as numbers or bytes the fast path
+        # would misread; a cell it refuses (an object) sends the rows to the general path.
+        return values.tolist() if values.dtype.kind in "iufbO" else [object()] * len(values)
+    if not isinstance(values.dtype, pd.StringDtype):
+        return None
+    data = getattr(values, "_pa_array", None)  # pyarrow-backed text: one C call, not per cell
+    listed: list[Any] = data.to_pylist() if data is not None else values.tolist()
+    return listed
+
+
+#: The dtype pandas gives a column of Python strings (``str``, pyarrow-backed in pandas 3),
+#: found by asking pandas once; :func:`_output_frame` builds such columns directly.
+_TEXT_DTYPE: Any = None
+
+
+def _text_dtype() -> Any:
+    global _TEXT_DTYPE
+    if _TEXT_DTYPE is None:
+        _TEXT_DTYPE = pd.Series(np.array(["a"], dtype=object)).dtype
+    return _TEXT_DTYPE
+
+
+def _constructed(columns: Mapping[str, np.ndarray], index: pd.Index) -> pd.DataFrame:
+    frame: pd.DataFrame = pd.DataFrame(columns, index=index)
+    return frame
+
+
+def _output_frame(columns: Mapping[str, np.ndarray], index: pd.Index) -> pd.DataFrame:
+    """``pd.DataFrame(columns, index=index)`` for a few rows, built without the constructor's
+    per-column inference, which costs a one-row prediction as much as the network's forward
+    pass: number columns are copied as they are and a column of labels (Python strings, no
+    missing one) becomes the pyarrow-backed text array pandas would infer for it. Any other
+    column (missing labels, per-pixel maps), or a pandas that infers another text type, goes
+    through the constructor itself."""
+    dtype = _text_dtype()
+    frame_from = getattr(pd.DataFrame, "_from_arrays", None)
+    if (
+        frame_from is None
+        or not isinstance(dtype, pd.StringDtype)
+        or dtype.storage != "pyarrow"
+        or not isinstance(dtype.na_value, float)  # NaN for a missing label, not pd.NA
+    ):
+        return _constructed(columns, index)
+    arrays: list[Any] = []
+    for values in columns.values():
+        if not isinstance(values, np.ndarray) or values.ndim != 1:
+            return _constructed(columns, index)
+        if values.dtype.kind in "fiub":
+            arrays.append(values.copy())  # the constructor copies a dict's arrays too
+        elif (
+            values.dtype.kind == "O" and pd.api.types.infer_dtype(values, skipna=False) == "string"
+        ):
+            text = pa.array(values.tolist(), type=pa.large_string())
+            arrays.append(pd.arrays.ArrowStringArray(text, dtype=dtype))  # type: ignore[call-arg]
+        else:
+            return _constructed(columns, index)
+    names = tuple(columns)
+    labels = _COLUMN_INDEXES.get(names)
+    if labels is None:  # the same few column sets again and again: inferred once each
+        labels = _COLUMN_INDEXES[names] = pd.Index(list(names))
+        if len(_COLUMN_INDEXES) > 64:
+            _COLUMN_INDEXES.pop(next(iter(_COLUMN_INDEXES)))
+    # verify_integrity=False: the arrays are what the constructor would store, checked above.
+    frame: pd.DataFrame = frame_from(arrays, labels, index, verify_integrity=False)
+    return frame
+
+
+#: The column labels of recent few-row outputs (an Index is immutable: frames share it).
+_COLUMN_INDEXES: dict[tuple[str, ...], pd.Index] = {}
 
 
 def _plain(value: Any) -> Any:
@@ -491,13 +655,27 @@ def _marked(series: pd.Series, texts: set[str], numbers: list[float]) -> pd.Seri
     """``series`` with its marker cells missing (see :func:`mark_missing`); None if none."""
     if pd.api.types.is_bool_dtype(series):
         return None
+    hit: pd.Series | np.ndarray | None
     if pd.api.types.is_numeric_dtype(series):
         hit = series.isin(numbers) if numbers else None
     else:
-        hit = series.map(lambda v: isinstance(v, str) and v.strip() in texts).astype(bool)
+        hit = _text_hits(series, texts)
     if hit is None or not bool(hit.any()):
         return None
     return series.astype(object).mask(hit, np.nan)
+
+
+def _text_hits(series: pd.Series, texts: set[str]) -> np.ndarray:
+    """Which cells of ``series`` are text that, stripped, is one of ``texts``: decided once
+    per distinct value (``pd.factorize``; a text never shares a hash-table slot with another
+    value), not per cell, which for a 100,000-row chunk of 30 text columns took seconds."""
+    try:
+        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    except TypeError:  # unhashable cells (lists): one by one
+        return series.map(lambda v: isinstance(v, str) and v.strip() in texts).to_numpy(bool)
+    distinct = [isinstance(v, str) and v.strip() in texts for v in uniques]
+    hits: np.ndarray = np.array([*distinct, False], dtype=bool)[codes]  # -1 (missing): no hit
+    return hits
 
 
 def mark_missing_cells(cells: Cells, name: str, markers: Sequence[str]) -> Cells:

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import qmc
 
 from polytask.errors import PolytaskError
 
@@ -65,6 +64,10 @@ def simplex_quasi_random(n_tasks: int, n_points: int, seed: int = 0) -> FloatArr
     ``[0, 1]^(K-1)`` mapped to the simplex by sorted uniform spacings."""
     if n_tasks < 2 or n_points < 1:
         raise ValueError("simplex_quasi_random: at least 2 tasks and 1 point")
+    # scipy.stats takes most of a second to import, and only Pareto sweeps draw preferences:
+    # every other command (predict, serve, train) would pay it at start-up.
+    from scipy.stats import qmc
+
     cube = qmc.Halton(d=n_tasks - 1, scramble=True, seed=seed).random(n_points)
     cuts = np.sort(cube, axis=1)
     edges = np.concatenate([np.zeros((n_points, 1)), cuts, np.ones((n_points, 1))], axis=1)

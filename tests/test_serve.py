@@ -38,6 +38,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from polytask import Task, fit, load
+from polytask.config import config_from_dict
+from polytask.data.synthetic import make_task_indexed
+from polytask.run.pipeline import run as run_config
 from polytask.serve import create_app
 from polytask.serve.batcher import MicroBatcher, QueueFull
 
@@ -658,3 +661,53 @@ def test_onnx_runtime_matches_torch(client: TestClient, model_dir: Path) -> None
         by_onnx = c.post("/predict", json={"records": records}).json()["predictions"]
     by_torch = client.post("/predict", json={"records": records}).json()["predictions"]
     _assert_close(by_onnx, by_torch, 1e-5)
+
+
+# -- task-indexed models -------------------------------------------------------------------
+
+
+def test_a_task_indexed_model_answers_each_row_with_its_own_task(tmp_path: Path) -> None:
+    """A record holding the template's task column gets that task's output in one column
+    (``score``), equal to the Predictor's; without it, every task's output; the ONNX runtime
+    refuses the own-task request in one line (a 422) rather than answer every task."""
+    frame = make_task_indexed(4, rows=(40, 40))
+    run = tmp_path / "school"
+    run_config(
+        config_from_dict(
+            {
+                "baselines": False,
+                "data": {"task_column": "task"},
+                "tasks": [{"kind": "regression", "target": "score"}],
+                "train": {"epochs": 1, "progress": False},
+            }
+        ),
+        frame=frame,
+        out=run,
+        quiet=True,
+    )
+    rows = frame.drop(columns="score").head(6)
+    records = [
+        {k: (int(v) if k == "task" else float(v)) for k, v in r.items()}
+        for r in rows.to_dict(orient="records")
+    ]
+    expected = load(run).predict(rows)
+    with TestClient(create_app(run / "model")) as c:
+        schema = c.get("/metadata").json()["input_schema"]
+        assert "task" in schema["properties"] and "task" not in schema.get("required", [])
+        own = c.post("/predict", json={"records": records}).json()["predictions"]
+        every = c.post(
+            "/predict",
+            json={"records": [{k: v for k, v in r.items() if k != "task"} for r in records]},
+        ).json()["predictions"]
+    assert [sorted(p) for p in own] == [["score", "task"]] * 6
+    np.testing.assert_allclose([p["score"] for p in own], expected["score"], rtol=1e-6)
+    assert sorted(every[0]) == ["task_1", "task_2", "task_3", "task_4"]
+    assert [every[i][f"task_{r['task']}"] for i, r in enumerate(records)] == pytest.approx(
+        [p["score"] for p in own], rel=1e-6
+    )
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    with TestClient(create_app(run / "model", runtime="onnx")) as c:
+        refused = c.post("/predict", json={"records": records})
+    assert refused.status_code == 422
+    assert "'task' asks for each row's own task" in json.dumps(refused.json())

@@ -39,10 +39,20 @@ def onnx_runtime(predictor: Predictor, workdir: Path) -> PredictFn:
     # The thread budget the torch runtime has in this process (not onnxruntime's default of
     # every core, spinning between requests).
     session = OnnxPredictor(path, threads=torch.get_num_threads())
+    # The graph returns every task's decoded outputs; a task-indexed model's answer of each
+    # row's own task is the Predictor's (torch runtime) alone, so it is refused, not faked.
+    task_columns = [g.column for g in predictor.groups if g.column is not None]
 
     def predict(
         frame: pd.DataFrame, tasks: list[str] | None, preference: list[float] | None
     ) -> pd.DataFrame:
+        sent = [c for c in task_columns if c in frame.columns]
+        if sent and not tasks:
+            raise PolytaskError(
+                f"records: '{sent[0]}' asks for each row's own task, which the ONNX runtime "
+                "does not answer; leave it out for every task's output, or serve with "
+                "--runtime torch"
+            )
         return session.predict(frame, tasks, source="request body", preference=preference)
 
     return predict

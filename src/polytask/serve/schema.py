@@ -96,6 +96,11 @@ def input_columns(predictor: Predictor) -> list[Column]:
     raise PolytaskError(f"cannot serve a model with input processor {type(pre).__name__}")
 
 
+def task_columns(predictor: Predictor) -> list[str]:
+    """The task columns of a task-indexed model's templates (``[data] task_column``)."""
+    return [g.column for g in predictor.groups if g.column is not None]
+
+
 def _is_integer(text: str) -> bool:
     try:
         int(text)
@@ -147,11 +152,12 @@ class ModelSchema:
             for i, r in enumerate(records):
                 objects[i, :] = [r.get(name) for name in others]
             parts.append(pd.DataFrame(objects, columns=other_index, dtype=object, copy=False))
-        id_column = self.predictor.id_column
-        sent_ids = id_column is not None and any(id_column in r for r in records)
-        if id_column is not None and id_column not in self._names and sent_ids:
-            ids = pd.Series([r.get(id_column) for r in records], dtype=object, name=id_column)
-            parts.append(ids.to_frame())
+        # The id and a task-indexed model's task columns travel with the rows when sent: the
+        # Predictor copies the ids and answers each row with its own task's output.
+        for name in self._passed_columns:
+            if name not in self._names and any(name in r for r in records):
+                values = pd.Series([r.get(name) for r in records], dtype=object, name=name)
+                parts.append(values.to_frame())
         frame: pd.DataFrame = parts[0] if len(parts) == 1 else pd.concat(parts, axis=1)
         if not in_order:
             order = [c.name for c in self.columns]
@@ -161,6 +167,14 @@ class ModelSchema:
     @cached_property
     def _names(self) -> frozenset[str]:
         return frozenset(c.name for c in self.columns)
+
+    @cached_property
+    def _passed_columns(self) -> list[str]:
+        """Columns a record may hold beside the features: the id, and the task column of
+        each task-indexed template."""
+        id_column = self.predictor.id_column
+        names = [] if id_column is None else [id_column]
+        return names + [c for c in task_columns(self.predictor) if c not in names]
 
     @cached_property
     def _layout(self) -> tuple[list[str], list[str], pd.Index, pd.Index, bool]:
@@ -218,6 +232,30 @@ def build_schema(predictor: Predictor) -> ModelSchema:
                 Field(
                     title=id_column,
                     description="row id, copied into the predictions (not a feature)",
+                ),
+            ]
+        ]
+    for group in predictor.groups:
+        if group.column is None or group.column in fields:
+            continue
+        values = list(group.values or ())
+        shown = ", ".join(values[:_SHOWN_CATEGORIES])
+        more = (
+            f", and {len(values) - _SHOWN_CATEGORIES} more"
+            if len(values) > _SHOWN_CATEGORIES
+            else ""
+        )
+        fields[group.column] = NotRequired[
+            Annotated[
+                str | int | None,
+                Field(
+                    title=group.column,
+                    description=(
+                        f"the row's task ({shown}{more}): when sent, the row gets its own "
+                        f"task's output as '{group.name}' (not one output per task); a value "
+                        "that is no task of the model gets empty cells"
+                    ),
+                    examples=values[:1],
                 ),
             ]
         ]

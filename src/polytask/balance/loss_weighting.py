@@ -120,7 +120,12 @@ class GeometricLoss(Balancer):
 
 
 class DWAParams(Schema):
-    temperature: float = Field(default=2.0, gt=0.0)
+    temperature: float = Field(
+        default=2.0,
+        gt=0.0,
+        description="T of the softmax over the tasks' loss ratios: larger is closer to "
+        "equal weights",
+    )
 
 
 class DynamicWeightAverage(Balancer):

@@ -36,10 +36,24 @@ from polytask.models.encoders import Activation, Norm, make_activation, mlp_laye
 class HeadParams(Schema):
     """The tower each task gets on top of the shared representation."""
 
-    widths: Widths = Field(default=[64])
-    activation: Activation = "relu"
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    norm: Norm = "none"
+    widths: Widths = Field(
+        default=[64],
+        description="hidden layer widths of each task's tower ([] = a linear head on the "
+        "representation)",
+    )
+    activation: Activation = Field(
+        default="relu", description="non-linearity after each hidden layer of a tower"
+    )
+    dropout: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="dropout after each hidden layer of a tower (training only)",
+    )
+    norm: Norm = Field(
+        default="none",
+        description="normalisation of each hidden layer of a tower: batch, layer or none",
+    )
     decoder_channels: Widths = Field(
         default=[64], description="dense tasks: channels of the decoder's 3x3 conv layers"
     )

@@ -155,9 +155,7 @@ def test_the_document_quotes_the_plugin_files_and_configs() -> None:
     """Each ``<!-- doctest: copy=PATH -->`` block of docs/extending.md is that file, verbatim
     (tests/test_docs_blocks.py runs the same check through its shared machinery)."""
     text = DOC.read_text(encoding="utf-8")
-    blocks = re.findall(
-        r"<!-- doctest: copy=(\S+) -->\n```\w*\n(.*?)```\n", text, flags=re.DOTALL
-    )
+    blocks = re.findall(r"<!-- doctest: copy=(\S+) -->\n```\w*\n(.*?)```\n", text, flags=re.DOTALL)
     quoted = {path for path, _ in blocks}
     expected = {
         str(p.relative_to(ROOT))

@@ -54,7 +54,9 @@ COMPONENT_FIELDS: dict[str, Registry[Any]] = {
 #: Keys whose valid values are names registered elsewhere than in the schema (looked up when
 #: the reference is generated).
 NAMED_VALUES: dict[str, Callable[[], list[str]]] = {
-    "tasks.kind": KINDS.names,
+    # polytask's own kinds: docs/config.md must not depend on the plug-ins of the machine
+    # that generated it (the test plug-in's kind appeared there).
+    "tasks.kind": lambda: [kind.name for kind in KINDS if _is_own(kind)],
     "data.dataset": lambda: sorted(DATASETS),
 }
 

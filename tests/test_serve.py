@@ -176,6 +176,48 @@ def test_csv_body_equals_json(client: TestClient) -> None:
     assert by_csv.json() == by_json.json()
 
 
+def test_json_records_take_the_records_path_and_csv_the_frame_path(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The torch runtime answers JSON records with Predictor.predict_records (the few-row fast
+    path, no DataFrame built) and a CSV body with Predictor.predict; both answers are equal,
+    and a batch mixing records with and without the id keeps each request's columns."""
+    from polytask.run.predictor import Predictor
+
+    calls: list[str] = []
+    by_records, by_frame = Predictor.predict_records, Predictor.predict
+
+    def records_spy(self: Predictor, *args: Any, **kwargs: Any) -> Any:
+        calls.append("records")
+        return by_records(self, *args, **kwargs)
+
+    def frame_spy(self: Predictor, *args: Any, **kwargs: Any) -> Any:
+        calls.append("frame")
+        return by_frame(self, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict_records", records_spy)
+    monkeypatch.setattr(Predictor, "predict", frame_spy)
+    frame = _frame(8, 3)
+    with TestClient(create_app(model_dir)) as c:
+        by_json = c.post("/predict", json={"records": _records(frame)})
+        assert calls == ["records"]
+        csv = frame[["visit", *FEATURES]].to_csv(index=False).encode()
+        by_csv = c.post("/predict", content=csv, headers={"content-type": "text/csv"})
+        assert calls == ["records", "frame"]
+        assert by_json.status_code == by_csv.status_code == 200
+        assert by_json.json() == by_csv.json()
+        with ThreadPoolExecutor(8) as pool:
+            sent = [
+                pool.submit(c.post, "/predict", json={"records": [GOOD if i % 2 else BARE]})
+                for i in range(8)
+            ]
+            answers = [f.result().json()["predictions"][0] for f in sent]
+    assert all(("visit" in a) == bool(i % 2) for i, a in enumerate(answers))
+
+
+BARE = {"age": 50.0, "dose": 0.1, "ward": "icu", "code": 11}
+
+
 def test_task_subset(client: TestClient, model_dir: Path) -> None:
     records = _records(_frame(5, 3), FEATURES)  # no id: no id column comes back
     response = client.post("/predict", json={"records": records, "tasks": ["stay", "level"]})

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from polytask.errors import PolytaskError
 from polytask.run.predictor import Predictor, load
-from polytask.serve.batcher import Closed, MicroBatcher, QueueFull
+from polytask.serve.batcher import Closed, MicroBatcher, Predictions, QueueFull, Rows
 from polytask.serve.metrics import Instrumented, ServeMetrics, too_large_body
 from polytask.serve.runtime import build_runtime
 from polytask.serve.schema import ModelSchema, build_schema
@@ -216,7 +216,7 @@ def _add_routes(
             log.exception("prediction failed")
             raise
         return Response(
-            json.dumps({"predictions": records_of(predictions)}, allow_nan=False),
+            json.dumps({"predictions": json_rows(predictions)}, allow_nan=False),
             media_type="application/json",
         )
 
@@ -258,7 +258,7 @@ def _add_routes(
 
 async def _read_request(
     request: Request, settings: ServeSettings, schema: ModelSchema
-) -> tuple[pd.DataFrame, list[str] | None, list[float] | None]:
+) -> tuple[Rows, list[str] | None, list[float] | None]:
     """The frame, tasks and (normalised) preference of a predict request, or a RequestError."""
     media = (request.headers.get("content-type") or "application/json").split(";")[0]
     media = media.strip().lower()
@@ -312,14 +312,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _json_request(
     body: bytes, schema: ModelSchema
-) -> tuple[pd.DataFrame, list[str] | None, list[float] | None]:
+) -> tuple[Rows, list[str] | None, list[float] | None]:
     try:
         parsed = schema.request.validate_json(body)
     except ValidationError as exc:
         raise _validation_error(exc, schema) from None
     preference = parsed.get("preference")
     return (
-        schema.frame(parsed["records"]),
+        schema.records(parsed["records"]),
         parsed.get("tasks"),
         _preference(preference, schema) if preference is not None else None,
     )
@@ -422,6 +422,12 @@ def _field_of(exc: PolytaskError) -> str:
 
 
 # -- writing a response --------------------------------------------------------------------
+
+
+def json_rows(predictions: Predictions) -> list[dict[str, Any]]:
+    """Predictions as JSON-ready dicts: a frame through :func:`records_of`; the records path's
+    dicts are JSON-ready already."""
+    return predictions if isinstance(predictions, list) else records_of(predictions)
 
 
 def records_of(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -1,7 +1,9 @@
 """An asyncio micro-batcher: requests that arrive within a few milliseconds share one forward
 pass.
 
-Each request is a :class:`Job` (a DataFrame of rows, the tasks asked for, a preference). The
+Each request is a :class:`Job` (its rows, the tasks asked for, a preference). The rows are a
+DataFrame (a CSV body) or :class:`Records` (a JSON body's validated records, which the torch
+runtime predicts without building a DataFrame: its few-row records path). The
 batcher's worker takes the first waiting job, then keeps taking jobs until ``max_batch`` rows
 are gathered or ``max_wait`` has passed since the first; the gathered jobs are grouped by what a
 forward pass must share (tasks, preference, columns and dtypes), each group's rows are
@@ -29,8 +31,47 @@ import pandas as pd
 
 from polytask.errors import PolytaskError
 
-#: ``predict(frame, tasks, preference)`` of a runtime: a frame of predictions, row for row.
-PredictFn = Callable[[pd.DataFrame, list[str] | None, list[float] | None], pd.DataFrame]
+
+@dataclass(frozen=True)
+class Records:
+    """A JSON request's validated records (one dict per row). ``to_frame`` gives the DataFrame
+    a runtime reads when it cannot take records; ``extra`` names the keys sent beside the
+    features (the id, a template's task column): they change a prediction's columns, so jobs
+    that differ there never share a forward pass."""
+
+    rows: list[dict[str, Any]]
+    frame_of: Callable[[list[dict[str, Any]]], pd.DataFrame] = field(repr=False)
+    extra: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.frame_of(self.rows)
+
+
+#: A request's rows.
+Rows = pd.DataFrame | Records
+#: Predictions of some rows, row for row: a frame, or JSON-ready dicts (from records).
+Predictions = pd.DataFrame | list[dict[str, Any]]
+#: ``predict(rows, tasks, preference)`` of a runtime.
+PredictFn = Callable[[Rows, list[str] | None, list[float] | None], Predictions]
+
+
+def _concat(parts: list[Rows]) -> Rows:
+    """The rows of several jobs of one group as one."""
+    first = parts[0]
+    if isinstance(first, Records):
+        rows = [row for part in parts if isinstance(part, Records) for row in part.rows]
+        return Records(rows, first.frame_of, first.extra)
+    return pd.concat([p for p in parts if isinstance(p, pd.DataFrame)], ignore_index=True)
+
+
+def _rows_slice(predicted: Predictions, start: int, end: int) -> Predictions:
+    if isinstance(predicted, list):
+        return predicted[start:end]
+    part: pd.DataFrame = predicted.iloc[start:end].reset_index(drop=True)
+    return part
 
 
 class QueueFull(Exception):
@@ -45,15 +86,18 @@ class Closed(Exception):
 class Job:
     """One request's rows and what it asks of them."""
 
-    frame: pd.DataFrame
+    frame: Rows
     tasks: tuple[str, ...] | None
     preference: tuple[float, ...] | None
-    future: asyncio.Future[pd.DataFrame] = field(repr=False)
+    future: asyncio.Future[Predictions] = field(repr=False)
 
     @property
     def key(self) -> tuple[Any, ...]:
         """Jobs with equal keys can share one forward pass: same tasks and preference, and
-        frames whose concatenation changes no column's dtype."""
+        records with the same extra keys, or frames whose concatenation changes no column's
+        dtype."""
+        if isinstance(self.frame, Records):
+            return (self.tasks, self.preference, "records", self.frame.extra)
         dtypes = tuple((str(c), str(t)) for c, t in self.frame.dtypes.items())
         return (self.tasks, self.preference, dtypes)
 
@@ -152,10 +196,10 @@ class MicroBatcher:
 
     def enqueue(
         self,
-        frame: pd.DataFrame,
+        frame: Rows,
         tasks: Sequence[str] | None,
         preference: Sequence[float] | None,
-    ) -> asyncio.Future[pd.DataFrame]:
+    ) -> asyncio.Future[Predictions]:
         """Queue ``frame``'s rows; the future holds their predictions once their batch ran.
         Raises :class:`Closed` while shutting down and :class:`QueueFull` when the queue is
         full (both at once, never after waiting)."""
@@ -177,10 +221,10 @@ class MicroBatcher:
 
     async def submit(
         self,
-        frame: pd.DataFrame,
+        frame: Rows,
         tasks: Sequence[str] | None = None,
         preference: Sequence[float] | None = None,
-    ) -> pd.DataFrame:
+    ) -> Predictions:
         """:meth:`enqueue`, then wait for the predictions."""
         return await self.enqueue(frame, tasks, preference)
 
@@ -237,7 +281,7 @@ class MicroBatcher:
                 else:
                     job.future.set_result(result)
 
-    def _predict_group(self, group: list[Job]) -> list[pd.DataFrame | BaseException]:
+    def _predict_group(self, group: list[Job]) -> list[Predictions | BaseException]:
         """Predictions of every job of ``group`` from one forward pass (runs in the worker
         thread). When the pass fails on a user error, each job is predicted alone, so one bad
         request (a value the preprocessing refuses) fails only itself."""
@@ -245,20 +289,20 @@ class MicroBatcher:
         tasks = list(first.tasks) if first.tasks else None
         preference = list(first.preference) if first.preference is not None else None
         if len(group) > 1:
-            frame = pd.concat([j.frame for j in group], ignore_index=True)
+            frame = _concat([j.frame for j in group])
             try:
                 predicted = self.predict(frame, tasks, preference)
             except Exception:
                 pass  # each job is predicted alone below, and reports its own error
             else:
-                out: list[pd.DataFrame | BaseException] = []
+                out: list[Predictions | BaseException] = []
                 start = 0
                 for job in group:
                     end = start + len(job.frame)
-                    out.append(predicted.iloc[start:end].reset_index(drop=True))
+                    out.append(_rows_slice(predicted, start, end))
                     start = end
                 return out
-        alone: list[pd.DataFrame | BaseException] = []
+        alone: list[Predictions | BaseException] = []
         for job in group:
             try:
                 alone.append(self.predict(job.frame, tasks, preference))

@@ -9,25 +9,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import pandas as pd
 import torch
 
 from polytask.errors import PolytaskError
 from polytask.export import OnnxPredictor, export_onnx
 from polytask.run.predictor import Predictor
-from polytask.serve.batcher import PredictFn
+from polytask.serve.batcher import PredictFn, Predictions, Records, Rows
 
 Runtime = Literal["torch", "onnx"]
 RUNTIMES: tuple[str, ...] = ("torch", "onnx")
 
 
 def torch_runtime(predictor: Predictor) -> PredictFn:
-    """Predictions by :meth:`Predictor.predict` (its preprocessing, network and decoding)."""
+    """Predictions by the Predictor: JSON records through :meth:`Predictor.predict_records`
+    (the few-row fast path, no DataFrame either way), a CSV body's frame (or records naming a
+    task-indexed model's task column, answered row by row with the row's own task) through
+    :meth:`Predictor.predict`."""
+    task_columns = {g.column for g in predictor.groups if g.column is not None}
 
-    def predict(
-        frame: pd.DataFrame, tasks: list[str] | None, preference: list[float] | None
-    ) -> pd.DataFrame:
-        return predictor.predict(frame, tasks, source="request body", preference=preference)
+    def predict(rows: Rows, tasks: list[str] | None, preference: list[float] | None) -> Predictions:
+        if isinstance(rows, Records):
+            if not task_columns.intersection(rows.extra):
+                return predictor.predict_records(
+                    rows.rows, tasks, source="request body", preference=preference
+                )
+            rows = rows.to_frame()
+        return predictor.predict(rows, tasks, source="request body", preference=preference)
 
     return predict
 
@@ -43,9 +50,8 @@ def onnx_runtime(predictor: Predictor, workdir: Path) -> PredictFn:
     # row's own task is the Predictor's (torch runtime) alone, so it is refused, not faked.
     task_columns = [g.column for g in predictor.groups if g.column is not None]
 
-    def predict(
-        frame: pd.DataFrame, tasks: list[str] | None, preference: list[float] | None
-    ) -> pd.DataFrame:
+    def predict(rows: Rows, tasks: list[str] | None, preference: list[float] | None) -> Predictions:
+        frame = rows.to_frame() if isinstance(rows, Records) else rows
         sent = [c for c in task_columns if c in frame.columns]
         if sent and not tasks:
             raise PolytaskError(

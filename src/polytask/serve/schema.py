@@ -26,6 +26,7 @@ from polytask.data.inputs import InputProcessor
 from polytask.data.preprocess import MISSING_TOKEN, TablePreprocessor
 from polytask.errors import PolytaskError
 from polytask.run.predictor import Predictor
+from polytask.serve.batcher import Records
 from polytask.tasks import Task
 
 #: How many categories a field's description lists before it says "and N more".
@@ -163,6 +164,12 @@ class ModelSchema:
             order = [c.name for c in self.columns]
             frame = frame[[*order, *[c for c in frame.columns if c not in self._names]]]
         return frame
+
+    def records(self, records: list[dict[str, Any]]) -> Records:
+        """Validated records as :class:`Records`: the torch runtime predicts them without a
+        DataFrame (:meth:`Predictor.predict_records`), others build one with :meth:`frame`."""
+        extra = tuple(c for c in self._passed_columns if any(c in r for r in records))
+        return Records(records, self.frame, extra)
 
     @cached_property
     def _names(self) -> frozenset[str]:

@@ -375,6 +375,14 @@ runpy.run_module("polytask", run_name="__main__", alter_sys=True)
 """
 
 
+def _ctrl_c_as_a_terminal_gives_it() -> None:
+    """In the child, before Python starts: Ctrl-C handled as a terminal's user has it. A test
+    run started in the background by a shell without job control inherits SIGINT ignored,
+    which the command line rightly keeps ignored (a background job); these tests are about
+    the foreground case."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(
     ("module", "function"),
     [("typer", ""), ("numpy", ""), ("", "get_command"), ("", "cb")],
@@ -387,6 +395,7 @@ def test_ctrl_c_while_starting_is_one_line(module: str, function: str) -> None:
         text=True,
         timeout=120,
         check=False,
+        preexec_fn=_ctrl_c_as_a_terminal_gives_it,
     )
     assert (done.returncode, done.stderr, done.stdout) == (130, "error: interrupted\n", "")
 
@@ -421,6 +430,7 @@ def test_ctrl_c_at_any_point_of_start_up_is_one_line() -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_ctrl_c_as_a_terminal_gives_it,
         )
         for args, _ in CTRL_C_POINTS
     ]

@@ -261,3 +261,27 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any)
     if os.environ.get("CI") == "true" and complete and total < FUZZ_FLOOR:
         terminalreporter.write_line(f"error: fewer than {FUZZ_FLOOR} fuzz cases ran in CI")
         terminalreporter._session.exitstatus = 1
+
+
+def save_tiny_bert(directory: Path, words: list[str], layers: int, max_positions: int) -> None:
+    """A 32-wide BERT with ``layers`` layers, random weights (seed 0) and a WordPiece
+    tokenizer over ``words``, saved with ``save_pretrained`` into ``directory`` (made here):
+    the files any downloaded Hugging Face encoder has, at test size (skips without the text
+    extra)."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {w: i for i, w in enumerate(specials + words)}
+    directory.mkdir(parents=True, exist_ok=True)
+    transformers.BertTokenizer(vocab=vocab).save_pretrained(str(directory))
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=max_positions,
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(str(directory))

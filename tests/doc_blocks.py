@@ -94,7 +94,7 @@ import pytest
 import typer
 
 import polytask
-from conftest import require_data, run_cli
+from conftest import require_data, run_cli, save_tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -622,25 +622,8 @@ def _tiny_bert(home: Path, name: str) -> None:
     """A 4-layer, 32-wide BERT with random weights and a WordPiece tokenizer, saved with
     ``save_pretrained`` where a downloaded model would be (docs/backbones.md's
     ``models/bert-base-uncased``): the files the document's config reads, at test size."""
-    transformers = pytest.importorskip("transformers")
-    import torch
-
     words = sorted({w for text in texts_table(60, 0)["text"] for w in text.split()})
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {w: i for i, w in enumerate(specials + words)}
-    directory = home / name
-    directory.mkdir(parents=True)
-    transformers.BertTokenizer(vocab=vocab).save_pretrained(str(directory))
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=160,
-    )
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(str(directory))
+    save_tiny_bert(home / name, words, layers=4, max_positions=160)
 
 
 def texts_table(n: int, seed: int) -> pd.DataFrame:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 import polytask
+from conftest import save_tiny_bert
 from polytask.config import load_config
 from polytask.data.inputs.base import build_input
 from polytask.data.spec import InputSpec
@@ -48,21 +49,8 @@ def _one_line(message: str, *fragments: str) -> None:
 def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide BERT with random weights and a WordPiece tokenizer over ``WORDS``,
     saved as transformers saves any model (config.json, model.safetensors, tokenizer)."""
-    transformers = pytest.importorskip("transformers")
     directory = tmp_path_factory.mktemp("tiny-bert")
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {w: i for i, w in enumerate(specials + WORDS)}
-    transformers.BertTokenizer(vocab=vocab).save_pretrained(str(directory))
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=40,
-    )
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(str(directory))
+    save_tiny_bert(directory, WORDS, layers=2, max_positions=40)
     return directory
 
 

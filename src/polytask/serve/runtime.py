@@ -15,6 +15,7 @@ from polytask.errors import PolytaskError
 from polytask.export import OnnxPredictor, export_onnx
 from polytask.run.predictor import Predictor
 from polytask.serve.batcher import PredictFn, Predictions, Records, Rows
+from polytask.serve.schema import task_columns
 
 Runtime = Literal["torch", "onnx"]
 RUNTIMES: tuple[str, ...] = ("torch", "onnx")
@@ -25,11 +26,11 @@ def torch_runtime(predictor: Predictor) -> PredictFn:
     (the few-row fast path, no DataFrame either way), a CSV body's frame (or records naming a
     task-indexed model's task column, answered row by row with the row's own task) through
     :meth:`Predictor.predict`."""
-    task_columns = {g.column for g in predictor.groups if g.column is not None}
+    indexed = set(task_columns(predictor))
 
     def predict(rows: Rows, tasks: list[str] | None, preference: list[float] | None) -> Predictions:
         if isinstance(rows, Records):
-            if not task_columns.intersection(rows.extra):
+            if not indexed.intersection(rows.extra):
                 return predictor.predict_records(
                     rows.rows, tasks, source="request body", preference=preference
                 )
@@ -48,11 +49,11 @@ def onnx_runtime(predictor: Predictor, workdir: Path) -> PredictFn:
     session = OnnxPredictor(path, threads=torch.get_num_threads())
     # The graph returns every task's decoded outputs; a task-indexed model's answer of each
     # row's own task is the Predictor's (torch runtime) alone, so it is refused, not faked.
-    task_columns = [g.column for g in predictor.groups if g.column is not None]
+    indexed = task_columns(predictor)
 
     def predict(rows: Rows, tasks: list[str] | None, preference: list[float] | None) -> Predictions:
         frame = rows.to_frame() if isinstance(rows, Records) else rows
-        sent = [c for c in task_columns if c in frame.columns]
+        sent = [c for c in indexed if c in frame.columns]
         if sent and not tasks:
             raise PolytaskError(
                 f"records: '{sent[0]}' asks for each row's own task, which the ONNX runtime "

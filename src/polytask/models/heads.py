@@ -18,7 +18,7 @@ keeps its own ``nn.Parameter`` (and its state-dict names), so saved models load 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -454,12 +454,19 @@ class DenseDecoder(nn.Module):
         return out
 
 
+#: A task kind's own head builder: ``(in_dim, spatial, params) -> module`` or ``None`` for the
+#: standard head (see :meth:`polytask.tasks.kinds.base.Kind.make_head`).
+CustomHead = Callable[[int, bool, "HeadParams"], nn.Module | None]
+
+
 @dataclass(frozen=True)
 class HeadSpec:
-    """What a task's head must produce: ``n_outputs`` values per example, or per pixel."""
+    """What a task's head must produce: ``n_outputs`` values per example, or per pixel; a kind
+    with a head of its own supplies ``custom``."""
 
     n_outputs: int
     dense: bool = False
+    custom: CustomHead | None = None
 
 
 class HeadFactory:
@@ -482,6 +489,9 @@ class HeadFactory:
 
     def build(self, task: str, in_dim: int, spatial: bool = False) -> nn.Module:
         spec = self.specs[task]
+        own = spec.custom(in_dim, spatial, self.params) if spec.custom is not None else None
+        if own is not None:
+            return own
         if spec.dense:
             if not spatial or self.output_size is None:
                 raise ConfigError(

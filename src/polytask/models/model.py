@@ -13,7 +13,7 @@ from polytask.models.architectures import ARCHITECTURES, Architecture
 from polytask.models.conditioning import PreferenceConditioning
 from polytask.models.config import ModelConfig
 from polytask.models.encoders import ENCODERS, Encoder
-from polytask.models.heads import HeadFactory, HeadParams, HeadSpec
+from polytask.models.heads import CustomHead, HeadFactory, HeadParams, HeadSpec
 from polytask.tasks import Task
 
 
@@ -132,7 +132,7 @@ def build_model(tasks: list[Task], spec: InputSpec, cfg: ModelConfig, seed: int)
         return enc_entry.factory(enc_spec, enc_params)
 
     head = HeadParams.model_validate(cfg.head.model_dump())
-    specs = {t.name: HeadSpec(t.n_outputs, t.dense) for t in tasks}
+    specs = {t.name: HeadSpec(t.n_outputs, t.dense, _custom_head(t)) for t in tasks}
     size = (spec.shape[-2], spec.shape[-1]) if spec.kind == "image" else None
     heads = HeadFactory(specs, head, size)
     with _seeded(seed):
@@ -140,6 +140,15 @@ def build_model(tasks: list[Task], spec: InputSpec, cfg: ModelConfig, seed: int)
         if conditioning is not None:
             conditioning.attach(architecture)
     return MultiTaskModel(architecture, tasks, conditioning)
+
+
+def _custom_head(task: Task) -> CustomHead:
+    """The task kind's head builder bound to ``task`` (it returns None for the standard head)."""
+
+    def build(in_dim: int, spatial: bool, params: HeadParams) -> nn.Module | None:
+        return task.spec.make_head(task, in_dim, spatial, params)
+
+    return build
 
 
 class _seeded:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from polytask.errors import ConfigError, DataError
 
@@ -211,6 +211,18 @@ class Kind:
     def n_outputs(self, task: TaskLike) -> int:
         """Width of the task's head output (logits or values), per pixel for dense kinds."""
         return 1
+
+    def make_head(
+        self, task: TaskLike, in_dim: int, spatial: bool, params: Any
+    ) -> nn.Module | None:
+        """The kind's own head on a representation of width ``in_dim`` (a feature map when
+        ``spatial``), built with the run's head parameters ``params`` (a
+        :class:`polytask.models.heads.HeadParams`), or ``None`` for the standard head that
+        :class:`polytask.models.heads.HeadFactory` chooses (tower, pooled tower, dense
+        decoder). Kinds whose output is not a plain linear read-out (a biaffine arc scorer,
+        a detection head) return their module here; it is called as ``head(z)`` and its
+        output is the task's raw output."""
+        return None
 
     # -- data ----------------------------------------------------------------------------
     def fit(

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,10 @@ from polytask import config_from_dict, run
 from polytask.data.datasets import DATASETS, data_available, resolve_data_root
 from polytask.errors import DataError
 from polytask.run.pipeline import RunResult
+
+# What polytask caches between runs (the plug-in listing of ``polytask list``) goes to a
+# folder of this test session, not to the user's ~/.cache; child processes inherit it.
+os.environ.setdefault("POLYTASK_CACHE_DIR", tempfile.mkdtemp(prefix="polytask-cache-"))
 
 
 def _absent(message: str) -> NoReturn:

@@ -196,3 +196,90 @@ def test_a_damaged_catalogue_is_one_line_naming_it(
         assert res.err.startswith(f"error: component catalogue '{missing}' cannot be read")
     finally:
         catalog.load.cache_clear()
+
+
+# -- with plug-ins installed: the listing cached under their digest ----------------------------
+#: ``polytask ARGS`` in a fresh process with the installed plug-ins, then the heavy modules it
+#: imported (as NO_PLUGINS does).
+WITH_PLUGINS = NO_PLUGINS.replace("import polytask.plugins as p\np.entry_points = lambda: []\n", "")
+
+
+def _with_plugins(cache: Path, *args: str) -> tuple[str, list[str]]:
+    done = subprocess.run(
+        [sys.executable, "-c", WITH_PLUGINS, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+        env={**os.environ, "COLUMNS": "80", "POLYTASK_CACHE_DIR": str(cache)},
+    )
+    assert done.returncode == 0, done.stderr
+    *out, imported = done.stdout.splitlines()
+    return "\n".join(out) + "\n", json.loads(imported)
+
+
+def test_list_with_plugins_reads_the_listing_cached_by_the_first_run(tmp_path: Path) -> None:
+    if not plugins.entry_points():
+        pytest.skip("no polytask plug-in installed (make dev installs the example plug-in)")
+    cache = tmp_path / "cache"
+    first, imported = _with_plugins(cache, "list")
+    assert "torch" in imported  # the first run asked the live registries
+    assert "polytask-example-plugin" in first  # a plug-in's component, with its source
+    written = json.loads((cache / catalog.CACHE_FILE).read_text())
+    assert written["format"] == catalog.CACHE_FORMAT
+    second, imported = _with_plugins(cache, "list")
+    assert imported == []  # neither torch nor the registries nor the plug-in
+    assert second == first
+    params, imported = _with_plugins(cache, "list", "--params", "upgrad")
+    assert imported == []
+    assert params.splitlines()[0].startswith("balancer upgrad: ")
+    listed, _ = _with_plugins(cache, "list", "--json")
+    assert {r["from"] for r in json.loads(listed)} >= {BUILT_IN, "polytask-example-plugin"}
+
+    # A damaged cache is rebuilt, never an error; so is one written under another digest.
+    (cache / catalog.CACHE_FILE).write_text('{"format": "polytask.catalog-cache/1", "list": 3')
+    again, imported = _with_plugins(cache, "list")
+    assert again == first and "torch" in imported
+    # A cache folder that cannot be written costs the speed only.
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    again, _ = _with_plugins(blocked, "list")
+    assert again == first
+
+
+def test_the_plugin_digest_follows_the_plugin_source(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    package = tmp_path / "digest_probe_plugin"
+    package.mkdir()
+    module = package / "__init__.py"
+    module.write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ep = importlib.metadata.EntryPoint(
+        name="probe", value="digest_probe_plugin", group=plugins.GROUP
+    )
+    monkeypatch.setattr(plugins, "entry_points", lambda: [ep])
+    built_in = tmp_path / "catalog.json"
+    built_in.write_text("{}")
+    first = plugins.fingerprint(built_in)
+    assert plugins.fingerprint(built_in) == first  # nothing changed: the same digest
+    assert "digest_probe_plugin" not in sys.modules  # found, never imported
+    module.write_text("X = 22\n")  # an edited plug-in (an editable install)
+    second = plugins.fingerprint(built_in)
+    assert second != first
+    (package / "extra.py").write_text("")  # a new module
+    third = plugins.fingerprint(built_in)
+    assert third not in (first, second)
+    built_in.write_text('{"list": []}')  # another polytask's own components
+    assert plugins.fingerprint(built_in) != third
+    monkeypatch.setattr(plugins, "entry_points", lambda: [])
+    assert plugins.fingerprint(built_in) not in (first, second, third)
+    # The cache keyed by a digest is read back under that digest only.
+    monkeypatch.setenv("POLYTASK_CACHE_DIR", str(tmp_path / "cache"))
+    rows = [catalog.Row("balancer", "probe", "a probe", "probe-dist")]
+    found = Catalog(rows, [])
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / catalog.CACHE_FILE).write_text(catalog.cached_document("k1", found))
+    assert catalog.read_cached("k1") == found
+    assert catalog.read_cached("k2") is None

@@ -7,7 +7,10 @@ and importing those imports torch, pydantic and the metrics libraries: about 5 s
 listing that never changes between two releases of the code. This module imports neither
 (``json`` and :mod:`polytask.errors` only), so ``polytask list`` reads the catalogue in
 milliseconds when no plug-in is installed. When one is, the command line lists from the live
-registries instead (a plug-in's components exist only once its code has run).
+registries instead (a plug-in's components exist only once its code has run), and keeps what
+they said in a cache file (:func:`read_cached`, :func:`cached_document`) under the digest of the
+installed plug-ins (:func:`polytask.plugins.fingerprint`): the next ``polytask list`` with
+the same plug-ins, unchanged, reads it and imports none of them.
 
 The file is generated, never edited: ``polytask list --write-catalog src/polytask/catalog.json``
 (:data:`REGENERATE`) writes what the live registries and schemas say about polytask's own
@@ -21,6 +24,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,12 @@ REGENERATE = "polytask list --write-catalog src/polytask/catalog.json"
 
 #: What ``source`` (the ``from`` column of ``polytask list``) says of a built-in component.
 BUILT_IN = "polytask"
+
+#: The listing with plug-ins, kept between runs in :func:`cache_dir` (one file, rewritten when
+#: the plug-ins change: nothing accumulates there).
+CACHE_FILE = "catalog-plugins.json"
+#: The format of :data:`CACHE_FILE`; another format (an older polytask) is rebuilt, not read.
+CACHE_FORMAT = "polytask.catalog-cache/1"
 
 
 @dataclass(frozen=True)
@@ -140,14 +150,21 @@ class Catalog:
 
     @classmethod
     def from_json(cls, document: Any, source: str = str(CATALOG_FILE)) -> Catalog:
-        """Read a document of :meth:`to_json`.
+        """Read a document of :meth:`to_json` (rows of three fields, every component
+        polytask's own) or of :func:`cached_document` (a fourth field: where the row comes from).
 
         Raises:
             PolytaskError: ``document`` is not one (one line naming ``source`` and the field).
         """
         where = "list"
         try:
-            rows = [Row(str(k), str(n), str(s), BUILT_IN) for k, n, s in document["list"]]
+            rows = [
+                Row(str(row[0]), str(row[1]), str(row[2]), str(row[3]) if row[3:] else BUILT_IN)
+                for row in document["list"]
+                if 3 <= len(row) <= 4
+            ]
+            if len(rows) != len(document["list"]):
+                raise ValueError("a row of the list has neither 3 nor 4 fields")
             where = "params"
             components = [
                 Component(
@@ -166,6 +183,38 @@ class Catalog:
                 f"({type(exc).__name__}: {exc}); regenerate it: {REGENERATE}"
             ) from None
         return cls(rows, components)
+
+
+def cache_dir() -> Path:
+    """Where polytask keeps what it can rebuild: ``$POLYTASK_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/polytask``, else ``~/.cache/polytask``."""
+    own = os.environ.get("POLYTASK_CACHE_DIR")
+    if own:
+        return Path(own)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "polytask"
+
+
+def read_cached(key: str) -> Catalog | None:
+    """The listing :func:`cached_document` wrote under ``key``, or None: no file, another key (the
+    plug-ins changed), another format, or a file that does not read (a cache is rebuilt,
+    never an error)."""
+    try:
+        document = json.loads((cache_dir() / CACHE_FILE).read_text(encoding="utf-8"))
+        if document.get("format") != CACHE_FORMAT or document.get("key") != key:
+            return None
+        return Catalog.from_json(document, str(cache_dir() / CACHE_FILE))
+    except (OSError, ValueError, AttributeError, PolytaskError):
+        return None
+
+
+def cached_document(key: str, found: Catalog) -> str:
+    """The text the command line writes (atomically) to ``cache_dir() / CACHE_FILE``:
+    ``found``'s rows with their sources and its components, under ``key``."""
+    document = found.to_json()
+    document.pop("about")
+    document["list"] = [[r.kind, r.name, r.summary, r.source] for r in found.rows]
+    return json.dumps({"format": CACHE_FORMAT, "key": key, **document}, ensure_ascii=False)
 
 
 def unknown_component(name: str, names: list[str]) -> ConfigError:
@@ -195,12 +244,16 @@ def load() -> Catalog:
 
 __all__ = [
     "BUILT_IN",
+    "CACHE_FILE",
     "CATALOG_FILE",
     "REGENERATE",
     "Catalog",
     "Component",
     "Key",
     "Row",
+    "cache_dir",
+    "cached_document",
     "load",
+    "read_cached",
     "unknown_component",
 ]

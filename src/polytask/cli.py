@@ -7,6 +7,7 @@ Each command parses its arguments and calls the Python API; it adds no logic of 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,7 +20,7 @@ from rich.table import Table
 
 import polytask
 from polytask import catalog
-from polytask.catalog import BUILT_IN, Catalog, Row
+from polytask.catalog import BUILT_IN, Catalog, Row, cached_document
 from polytask.console import make_console
 from polytask.errors import PolytaskError
 
@@ -480,11 +481,12 @@ def list_components(
         return
     # Without a plug-in, polytask's own components come from the committed catalogue: no
     # torch, pydantic or metrics import (``polytask list`` in well under a second of CPU).
-    from_catalog = _use_catalog()
+    # With plug-ins, from the listing cached under their digest, once it has been made.
+    found = catalog.load() if _use_catalog() else _plugin_catalog()
     if params is not None:
-        _print_params(params, from_catalog)
+        _print_params(params, found)
         return
-    rows = catalog.load().rows if from_catalog else _live_rows()
+    rows = found.rows if found is not None else _live_rows()
     if as_json:
         columns = ("kind", "name", "summary", "from")
         document = [dict(zip(columns, _row_cells(r), strict=True)) for r in rows]
@@ -496,11 +498,35 @@ def list_components(
     out_console.print(_components_table(rows))
 
 
-def _print_params(name: str, from_catalog: bool) -> None:
+def _plugin_catalog() -> Catalog | None:
+    """With plug-ins installed: the listing the live registries gave for these plug-ins and
+    this polytask, from the cache (:func:`polytask.catalog.read_cached`), made and cached on
+    the first call after a change; None when registries are already imported in this
+    process (they may hold components registered in it: the live answer is read then)."""
+    from polytask.plugins import fingerprint
+
+    if any(module in sys.modules for module in _REGISTRY_MODULES):
+        return None
+    key = fingerprint(catalog.CATALOG_FILE)
+    cached = catalog.read_cached(key)
+    if cached is not None:
+        return cached
+    from polytask.config_reference import all_components
+    from polytask.state_io import atomic_write_text
+
+    polytask._load_all()  # the study sections and the plug-ins' components
+    found = Catalog(_live_rows(), all_components())
+    # A cache that cannot be written (a read-only home) costs the next run its speed only.
+    with contextlib.suppress(OSError):
+        atomic_write_text(catalog.cache_dir() / catalog.CACHE_FILE, cached_document(key, found))
+    return found
+
+
+def _print_params(name: str, found: Catalog | None) -> None:
     """``polytask list --params NAME``: each component called NAME, its keys one per line
-    (from the committed catalogue when ``from_catalog``, else from the live schemas)."""
-    if from_catalog:
-        components = catalog.load().find(name)
+    (from ``found``, a catalogue, when given, else from the live schemas)."""
+    if found is not None:
+        components = found.find(name)
     else:
         from polytask.config_reference import find_components
 

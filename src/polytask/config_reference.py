@@ -702,15 +702,25 @@ def builtin_components() -> list[Component]:
     left out, in the order it returns them for one name (registries in
     :data:`COMPONENT_FIELDS` order, then the task kinds, then the study sections): the
     ``params`` of the committed catalogue (:mod:`polytask.catalog`)."""
+    return _components(include_plugins=False)
+
+
+def all_components() -> list[Component]:
+    """:func:`builtin_components` with the loaded plug-ins' components: what ``polytask list
+    --params`` reads from the cached listing when plug-ins are installed."""
+    return _components(include_plugins=True)
+
+
+def _components(include_plugins: bool) -> list[Component]:
     found = [
         _entry_component(path, registry, entry)
         for path, registry in COMPONENT_FIELDS.items()
-        for entry in _entries(registry, include_plugins=False)
+        for entry in _entries(registry, include_plugins)
     ]
-    found += [_kind_component(kind) for kind in KINDS if _is_own(type(kind))]
+    found += [_kind_component(k) for k in KINDS if include_plugins or _is_own(type(k))]
     found += [
         _section_component(name, schema)
         for name, schema in sorted(registered_sections().items())
-        if _is_own(schema)
+        if include_plugins or _is_own(schema)
     ]
     return found

@@ -22,10 +22,15 @@ and the original error (a name registered twice gives the registry's own message
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import importlib.util
 import inspect
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
+from polytask._version import __version__
 from polytask.errors import PolytaskError
 
 #: The entry-point group polytask loads plug-ins from.
@@ -122,3 +127,52 @@ def source_of(obj: object) -> str | None:
         if module == plugin.package or module.startswith(plugin.package + "."):
             return plugin.distribution or plugin.name
     return None
+
+
+def fingerprint(built_in: Path) -> str:
+    """A digest of what ``polytask list`` prints when plug-ins are installed, computed without
+    importing any of them: polytask's version and its catalogue file ``built_in`` (its own
+    components), and for each entry point its name, target, distribution and version, and
+    the size and modification time of every Python file of its top-level package (found
+    with :func:`importlib.util.find_spec`, which reads the file system and runs nothing, so
+    an editable install whose source changed gets a new digest). Equal digests mean the
+    live registries would list the same components (:mod:`polytask.catalog` keeps their
+    listing under it)."""
+    digest = hashlib.sha256(f"polytask {__version__}\n".encode())
+    digest.update(_stamp(built_in).encode())
+    for ep in entry_points():
+        dist = getattr(ep, "dist", None)
+        version = getattr(dist, "version", None) if dist is not None else None
+        digest.update(f"{ep.name}={ep.value} {_distribution(ep)} {version}\n".encode())
+        package = Plugin(ep.name, ep.value, None).package
+        for path in _package_files(package):
+            digest.update(f"{path} {_stamp(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def _package_files(package: str) -> list[Path]:
+    """The Python files of top-level module ``package`` (its directory walked), without
+    importing it; none when it cannot be found (loading it will then say why)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    roots = list(spec.submodule_search_locations or [])
+    if not roots:
+        return [Path(spec.origin)] if spec.origin and os.path.isfile(spec.origin) else []
+    files: list[Path] = []
+    for root in roots:
+        for folder, dirs, names in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            files += [Path(folder, n) for n in sorted(names) if n.endswith(".py")]
+    return files
+
+
+def _stamp(path: Path) -> str:
+    try:
+        stat = path.stat()
+    except OSError:
+        return "absent"
+    return f"{stat.st_size} {stat.st_mtime_ns}"

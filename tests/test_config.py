@@ -71,7 +71,8 @@ def test_valid_config_and_defaults() -> None:
         ),
         (
             "model.encoder.widthz=[3]",
-            "config error: model.encoder.widthz: unknown key; valid keys: widths, activation, "
+            "config error: model.encoder.widthz: unknown key; valid keys: numeric_embedding, "
+            "numeric_embedding_dim, periodic_frequencies, periodic_scale, widths, activation, "
             "dropout, norm, embedding_dim",
         ),
         (

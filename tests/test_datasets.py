@@ -119,6 +119,7 @@ def test_registry_entries_are_consistent() -> None:
         "tox21",
         "qm8",
         "multimnist",
+        "mnist_detection",
         "fsdd",
         "fdu_mtl",
         "synthetic_school",
@@ -128,7 +129,13 @@ def test_registry_entries_are_consistent() -> None:
         generated = name.startswith("synthetic_")  # made by polytask.data.synthetic
         assert (info.files or generated) and all(len(f.sha256) == 64 for f in info.files)
         assert all(f.url.startswith("https://") for f in info.files)
-        assert set(info.targets.values()) <= {"binary", "regression", "multiclass", "segmentation"}
+        assert set(info.targets.values()) <= {
+            "binary",
+            "regression",
+            "multiclass",
+            "segmentation",
+            "detection",
+        }
         assert not set(info.targets) & set(info.ignore)
         assert info.citation
 

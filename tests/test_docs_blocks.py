@@ -40,6 +40,7 @@ from doc_blocks import (
     workspace,
 )
 from polytask.data.synthetic import make_mmoe_synthetic
+from test_fusion import write_lesions
 
 __all__ = [
     "prerequisites",
@@ -180,6 +181,7 @@ def _write_doc_tables(ws: Path) -> None:
     configs.mkdir(parents=True)
     make_mmoe_synthetic(300, 0.9, n_features=16, seed=0).to_csv(configs / "data.csv", index=False)
     texts_table(120, 1).to_csv(ws / "texts.csv", index=False)
+    write_lesions(ws)  # docs/fusion.md's scans and patient table
 
 
 BLOCKS = [b for doc in DOCS for b in read_blocks(doc)]
@@ -216,8 +218,14 @@ def test_tables_name_only_what_the_pages_have() -> None:
         "docs/architecture.md",
         "docs/backbones.md",
         "docs/deploy.md",
+        "docs/detection.md",
         "docs/distributed.md",
         "docs/extending.md",
+        "docs/fusion.md",
+        "docs/language.md",
+        "docs/molecules.md",
+        "docs/parsing.md",
+        "docs/tables.md",
     }
     assert len(BLOCKS) >= 26
 

@@ -21,6 +21,7 @@ from polytask.evaluate.delta import delta_m, relative_change
 from polytask.evaluate.metrics import compute_metrics, higher_is_better
 from polytask.evaluate.reference import against_reference
 from polytask.tasks import METRICS, Task
+from polytask.tasks.kinds import KINDS
 
 N = 400
 
@@ -149,6 +150,12 @@ EXPECTED_DIRECTION = {
     ("dense_regression", "abs_rel"): False,
     ("dense_regression", "mae"): False,
     ("dense_regression", "rmse"): False,
+    ("token_classification", "accuracy"): True,
+    ("token_classification", "span_f1"): True,
+    ("dependency", "las"): True,
+    ("dependency", "uas"): True,
+    ("detection", "map"): True,
+    ("detection", "map_50"): True,
 }
 
 
@@ -159,6 +166,10 @@ def _task_of(kind: str) -> Task:
         return Task("t", kind, "y", classes=["0", "1", "2"])
     if kind == "multilabel":
         return Task("t", kind, ["a", "b"])
+    if kind in ("dependency", "detection", "token_classification"):
+        # Kinds whose declarations differ more: the one their property-suite example uses.
+        declared, _ = KINDS.get(kind).example(np.random.default_rng(0), 4)
+        return Task("t", kind, **declared)  # type: ignore[arg-type]
     return Task("t", kind, "y")  # type: ignore[arg-type]
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from polytask.balance import BALANCERS, Balancer, build_balancer
+from polytask.data.molgraph import featurise_graphs
 from polytask.data.spec import InputSpec
 from polytask.errors import ConfigError
 from polytask.models.config import ModelConfig
@@ -201,6 +202,21 @@ def _inputs(kind: str) -> tuple[InputSpec, dict[str, Tensor]]:
     if kind == "audio":
         spec = InputSpec(kind="audio", shape=[4000], sample_rate=8000)
         return spec, {"audio": torch.randn(BATCH, 4000, generator=g)}
+    if kind == "multi":  # an image and table columns per example (the fusion encoder)
+        (table, columns), (image, pixels) = _inputs("table"), _inputs("image")
+        keyed = {f"patient.{k}": v for k, v in columns.items()}
+        keyed.update({f"scan.{k}": v for k, v in pixels.items()})
+        return InputSpec(kind="multi", parts={"patient": table, "scan": image}), keyed
+    if kind == "graph":  # molecular graphs of the smiles input (the dmpnn and gin encoders)
+        padded = featurise_graphs(["CCO", "c1ccccc1", "[NH4+]", "CC(=O)[O-]"]).padded()
+        return InputSpec(kind="graph"), {k: torch.from_numpy(v) for k, v in padded.items()}
+    if kind == "tokens":  # sentences as word and character ids (the tokens encoder)
+        spec = InputSpec(kind="tokens", shape=[6], vocab_size=30, char_vocab_size=20)
+        lengths = torch.tensor([5, 1, 3, 0])
+        real = torch.arange(5) < lengths.unsqueeze(1)
+        words = torch.randint(1, 30, (BATCH, 5), generator=g) * real
+        chars = torch.randint(1, 20, (BATCH, 5, 6), generator=g) * real.unsqueeze(-1)
+        return spec, {"words": words, "chars": chars.to(torch.int16), "lengths": lengths}
     spec = InputSpec(kind="text", shape=[12], vocab_size=50)
     return spec, {"tokens": torch.randint(1, 50, (BATCH, 12), generator=g)}
 
@@ -212,7 +228,7 @@ def test_encoder_builds_for_its_input_kind_and_encodes_a_batch(name: str) -> Non
     entry = ENCODERS.get(name)
     params = ENCODERS.validate_params(name, {}, "model.encoder")
     refused = []
-    for kind in ("table", "image", "audio", "text"):
+    for kind in ("table", "image", "audio", "text", "multi", "graph", "tokens"):
         spec, inputs = _inputs(kind)
         try:
             encoder = entry.factory(spec, params)
@@ -225,6 +241,8 @@ def test_encoder_builds_for_its_input_kind_and_encodes_a_batch(name: str) -> Non
         assert isinstance(encoder.out_dim, int) and encoder.out_dim > 0
         if encoder.spatial:
             assert out.dim() == 4 and out.shape[:2] == (BATCH, encoder.out_dim), (name, kind)
+        elif encoder.sequence:  # a vector per word, trimmed to the batch's longest sentence
+            assert out.shape == (BATCH, int(inputs["lengths"].max()), encoder.out_dim), name
         else:
             assert out.shape == (BATCH, encoder.out_dim), (name, kind, out.shape)
         assert bool(torch.isfinite(out).all()), (name, kind)

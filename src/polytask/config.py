@@ -38,6 +38,7 @@ from polytask.data.sampling import SamplingConfig
 from polytask.distributed import DistributedConfig
 from polytask.errors import ConfigError
 from polytask.models.config import ModelConfig, check_model_config
+from polytask.models.fusion import check_fusion_inputs
 from polytask.plugins import ensure_loaded
 from polytask.registry import ComponentConfig, with_default_name
 from polytask.tasks import Task, check_unique_names
@@ -207,6 +208,7 @@ def check_config(cfg: RunConfig) -> RunConfig:
     check_unique_names(tasks)
     check_criterion(cfg.train.criterion, tasks)
     check_data(cfg.data, cfg.sampling, tasks)
+    check_fusion_inputs(cfg.model.encoder, list(cfg.data.inputs))
     for check in _CHECKS:
         check(cfg)
     return cfg

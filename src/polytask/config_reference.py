@@ -46,6 +46,7 @@ from polytask.tasks.kinds.base import Kind
 #: schemas is listed here, so a new one cannot be documented without its components.
 COMPONENT_FIELDS: dict[str, Registry[Any]] = {
     "data.input": INPUTS,
+    "data.inputs": INPUTS,  # [data.inputs.<name>]: one input processor per named input
     "model.encoder": ENCODERS,
     "model.architecture": ARCHITECTURES,
     "balancer": BALANCERS,

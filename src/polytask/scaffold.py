@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from polytask.config import config_from_dict
+from polytask.data.conllu import read_conllu
 from polytask.data.tables import table_format
 from polytask.errors import ConfigError, DataError
 from polytask.state_io import atomic_write_text
@@ -41,7 +42,7 @@ MAX_CLASSES = 50
 #: A text column whose values average this many characters or more holds free text.
 TEXT_CHARS = 40
 #: Kinds ``--target COL=KIND`` may name (those a table column can hold).
-TABLE_KINDS = ("binary", "multiclass", "regression")
+TABLE_KINDS = ("binary", "multiclass", "regression", "token_classification")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class ColumnProfile:
     """What a sample says about one column."""
 
     name: str
-    type: str  # numeric | binary | categorical | id | text | constant | empty
+    type: str  # numeric | binary | categorical | id | text | constant | empty | tokens
     distinct: int
     missing: float  # fraction of the sampled rows
     numeric: bool
@@ -62,12 +63,14 @@ def read_sample(path: Path, rows: int = SAMPLE_ROWS) -> pd.DataFrame:
         raise DataError(f"data file '{path}' not found")
     fmt = table_format(path)
     try:
-        if fmt == "parquet":
+        if fmt == "conllu":  # a treebank: one row per sentence, list columns per word
+            df: pd.DataFrame = read_conllu(path).head(rows)
+        elif fmt == "parquet":
             batches = pq.ParquetFile(path).iter_batches(batch_size=rows)
             first = next(batches, None)
             if first is None:
                 raise DataError(f"data file '{path}': the table has no rows")
-            df: pd.DataFrame = first.to_pandas()
+            df = first.to_pandas()
         else:
             sep = "\t" if path.name.lower().endswith(".tsv") else ","
             df = pd.read_csv(path, sep=sep, nrows=rows, skipinitialspace=True)
@@ -92,6 +95,11 @@ def profile_column(name: str, series: pd.Series) -> ColumnProfile:
     present = series.dropna()
     n = len(series)
     missing = 1.0 - len(present) / n if n else 0.0
+    if len(present) and isinstance(present.iloc[0], list):
+        # A list per row (a treebank's words, tags, heads): profiled by its entries.
+        entries = pd.Series([str(v) for cell in present for v in cell], dtype=object)
+        examples = tuple(entries.drop_duplicates().head(3))
+        return ColumnProfile(name, "tokens", int(entries.nunique()), missing, False, examples)
     numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
     distinct = int(present.nunique())
     examples = tuple(str(v) for v in present.drop_duplicates().head(3))
@@ -124,6 +132,8 @@ def profile_columns(df: pd.DataFrame) -> list[ColumnProfile]:
 def infer_kind(profile: ColumnProfile) -> str:
     """The task kind a target column suggests: 2 values -> binary, numbers -> regression, a
     few labels -> multiclass; a :class:`ConfigError` for a column that is none of these."""
+    if profile.type == "tokens":
+        return "token_classification"
     if profile.distinct < 2:
         raise ConfigError(
             f"--target {profile.name}: the column has {profile.distinct} distinct value(s) in "
@@ -271,10 +281,13 @@ def starter_config(
         raise ConfigError("polytask init: a column is named twice in --target")
     target_cols = {t.column for t in chosen}
     ids = [p.name for p in profiles.values() if p.type == "id" and p.name not in target_cols]
+    # A treebank: its word column is the input (``tokens``), the other list columns labels.
+    words = "form" if "form" in profiles and profiles["form"].type == "tokens" else None
     unused = [
         p.name
         for p in profiles.values()
-        if p.type in ("text", "constant", "empty", "id")
+        if p.type in ("text", "constant", "empty", "id", *(("tokens",) if words else ()))
+        and p.name != words
         and p.name not in target_cols
         and p.name != (ids[0] if ids else None)
     ]
@@ -313,6 +326,13 @@ def starter_config(
     ]
     if categorical:
         lines.append(f"# categorical columns found: {', '.join(categorical)}")
+    if words:
+        lines += [
+            "",
+            "[data.input]",
+            _line('name = "tokens"', "sentences as lists of words: docs/language.md"),
+            f"column = {_toml(words)}",
+        ]
     lines += [
         "",
         "[data.split]",
@@ -332,29 +352,39 @@ def starter_config(
                 "binary": "2 distinct values",
                 "multiclass": f"{profile.distinct} distinct labels",
                 "regression": "numeric",
+                "token_classification": f"a label per word, {profile.distinct} distinct",
             }[kind]
         )
         lines += ["", "[[tasks]]", f"name = {_toml(_task_name(column, taken))}"]
-        lines.append(_line(f"kind = {_toml(kind)}", f"{why}; binary | multiclass | regression"))
+        kinds = "binary | multiclass | regression | token_classification"
+        lines.append(_line(f"kind = {_toml(kind)}", f"{why}; {kinds}"))
         lines.append(f"target = {_toml(column)}")
         if kind == "binary":
             lines += _positive_lines(df[column], target.positive, f"--target {column}")
         if profile.missing:
             lines.append(f"# {profile.missing:.1%} of the rows read have no label: masked")
-    lines += [
-        "",
-        "[model.encoder]",
+    encoder = [
         _line('name = "mlp"', "polytask list: encoders; keys: polytask list --params mlp"),
         "widths = [256, 128]",
         "dropout = 0.1",
+    ]
+    if words:
+        encoder = [
+            _line('name = "tokens"', "word + character embeddings, BiLSTM: a vector per word"),
+            "width = 256",
+        ]
+    lines += [
+        "",
+        "[model.encoder]",
+        *encoder,
         "",
         "[balancer]",
         _line('name = "static"', "fixed weights; try upgrad, nash_mtl, uncertainty, ..."),
         "",
         "[train]",
         "epochs = 20",
-        "batch_size = 256",
-        "lr = 0.001",
+        f"batch_size = {32 if words else 256}",
+        f"lr = {0.002 if words else 0.001}",
         _line("patience = 5", "early stopping on the validation criterion"),
         "",
     ]

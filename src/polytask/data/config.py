@@ -16,6 +16,7 @@ from polytask.data.arrays import resolve_path
 from polytask.data.datasets import DATASETS
 from polytask.data.inputs import INPUTS
 from polytask.data.inputs.base import build_input
+from polytask.data.inputs.multi import INPUT_NAME
 from polytask.data.sampling import SamplingConfig
 from polytask.errors import ConfigError
 from polytask.registry import ComponentConfig
@@ -98,6 +99,12 @@ class DataConfig(Schema):
         description="a non-tabular input processor (image, audio, text, ...) and its "
         "parameters; default: the table's columns are the features",
     )
+    inputs: dict[str, ComponentConfig] = Field(
+        default_factory=dict,
+        description="several named inputs per example ([data.inputs.<name>]: a processor "
+        "such as image, text or table and its parameters), fused by the 'fusion' encoder; "
+        "replaces data.input",
+    )
     na_values: list[str] = Field(
         default_factory=list,
         description="extra cell values read as missing, besides the empty cell and NA/NaN",
@@ -149,6 +156,14 @@ class DataConfig(Schema):
         default=True,
         description="add a 0/1 column per numeric feature with missing values, so the model "
         "sees the gap",
+    )
+    numeric_bins: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="quantile bins fitted per numeric column on the training rows, for the "
+        "encoders' numeric embeddings (model.encoder.numeric_embedding; 48 is the paper's "
+        "default); 0: none",
     )
     scale_binary: bool = Field(
         default=True,
@@ -208,6 +223,14 @@ class DataConfig(Schema):
     stream_sample: Rows = Field(
         default=100000, ge=100, description="stream: training rows sampled for medians/tasks"
     )
+
+    def input_component(self) -> ComponentConfig | None:
+        """The run's input processor: ``data.input``, or the ``multi`` processor holding
+        ``data.inputs`` (:mod:`polytask.data.inputs.multi`); None for table features."""
+        if self.inputs:
+            inputs = {k: v.model_dump() for k, v in self.inputs.items()}
+            return ComponentConfig.model_validate({"name": "multi", "inputs": inputs})
+        return self.input
 
 
 #: The [data] keys a source may set for itself; the others (features, input, preprocessing)
@@ -300,6 +323,8 @@ def check_data(data: DataConfig, sampling: SamplingConfig, tasks: list[Task]) ->
         )
     if data.input is not None:
         INPUTS.check_section(data.input, "data.input")
+    if data.inputs:
+        _check_inputs(data)
     if data.workers and not _reads_files(data):
         raise ConfigError(
             "config error: data.workers: worker processes decode file-backed inputs "
@@ -314,11 +339,36 @@ def check_data(data: DataConfig, sampling: SamplingConfig, tasks: list[Task]) ->
         raise ConfigError("config error: data.split.val: must be > 0 (validation drives training)")
 
 
+def _check_inputs(data: DataConfig) -> None:
+    """``[data.inputs]``: alone (not with data.input), each input a known processor with valid
+    parameters, named so that its tensors can be keyed by its name."""
+    if data.input is not None:
+        raise ConfigError(
+            "config error: data.inputs: declares several inputs, data.input one; keep one of them"
+        )
+    for key in ("workers", "sources"):
+        if getattr(data, key):
+            raise ConfigError(
+                f"config error: data.{key}: not supported with data.inputs yet (every input "
+                "is read from one table and decoded once, before training); remove it"
+            )
+    for name, section in data.inputs.items():
+        if section.name == "multi" or not INPUT_NAME.match(name):
+            problem = (
+                "an input cannot itself hold several inputs"
+                if section.name == "multi"
+                else "an input's name has letters, digits and '_' only, not starting with a digit"
+            )
+            raise ConfigError(f"config error: data.inputs.{name}: {problem}")
+        INPUTS.check_section(section, f"data.inputs.{name}")
+
+
 def _reads_files(data: DataConfig) -> bool:
     """Whether the run's input processor decodes files (what worker processes are for)."""
-    if data.input is None:
+    section = data.input_component()
+    if section is None:
         return False
-    return build_input(data.input.name, data.input.params()).reads_files
+    return build_input(section.name, section.params()).reads_files
 
 
 def _check_stream(data: DataConfig) -> None:
@@ -331,8 +381,8 @@ def _check_stream(data: DataConfig) -> None:
         raise ConfigError(f"{where}: streaming reads Parquet files (data.format = 'parquet')")
     if data.split.method != "random":
         raise ConfigError(f"{where}: a streamed table is split at random (data.split.method)")
-    if data.input is not None:
-        raise ConfigError(f"{where}: streaming reads table features; remove data.input")
+    if data.input is not None or data.inputs:
+        raise ConfigError(f"{where}: streaming reads table features; remove data.input(s)")
     if data.train_fraction < 1.0:
         raise ConfigError(
             "config error: data.train_fraction: a streamed table keeps every training row; "

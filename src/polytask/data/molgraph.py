@@ -21,6 +21,16 @@ small integer codes per atom and bond, concatenated over molecules, with per-mol
 :meth:`MolGraphStore.gather` builds the batch of any list of rows with numpy fancy indexing
 and one-hot expansion only, so the training loop runs no per-molecule Python.
 
+**Padded layout (what the ``smiles`` input hands the trainer).** polytask's in-memory batches
+are ``index_select`` calls on per-example tensors (:mod:`polytask.data.tensors`), which also
+move to a device, shard across ranks and pin memory as they are. :meth:`MolGraphStore.padded`
+therefore lays each molecule's codes out in one row of fixed-width blocks (:data:`GRAPH_KEYS`:
+atom codes ``[M, A, 7]``, masses ``[M, A]``, bond codes ``[M, B, 4]``, bond ends ``[M, B, 2]``
+numbered within the molecule, and the sizes ``[M, 2]``), padded to the largest molecule of the
+table; the codes are small integers, so Tox21's 7,831 molecules take 11 MB. An encoder turns a
+batch of such rows back into flat index tensors with :func:`unpad` (boolean masks, a cumulative
+sum and comparisons: torch only, on the batch's device, and exportable to ONNX).
+
 RDKit is an optional dependency, imported (through :func:`polytask.data.chem.import_rdkit`)
 only when SMILES are featurised.
 """
@@ -72,6 +82,10 @@ BOND_DIM = BOND_TYPE_WIDTH + 2 + STEREO_WIDTH
 # Columns of MolGraphStore.atom_codes / bond_codes.
 _ATOMIC, _DEGREE, _CHARGE, _CHIRAL, _HS, _HYBRID, _AROMATIC = range(7)
 _BTYPE, _CONJ, _RING, _STEREO = range(4)
+
+#: The per-example tensors of the padded layout (:meth:`MolGraphStore.padded`), in the order
+#: :func:`unpad` takes them.
+GRAPH_KEYS: tuple[str, ...] = ("atom_codes", "atom_mass", "bond_codes", "bond_ends", "graph_sizes")
 
 
 def _lookup(values: np.ndarray, choices: Sequence[int]) -> np.ndarray:
@@ -182,6 +196,36 @@ class MolGraphStore:
     def all(self) -> MolGraphBatch:
         """The batch of every molecule, in order."""
         return self.gather(np.arange(len(self)))
+
+    def padded(self) -> dict[str, np.ndarray]:
+        """Every molecule as one row of padded blocks (keys :data:`GRAPH_KEYS`; see the module
+        docstring), at least one atom and one bond wide so no block has a zero-width axis.
+
+        ``graph_sizes[i]`` is (atoms, directed bonds) of molecule ``i``; entries past them are
+        zeros and never read. Built by fancy indexing, no loop over molecules.
+        """
+        n = len(self)
+        n_atoms = np.diff(self.atom_offsets)
+        n_bonds = np.diff(self.bond_offsets)
+        width_a = max(1, int(n_atoms.max(initial=0)))
+        width_b = max(1, int(n_bonds.max(initial=0)))
+        # Row and within-molecule position of every atom (bond) of the concatenation.
+        atom_row = np.repeat(np.arange(n), n_atoms)
+        atom_pos = np.arange(len(atom_row)) - self.atom_offsets[atom_row]
+        bond_row = np.repeat(np.arange(n), n_bonds)
+        bond_pos = np.arange(len(bond_row)) - self.bond_offsets[bond_row]
+        atom_codes = np.zeros((n, width_a, self.atom_codes.shape[1]), dtype=np.int16)
+        atom_codes[atom_row, atom_pos] = self.atom_codes
+        atom_mass = np.zeros((n, width_a), dtype=np.float32)
+        atom_mass[atom_row, atom_pos] = self.atom_mass
+        bond_codes = np.zeros((n, width_b, self.bond_codes.shape[1]), dtype=np.int8)
+        bond_codes[bond_row, bond_pos] = self.bond_codes
+        bond_ends = np.zeros((n, width_b, 2), dtype=np.int32)
+        bond_ends[bond_row, bond_pos] = self.edge_index.T
+        sizes = np.stack([n_atoms, n_bonds], axis=1).astype(np.int32)
+        return dict(
+            zip(GRAPH_KEYS, (atom_codes, atom_mass, bond_codes, bond_ends, sizes), strict=True)
+        )
 
     def save(self, path: Path) -> None:
         """Write the store to ``path`` (an uncompressed ``.npz``: loading is a plain read, so
@@ -374,3 +418,52 @@ def batch_graphs(graphs: Sequence[MolGraphStore]) -> MolGraphBatch:
     """One batch of the molecules of ``graphs`` (each a store, typically of one molecule, as
     :func:`featurise_graphs` gives for one SMILES), with atom offsets added by numpy."""
     return concat_stores(graphs).all()
+
+
+def _one_hot_torch(codes: Tensor, width: int) -> Tensor:
+    """float ``[n, width]``; a code outside ``0..width-1`` gives a zero row (as
+    :func:`_one_hot`). A comparison, not ``scatter``: it exports to ONNX as it is."""
+    return (codes.unsqueeze(1) == torch.arange(width, device=codes.device)).float()
+
+
+def unpad(
+    atom_codes: Tensor, atom_mass: Tensor, bond_codes: Tensor, bond_ends: Tensor, sizes: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """A batch of padded rows (:meth:`MolGraphStore.padded`, any rows in any order) as the
+    flat tensors of a :class:`MolGraphBatch`: ``(atom_features, bond_features, edge_index,
+    reverse, graph_of_atom, atoms_per_graph)``, equal to :meth:`MolGraphStore.gather` of the
+    same molecules. Torch only, so it runs on the batch's device."""
+    rows, width_a = atom_codes.shape[0], atom_codes.shape[1]
+    width_b = bond_codes.shape[1]
+    n_atoms = sizes[:, 0].long()
+    n_bonds = sizes[:, 1].long()
+    atom_mask = torch.arange(width_a, device=sizes.device).unsqueeze(0) < n_atoms.unsqueeze(1)
+    bond_mask = torch.arange(width_b, device=sizes.device).unsqueeze(0) < n_bonds.unsqueeze(1)
+    codes = atom_codes[atom_mask].long()
+    blocks = [_one_hot_torch(codes[:, col], w) for col, w in enumerate(ATOM_BLOCKS)]
+    blocks.append(codes[:, _AROMATIC : _AROMATIC + 1].float())
+    blocks.append(atom_mass[atom_mask].float().unsqueeze(1))
+    atom_features = torch.cat(blocks, dim=1)
+    bcodes = bond_codes[bond_mask].long()
+    bond_features = torch.cat(
+        [
+            _one_hot_torch(bcodes[:, _BTYPE], BOND_TYPE_WIDTH),
+            bcodes[:, _CONJ : _RING + 1].float(),
+            _one_hot_torch(bcodes[:, _STEREO], STEREO_WIDTH),
+        ],
+        dim=1,
+    )
+    # Each molecule's atoms start after those of the rows before it in the batch.
+    start = torch.cumsum(n_atoms, 0) - n_atoms
+    edge_index = (bond_ends.long() + start.view(-1, 1, 1))[bond_mask].t()
+    # Every molecule holds an even number of directed bonds, 2k and 2k + 1 reverse each other.
+    reverse = torch.arange(bcodes.shape[0], device=sizes.device) ^ 1
+    graph_of_atom = torch.arange(rows, device=sizes.device).unsqueeze(1).expand(rows, width_a)
+    return (
+        atom_features,
+        bond_features,
+        edge_index,
+        reverse,
+        graph_of_atom[atom_mask],
+        n_atoms,
+    )

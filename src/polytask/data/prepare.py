@@ -387,8 +387,9 @@ def _load_sources(
     there only: see :func:`_task_table`)."""
     tasks = cfg.task_objects()
     path_columns = [c for t in tasks if t.dense for c in t.targets]
-    if cfg.data.input is not None:
-        processor = build_input(cfg.data.input.name, cfg.data.input.params())
+    section = cfg.data.input_component()
+    if section is not None:
+        processor = build_input(section.name, section.params())
         if processor.reads_files:
             path_columns += processor.columns
     parts: list[pd.DataFrame] = []
@@ -611,7 +612,7 @@ def prepare_data(
             preprocessor is None
             and soft_targets is None
             and not cfg.templates
-            and cfg.data.input is None
+            and cfg.data.input_component() is None
         )
         loaded = _load_and_split(cfg, frame, arrow=arrow)
     df, source, files_root = loaded.df, loaded.source, loaded.files_root
@@ -638,9 +639,10 @@ def prepare_data(
     inputs: dict[str, Tensor] | None = None
     if preprocessor is not None:
         pre = preprocessor
-    elif data.input is not None:
-        processor = build_input(data.input.name, data.input.params())
-        require_columns(df, processor.columns, source, f"data.input '{data.input.name}'")
+    elif (section := data.input_component()) is not None:
+        processor = build_input(section.name, section.params())
+        role = "data.inputs" if data.inputs else f"data.input '{section.name}'"
+        require_columns(df, processor.columns, source, role)
         processor.fit(df.iloc[train_idx], source, files_root)
         pre = processor
     elif loaded.arrow is not None:
@@ -782,6 +784,7 @@ def _options(cfg: DataJob) -> PreprocessOptions:
         missing_numeric=data.missing_numeric,
         missing_indicator=data.missing_indicator,
         scale_binary=data.scale_binary,
+        numeric_bins=data.numeric_bins,
     )
 
 

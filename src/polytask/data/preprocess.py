@@ -43,6 +43,11 @@ class NumericColumn:
     std: float
     fill: float
     indicator: bool
+    #: Quantile bin edges of the training values, in the column's own units (only when
+    #: ``PreprocessOptions.numeric_bins`` > 0): the piecewise-linear numeric embeddings'
+    #: bins (polytask.models.tabular), fitted here so that they come from the training rows
+    #: and are saved with the rest of the fitted preprocessing.
+    bins: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -69,6 +74,22 @@ class PreprocessOptions:
     #: False keeps 0/1 columns as they are: standardising a rare bit turns its 1 into a value
     #: of tens of standard deviations that dominates the first layer.
     scale_binary: bool = True
+    #: Quantile bins fitted per numeric column (0: none): the piecewise-linear embeddings'
+    #: bins, and the numeric columns' places in the dense block, for the encoders' numeric
+    #: embeddings (``model.encoder.numeric_embedding``).
+    numeric_bins: int = 0
+
+
+def quantile_bins(observed: np.ndarray, n_bins: int, std: float) -> list[float]:
+    """Bin edges at the ``n_bins + 1`` evenly spaced quantiles of ``observed`` (finite training
+    values), repeated edges dropped (Gorishniy, Rubachev & Babenko, "On Embeddings for
+    Numerical Features in Tabular Deep Learning", NeurIPS 2022, Section 3.2.1: a column with
+    few distinct values gets fewer bins). A column with a single value gets the one bin
+    ``[v, v + std]``, so that every column has at least two edges."""
+    edges = np.unique(np.quantile(observed, np.linspace(0.0, 1.0, n_bins + 1)))
+    if len(edges) < 2:
+        edges = np.array([edges[0], edges[0] + std])
+    return [float(e) for e in edges]
 
 
 def infer_types(
@@ -585,7 +606,7 @@ class TablePreprocessor:
         filled = np.where(np.isfinite(x), x, fill)
         binary = bool(np.isin(observed, (0.0, 1.0)).all())
         mean, std = finite_mean_std(filled)
-        return numeric_column(
+        column = numeric_column(
             name,
             mean,
             std,
@@ -594,6 +615,9 @@ class TablePreprocessor:
             has_missing=observed.size < x.size,
             opts=opts,
         )
+        if opts.numeric_bins > 0:
+            column.bins = quantile_bins(observed, opts.numeric_bins, column.std)
+        return column
 
     @staticmethod
     def _fit_categorical(series: pd.Series, opts: PreprocessOptions) -> CategoricalColumn:
@@ -617,7 +641,20 @@ class TablePreprocessor:
 
     @property
     def input_spec(self) -> InputSpec:
-        return InputSpec(self.numeric_width, self.cardinalities)
+        if self.options.numeric_bins == 0 or not self.numeric:
+            return InputSpec(self.numeric_width, self.cardinalities)
+        # The encoders read standardised values, so the bins are standardised the same way
+        # (float64, as _encode_block computes the values). A column without bins (a
+        # streamed table's) leaves the spec without any: periodic embeddings still work.
+        binned = all(c.bins for c in self.numeric)
+        return InputSpec(
+            self.numeric_width,
+            self.cardinalities,
+            numeric_at=self._layout.value_at.tolist(),
+            numeric_bins=[[(e - c.mean) / c.std for e in c.bins] for c in self.numeric]
+            if binned
+            else [],
+        )
 
     def transform(
         self, df: pd.DataFrame, source: str, base_dir: Path | None = None
@@ -756,8 +793,11 @@ class TablePreprocessor:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": "polytask.preprocessing/1",
-            "options": asdict(self.options),
-            "numeric": [asdict(c) for c in self.numeric],
+            "options": {k: v for k, v in asdict(self.options).items() if k != "numeric_bins" or v},
+            # bins only where fitted: files of tables without them stay as they were.
+            "numeric": [
+                {k: v for k, v in asdict(c).items() if k != "bins" or v} for c in self.numeric
+            ],
             "categorical": [asdict(c) for c in self.categorical],
         }
 

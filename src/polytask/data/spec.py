@@ -9,7 +9,7 @@ from typing import Literal
 
 from polytask.errors import ConfigError
 
-InputKind = Literal["table", "image", "audio", "text"]
+InputKind = Literal["table", "image", "audio", "text", "multi", "tokens", "graph"]
 
 
 @dataclass
@@ -24,6 +24,16 @@ class InputSpec:
             ``(samples,)``, text ``(tokens,)``; empty for tables.
         vocab_size: text: number of token ids (0 is padding).
         sample_rate: audio: samples per second.
+        char_vocab_size: tokens (sentences as lists of words, ``data.input.name =
+            "tokens"``): number of character ids (0 is padding); ``vocab_size`` counts the word
+            ids and ``shape`` is ``(characters per word,)``.
+        parts: multi (several named inputs per example, ``[data.inputs]``): each input's own
+            spec by input name; empty for the other kinds.
+        numeric_at: tables fitted with ``data.numeric_bins``: the dense position of each
+            numeric column's standardised value (what numeric embeddings embed; missing
+            indicators and one-hot columns are not numbers); empty otherwise.
+        numeric_bins: with ``numeric_at``: each of those columns' quantile bin edges, in
+            standardised units, fitted on the training rows (piecewise-linear embeddings).
     """
 
     n_numeric: int = 0
@@ -32,6 +42,10 @@ class InputSpec:
     shape: list[int] = field(default_factory=list)
     vocab_size: int = 0
     sample_rate: int = 0
+    char_vocab_size: int = 0
+    parts: dict[str, InputSpec] = field(default_factory=dict)
+    numeric_at: list[int] = field(default_factory=list)
+    numeric_bins: list[list[float]] = field(default_factory=list)
 
     def require(self, kind: str, encoder: str) -> None:
         """Raise a :class:`ConfigError` unless the inputs are of ``kind``."""

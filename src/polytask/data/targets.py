@@ -33,7 +33,8 @@ def _array_reader(source: str, base_dir: Path | None) -> LoadArrays:
 def without_missing(task: Task, table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with the cells of ``task``'s label columns that hold one of its ``missing``
     labels blanked (for this task only: the caller's table is not changed)."""
-    if not task.missing:
+    if not task.missing or task.spec.token_level:
+        # Token-level kinds read ``missing`` per word themselves: a cell is a list of labels.
         return table
     columns = {c: table[c] for c in task.targets if c in table.columns}
     blanked = {c: s.mask(marked_missing(s, task.missing)) for c, s in columns.items()}

@@ -11,6 +11,7 @@ from polytask.distributed import collective
 from polytask.evaluate.metrics import compute_metrics
 from polytask.losses import TaskLoss
 from polytask.tasks import Task
+from polytask.tasks.kinds.tokens import pad_rows
 
 
 @torch.no_grad()
@@ -30,7 +31,9 @@ def predict_outputs(
         ]
     finally:
         model.train(was_training)
-    return {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]} if chunks else {}
+    # Token-level outputs of each chunk are trimmed to its longest sentence: pad_rows pads
+    # them with zeros (the padding value of the sequence contract) before concatenating.
+    return {k: pad_rows([c[k] for c in chunks]) for k in chunks[0]} if chunks else {}
 
 
 def evaluate_data(

@@ -98,6 +98,18 @@ def export_onnx(
     if target.is_dir():
         raise PolytaskError(f"export: '{target}' is a directory; give a file name (model.onnx)")
     predictor = model if isinstance(model, Predictor) else load(model)
+    if predictor.input_spec.kind == "graph":
+        raise PolytaskError(
+            "export: this model reads molecular graphs (data.input 'smiles' with features = "
+            "'graph'), which the ONNX export does not take yet; serve it with the torch "
+            "runtime, or train on features = 'fingerprint' to export"
+        )
+    if predictor.input_spec.kind == "tokens":
+        raise PolytaskError(
+            "export: this model reads sentences as lists of words (data.input 'tokens'), which "
+            "the ONNX export does not take yet (variable-length word lists, a packed BiLSTM); "
+            "serve it with the torch runtime"
+        )
     chosen = predictor._select(tasks)  # the predictor's own check and error for unknown names
     unsupported = [t for t in chosen if t.kind not in SUPPORTED_KINDS]
     if unsupported:

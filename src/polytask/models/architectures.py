@@ -129,6 +129,12 @@ def _input_stem(make_encoder: Callable[[], Encoder]) -> tuple[nn.Module, int]:
     an encoder that exposes no input layer is used whole (a gate network of its own).
     """
     encoder = make_encoder()
+    if encoder.sequence:
+        # Gates mix experts per example; a vector per word has no such example-level input.
+        raise ConfigError(
+            "config error: model.architecture: gated experts (mmoe, ple) read one vector per "
+            "example, but the encoder gives a vector per word; use architecture 'hard' or 'soft'"
+        )
     if isinstance(encoder, MLPEncoder):
         first = next(m for m in encoder.body if isinstance(m, nn.Linear))
         encoder.body = nn.Sequential()  # an empty Sequential returns its input

@@ -14,17 +14,23 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from polytask.config_errors import Schema, Width, Widths
+from polytask.config_errors import Width, Widths
 from polytask.data.spec import InputSpec
+from polytask.models.tabular import NumericBlock, NumericEmbeddingParams, TabMBackbone, TabMParams
 from polytask.registry import Registry
 
 
 class Encoder(nn.Module):
     """Base class: ``forward(inputs) -> Tensor[B, out_dim]``, or ``[B, out_dim, h, w]`` feature
-    maps when ``spatial`` (image-like encoders, whose maps dense heads decode)."""
+    maps when ``spatial`` (image-like encoders, whose maps dense heads decode), or ``[B, T',
+    out_dim]`` word vectors when ``sequence`` (token encoders: ``T'`` the batch's longest
+    sentence, exact zeros past each sentence's end; token-level heads read every word,
+    sentence-level heads the mean of the non-zero positions; see
+    :mod:`polytask.models.sequence`)."""
 
     out_dim: int
     spatial: bool = False
+    sequence: bool = False
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -87,8 +93,8 @@ def mlp_layers(
     return nn.Sequential(*layers)
 
 
-class MLPParams(Schema):
-    """Parameters of the tabular MLP encoder."""
+class MLPParams(NumericEmbeddingParams):
+    """Parameters of the tabular MLP encoder (numeric embeddings: polytask.models.tabular)."""
 
     widths: Widths = Field(
         default=[256, 128], min_length=1, description="hidden layer widths, input to representation"
@@ -125,7 +131,9 @@ class MLPEncoder(Encoder):
             for card in spec.cardinalities
         ]
         self.embeddings = nn.ModuleList(embeddings)
-        in_dim = spec.n_numeric + sum(e.embedding_dim for e in embeddings)
+        # The numeric columns embedded (an option; none: the dense block as it is).
+        self.numeric = NumericBlock(spec, params)
+        in_dim = self.numeric.out_dim + sum(e.embedding_dim for e in embeddings)
         if in_dim == 0:
             raise ValueError("the MLP encoder needs at least one input feature")
         self.body = mlp_layers(
@@ -137,16 +145,59 @@ class MLPEncoder(Encoder):
             nn.init.normal_(emb.weight, std=1.0 / math.sqrt(emb.embedding_dim))
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
-        parts = [inputs["numeric"]] if inputs["numeric"].shape[1] else []
-        cats = inputs.get("categorical")
-        if self.embeddings and cats is not None:
-            parts.extend(emb(cats[:, i]) for i, emb in enumerate(self.embeddings))
-        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        out: Tensor = self.body(x)
+        out: Tensor = self.body(table_features(inputs, self.numeric, self.embeddings))
         return out
+
+
+def table_features(
+    inputs: dict[str, Tensor], numeric: nn.Module, embeddings: nn.ModuleList
+) -> Tensor:
+    """A table's one flat feature vector: the (embedded) dense block, then each categorical
+    column's embedding."""
+    parts = [numeric(inputs["numeric"])] if inputs["numeric"].shape[1] else []
+    cats = inputs.get("categorical")
+    if embeddings and cats is not None:
+        parts.extend(emb(cats[:, i]) for i, emb in enumerate(embeddings))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 @ENCODERS.register("mlp", params=MLPParams, summary="tabular MLP with categorical embeddings")
 def build_mlp(spec: InputSpec, params: BaseModel) -> Encoder:
     assert isinstance(params, MLPParams)
     return MLPEncoder(spec, params)
+
+
+class TabMEncoder(Encoder):
+    """TabM (Gorishniy et al., ICLR 2025) over a table: numbers (optionally embedded) and
+    categorical embeddings into k parameter-efficient ensemble members, whose mean
+    representation the heads read (polytask.models.tabular says why the mean)."""
+
+    def __init__(self, spec: InputSpec, params: TabMParams) -> None:
+        super().__init__()
+        spec.require("table", "tabm")
+        self.numeric = NumericBlock(spec, params)
+        embeddings = [
+            nn.Embedding(card, embedding_width(card, params.embedding_dim))
+            for card in spec.cardinalities
+        ]
+        self.embeddings = nn.ModuleList(embeddings)
+        widths = self.numeric.feature_widths if spec.n_numeric else []
+        widths = widths + [e.embedding_dim for e in embeddings]
+        if not widths:
+            raise ValueError("the TabM encoder needs at least one input feature")
+        for emb in embeddings:  # as the MLP's: on the scale of standardised numbers
+            nn.init.normal_(emb.weight, std=1.0 / math.sqrt(emb.embedding_dim))
+        self.ensemble = TabMBackbone(sum(widths), widths, params)
+        self.out_dim = self.ensemble.out_dim
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        out: Tensor = self.ensemble(table_features(inputs, self.numeric, self.embeddings))
+        return out
+
+
+@ENCODERS.register(
+    "tabm", params=TabMParams, summary="TabM: parameter-efficient ensemble MLP for tables"
+)
+def build_tabm(spec: InputSpec, params: BaseModel) -> Encoder:
+    assert isinstance(params, TabMParams)
+    return TabMEncoder(spec, params)

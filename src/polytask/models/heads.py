@@ -85,6 +85,28 @@ class PooledTower(Tower):
         return z.mean(dim=(2, 3))
 
 
+def masked_mean_words(z: Tensor) -> Tensor:
+    """The mean over the words of a sequence encoder's ``[B, T', D]`` output: its padding
+    positions are exact zeros (:attr:`polytask.models.encoders.Encoder.sequence`), so they add
+    nothing to the sum and are left out of the count; a sentence of no words gives zeros."""
+    words = (z != 0).any(dim=-1, keepdim=True)
+    return z.sum(dim=1) / words.sum(dim=1).clamp(min=1).to(z.dtype)
+
+
+class SequencePooledTower(nn.Module):
+    """A sentence-level task on a sequence encoder: the mean of the sentence's word vectors
+    (:func:`masked_mean_words`), then a :class:`Tower`. Not a ``Tower`` subclass, so
+    :func:`run_heads` never batches it with towers that read ``z`` as it is."""
+
+    def __init__(self, in_dim: int, out_dim: int, params: HeadParams) -> None:
+        super().__init__()
+        self.tower = Tower(in_dim, out_dim, params)
+
+    def forward(self, z: Tensor) -> Tensor:
+        out: Tensor = self.tower(masked_mean_words(z))
+        return out
+
+
 #: Fewest same-shape towers :func:`run_heads` batches. Below it the K calls cost about what the
 #: gathering of their weights does, and the heads keep computing exactly what one call each
 #: computes (batched products may round differently, so small-K runs stay bit-identical to
@@ -467,6 +489,8 @@ class HeadSpec:
     n_outputs: int
     dense: bool = False
     custom: CustomHead | None = None
+    #: Predicted per word (a token-level kind): needs a sequence encoder.
+    tokens: bool = False
 
 
 class HeadFactory:
@@ -482,6 +506,10 @@ class HeadFactory:
         self.specs = specs
         self.params = params
         self.output_size = output_size
+        #: Whether the heads read a sequence encoder's ``[B, T', D]`` word vectors
+        #: (:attr:`polytask.models.encoders.Encoder.sequence`); set by
+        #: :func:`polytask.models.model.build_model` when the encoder is built, before any head.
+        self.sequence = False
 
     @property
     def tasks(self) -> list[str]:
@@ -489,6 +517,11 @@ class HeadFactory:
 
     def build(self, task: str, in_dim: int, spatial: bool = False) -> nn.Module:
         spec = self.specs[task]
+        if spec.tokens and not self.sequence:
+            raise ConfigError(
+                f"config error: task {task!r} is token-level (a prediction per word) and needs "
+                "a sequence encoder: data.input.name = 'tokens' and model.encoder.name = 'tokens'"
+            )
         own = spec.custom(in_dim, spatial, self.params) if spec.custom is not None else None
         if own is not None:
             return own
@@ -501,4 +534,6 @@ class HeadFactory:
             return DenseDecoder(in_dim, spec.n_outputs, self.params, self.output_size)
         if spatial:
             return PooledTower(in_dim, spec.n_outputs, self.params)
+        if self.sequence and not spec.tokens:
+            return SequencePooledTower(in_dim, spec.n_outputs, self.params)
         return Tower(in_dim, spec.n_outputs, self.params)

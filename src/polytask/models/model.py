@@ -128,13 +128,21 @@ def build_model(tasks: list[Task], spec: InputSpec, cfg: ModelConfig, seed: int)
         conditioning = PreferenceConditioning(cfg.preference_conditioning, len(tasks), spec)
     enc_spec = conditioning.encoder_spec(spec) if conditioning is not None else spec
 
-    def make_encoder() -> Encoder:
-        return enc_entry.factory(enc_spec, enc_params)
-
     head = HeadParams.model_validate(cfg.head.model_dump())
-    specs = {t.name: HeadSpec(t.n_outputs, t.dense, _custom_head(t)) for t in tasks}
     size = (spec.shape[-2], spec.shape[-1]) if spec.kind == "image" else None
+    specs = {
+        t.name: HeadSpec(t.n_outputs, t.dense, _custom_head(t, size), t.spec.token_level)
+        for t in tasks
+    }
     heads = HeadFactory(specs, head, size)
+
+    def make_encoder() -> Encoder:
+        encoder = enc_entry.factory(enc_spec, enc_params)
+        # Architectures build an encoder before the heads that read it: the heads learn here
+        # whether they read word vectors (pooled for sentence-level tasks) or one vector.
+        heads.sequence = encoder.sequence
+        return encoder
+
     with _seeded(seed):
         architecture = arch_entry.factory(make_encoder, heads, arch_params)
         if conditioning is not None:
@@ -142,11 +150,12 @@ def build_model(tasks: list[Task], spec: InputSpec, cfg: ModelConfig, seed: int)
     return MultiTaskModel(architecture, tasks, conditioning)
 
 
-def _custom_head(task: Task) -> CustomHead:
-    """The task kind's head builder bound to ``task`` (it returns None for the standard head)."""
+def _custom_head(task: Task, size: tuple[int, int] | None) -> CustomHead:
+    """The task kind's head builder bound to ``task`` and the image input's ``size`` (it
+    returns None for the standard head)."""
 
     def build(in_dim: int, spatial: bool, params: HeadParams) -> nn.Module | None:
-        return task.spec.make_head(task, in_dim, spatial, params)
+        return task.spec.make_head(task, in_dim, spatial, params, size)
 
     return build
 

@@ -21,7 +21,10 @@ so the module exports to ONNX.
 bond features. Both derive from :class:`GraphEncoder` (descriptor check, pooling, the batch
 and tensor entry points).
 
-Not registered as encoders yet: the ``smiles`` input that feeds them graphs comes later.
+Registered in :data:`~polytask.models.encoders.ENCODERS` as ``dmpnn`` and ``gin``
+(:class:`MolGraphEncoder`), reading the padded graph blocks of the ``smiles`` input with
+``features = "graph"`` (:meth:`~polytask.data.molgraph.MolGraphStore.padded`), which
+:func:`~polytask.data.molgraph.unpad` turns back into the flat batch on the batch's device.
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from polytask.config_errors import Schema, Width
-from polytask.data.molgraph import ATOM_DIM, BOND_DIM, MolGraphBatch
-from polytask.models.encoders import Activation, make_activation
+from polytask.data.molgraph import ATOM_DIM, BOND_DIM, GRAPH_KEYS, MolGraphBatch, unpad
+from polytask.data.spec import InputSpec
+from polytask.models.encoders import ENCODERS, Activation, Encoder, Norm, make_activation
 
 Readout = Literal["mean", "sum"]
 
@@ -70,6 +74,11 @@ class MPNNParams(Schema):
         "(keeps counts, e.g. for additive properties)",
     )
     bias: bool = Field(default=False, description="bias in W_i and W_m (chemprop: none)")
+    norm: Norm = Field(
+        default="none",
+        description="normalisation of the pooled molecule embedding (chemprop's --batch-norm: "
+        "batch); 'film' preference conditioning modulates it",
+    )
 
 
 class GraphEncoder(nn.Module):
@@ -83,6 +92,15 @@ class GraphEncoder(nn.Module):
         super().__init__()
         self.readout = readout
         self.n_descriptors = n_descriptors
+
+    def _set_norm(self, norm: str, width: int) -> None:
+        """The normalisation of the pooled embedding (before the descriptors); subclasses call
+        it after building their layers, so it is registered, and frozen, as the last layer."""
+        self.norm: nn.Module = nn.Identity()
+        if norm == "batch":
+            self.norm = nn.BatchNorm1d(width)
+        elif norm == "layer":
+            self.norm = nn.LayerNorm(width)
 
     def forward(self, batch: MolGraphBatch, descriptors: Tensor | None = None) -> Tensor:
         """Molecule embeddings ``[batch.n_graphs, out_dim]``."""
@@ -117,7 +135,7 @@ class GraphEncoder(nn.Module):
                 f"this {name} expects {self.n_descriptors}"
             )
         states = self.atom_states(atom_features, bond_features, edge_index, reverse)
-        pooled = self.pool(states, graph_of_atom, atoms_per_graph)
+        pooled: Tensor = self.norm(self.pool(states, graph_of_atom, atoms_per_graph))
         if descriptors is not None:
             pooled = torch.cat([pooled, descriptors.to(pooled.dtype)], dim=1)
         return pooled
@@ -156,6 +174,7 @@ class DMPNN(GraphEncoder):
         self.W_o = nn.Linear(atom_dim + hidden, hidden)
         self.act = make_activation(params.activation)
         self.dropout = nn.Dropout(params.dropout)
+        self._set_norm(params.norm, hidden)
         self.out_dim = hidden + n_descriptors
 
     def atom_states(
@@ -192,6 +211,11 @@ class GINParams(Schema):
     learn_eps: bool = Field(
         default=True, description="learn each layer's epsilon (GIN-eps) or fix it at 0 (GIN-0)"
     )
+    norm: Norm = Field(
+        default="none",
+        description="normalisation of the pooled molecule embedding: none, batch or layer; "
+        "'film' preference conditioning modulates it",
+    )
 
 
 class GIN(GraphEncoder):
@@ -212,17 +236,10 @@ class GIN(GraphEncoder):
         super().__init__(params.readout, n_descriptors)
         self.params = params
         widths = [atom_dim] + [params.hidden] * params.depth
-        self.mlps = nn.ModuleList(
-            nn.Sequential(
-                nn.Linear(widths[i], params.hidden),
-                make_activation(params.activation),
-                nn.Linear(params.hidden, params.hidden),
-                make_activation(params.activation),
-                nn.Dropout(params.dropout),
-            )
-            for i in range(params.depth)
-        )
-        self.eps = nn.Parameter(torch.zeros(params.depth), requires_grad=params.learn_eps)
+        # One module per layer holding its MLP and its epsilon, so that freezing and layer-wise
+        # learning rates (polytask.train.freeze) see each GIN layer as one block.
+        self.layers = nn.ModuleList(_GINLayer(widths[i], params) for i in range(params.depth))
+        self._set_norm(params.norm, params.hidden * params.depth)
         self.out_dim = params.hidden * params.depth + n_descriptors
 
     def atom_states(
@@ -232,9 +249,70 @@ class GIN(GraphEncoder):
         concatenation equals concatenating the per-layer poolings."""
         source, target = edge_index[0], edge_index[1]
         h = atom_features
-        layers = []
-        for k, mlp in enumerate(self.mlps):
+        states = []
+        for layer in self.layers:
+            assert isinstance(layer, _GINLayer)
             neighbours = _sum_into(target, h[source], h.shape[0])
-            h = mlp((1 + self.eps[k]) * h + neighbours)
-            layers.append(h)
-        return torch.cat(layers, dim=1)
+            h = layer(h, neighbours)
+            states.append(h)
+        return torch.cat(states, dim=1)
+
+
+class _GINLayer(nn.Module):
+    """One GIN layer: ``h_v <- MLP((1 + eps) h_v + sum_{u in N(v)} h_u)``."""
+
+    def __init__(self, in_dim: int, params: GINParams) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, params.hidden),
+            make_activation(params.activation),
+            nn.Linear(params.hidden, params.hidden),
+            make_activation(params.activation),
+            nn.Dropout(params.dropout),
+        )
+        self.eps = nn.Parameter(torch.zeros(()), requires_grad=params.learn_eps)
+
+    def forward(self, h: Tensor, neighbours: Tensor) -> Tensor:
+        out: Tensor = self.mlp((1 + self.eps) * h + neighbours)
+        return out
+
+
+class MolGraphEncoder(Encoder):
+    """A :class:`GraphEncoder` as a polytask encoder: ``forward(inputs)`` reads the padded
+    graph blocks of the ``smiles`` input (``features = "graph"``) and its optional
+    ``descriptors`` block, and returns molecule embeddings ``[B, out_dim]``."""
+
+    def __init__(self, graph: GraphEncoder) -> None:
+        super().__init__()
+        self.graph = graph
+        self.out_dim = graph.out_dim
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        missing = [k for k in GRAPH_KEYS if k not in inputs]
+        if missing:
+            raise ValueError(
+                f"{type(self.graph).__name__} reads molecular graphs (data.input = smiles with "
+                f"features = 'graph'); the inputs lack {missing}"
+            )
+        flat = unpad(*(inputs[k] for k in GRAPH_KEYS))
+        return self.graph.forward_tensors(*flat, inputs.get("descriptors"))
+
+
+@ENCODERS.register(
+    "dmpnn",
+    params=MPNNParams,
+    summary="molecular graphs: directed message passing (D-MPNN, chemprop) + descriptors",
+)
+def build_dmpnn(spec: InputSpec, params: BaseModel) -> Encoder:
+    assert isinstance(params, MPNNParams)
+    spec.require("graph", "dmpnn")
+    return MolGraphEncoder(DMPNN(params, n_descriptors=spec.n_numeric))
+
+
+@ENCODERS.register(
+    "gin", params=GINParams, summary="molecular graphs: graph isomorphism network (GIN)"
+)
+def build_gin(spec: InputSpec, params: BaseModel) -> Encoder:
+    assert isinstance(params, GINParams)
+    spec.require("graph", "gin")
+    return MolGraphEncoder(GIN(params, n_descriptors=spec.n_numeric))

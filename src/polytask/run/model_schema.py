@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -38,6 +39,7 @@ from polytask.config_errors import MAX_VOCAB, MAX_WIDTH, validation_message
 from polytask.data.inputs import InputProcessor, input_from_dict
 from polytask.data.inputs.audio import MAX_SAMPLE_RATE, MAX_SAMPLES
 from polytask.data.inputs.base import FORMAT as INPUT_FORMAT
+from polytask.data.inputs.multi import MAX_INPUTS
 from polytask.data.preprocess import (
     CategoricalColumn,
     NumericColumn,
@@ -64,6 +66,8 @@ MAX_CLASSES = 2**16
 MAX_COLUMNS = 2**16
 #: Widest dense input of a table (numbers, missing indicators and one-hot blocks).
 MAX_INPUT_WIDTH = 2**20
+#: Most quantile bins of a numeric column (data.numeric_bins).
+MAX_BINS = 1024
 #: Most missing-value markers, and the longest name (of a column or a marker).
 MAX_MARKERS = 1024
 MAX_NAME = 1024
@@ -90,15 +94,44 @@ class StoredInputSpec(_Stored):
     shape: list[Annotated[int, Field(ge=1, le=MAX_SAMPLES)]] = Field(max_length=3)
     vocab_size: int = Field(ge=0, le=2 * MAX_VOCAB + 2)
     sample_rate: int = Field(ge=0, le=MAX_SAMPLE_RATE)
+    char_vocab_size: int = Field(default=0, ge=0, le=MAX_VOCAB + 2)
+    #: multi: each named input's spec (one level: a part is not multi itself).
+    parts: dict[Name, StoredInputSpec] = Field(default_factory=dict, max_length=MAX_INPUTS)
+    #: tables fitted with data.numeric_bins: the numeric columns' dense positions and bins.
+    numeric_at: list[Annotated[int, Field(ge=0, lt=MAX_INPUT_WIDTH)]] = Field(
+        default_factory=list, max_length=MAX_COLUMNS
+    )
+    numeric_bins: list[Annotated[list[float], Field(min_length=2, max_length=MAX_BINS + 1)]] = (
+        Field(default_factory=list, max_length=MAX_COLUMNS)
+    )
+
+    @model_validator(mode="after")
+    def _numeric_columns(self) -> StoredInputSpec:
+        """Positions inside the dense block; one list of increasing edges per position."""
+        if any(at >= self.n_numeric for at in self.numeric_at):
+            raise ValueError(f"numeric_at: a position is not below n_numeric = {self.n_numeric}")
+        if self.numeric_bins and len(self.numeric_bins) != len(self.numeric_at):
+            raise ValueError("numeric_bins: one list of bin edges per numeric_at entry")
+        for i, edges in enumerate(self.numeric_bins):
+            if any(b <= a for a, b in pairwise(edges)):
+                raise ValueError(f"numeric_bins.{i}: bin edges must increase")
+        return self
 
     @model_validator(mode="after")
     def _shape_of_kind(self) -> StoredInputSpec:
         """The per-example shape each kind has, within the bounds of its settings."""
+        if (self.kind == "multi") != bool(self.parts) or any(
+            p.kind == "multi" for p in self.parts.values()
+        ):
+            raise ValueError("parts: a multi input has parts, each of another kind; others none")
         limits: dict[str, list[int]] = {
+            "multi": [],
             "table": [],
             "image": [4, MAX_WIDTH, MAX_WIDTH],
             "audio": [MAX_SAMPLES],
             "text": [MAX_WIDTH],
+            "tokens": [MAX_WIDTH],
+            "graph": [],
         }
         limit = limits[self.kind]
         if len(self.shape) != len(limit) or any(
@@ -111,7 +144,8 @@ class StoredInputSpec(_Stored):
         return self
 
     def to_spec(self) -> InputSpec:
-        return InputSpec(**self.model_dump())
+        own = self.model_dump(exclude={"parts"})
+        return InputSpec(**own, parts={k: v.to_spec() for k, v in self.parts.items()})
 
 
 class ModelFile(_Stored):

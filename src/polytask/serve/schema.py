@@ -23,6 +23,7 @@ from pydantic import ConfigDict, Field, TypeAdapter
 from typing_extensions import NotRequired, Required, TypedDict
 
 from polytask.data.inputs import InputProcessor
+from polytask.data.inputs.tokens import TokensInput
 from polytask.data.preprocess import MISSING_TOKEN, TablePreprocessor
 from polytask.errors import PolytaskError
 from polytask.run.predictor import Predictor
@@ -91,6 +92,10 @@ def input_columns(predictor: Predictor) -> list[Column]:
                 "in the request, which a server must not open for a client; serve table or "
                 "text models, or export the network (polytask export)"
             )
+        if isinstance(pre, TokensInput):  # a sentence: its words, or text split on spaces
+            what = "a sentence: a list of words, or words separated by spaces"
+            example = ["The", "cat", "sat", "."]
+            return [Column(c, "text", list[str] | str | None, what, example) for c in pre.columns]
         return [
             Column(c, "text", str | None, f"{pre.name} input text", "text") for c in pre.columns
         ]

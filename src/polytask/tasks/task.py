@@ -104,7 +104,7 @@ class Task:
 
     @property
     def metric_names(self) -> list[str]:
-        return list(self.metrics) if self.metrics else list(self.spec.metrics)
+        return list(self.metrics) if self.metrics else list(self.spec.default_metrics)
 
     @property
     def primary(self) -> str:

@@ -21,13 +21,21 @@ from typing import Any
 
 import pandas as pd
 
-from polytask.data.datasets import census, diabetes, fdu_mtl, fsdd, molecules, multimnist
+from polytask.data.datasets import (
+    census,
+    diabetes,
+    fdu_mtl,
+    fsdd,
+    mnist_detection,
+    molecules,
+    multimnist,
+)
 from polytask.data.datasets.root import ENV_VAR, resolve_data_root
 from polytask.data.synthetic import make_task_indexed
 from polytask.errors import DataError
 from polytask.state_io import file_sha256
 
-TASK_KINDS = ("binary", "regression", "multiclass", "segmentation")
+TASK_KINDS = ("binary", "regression", "multiclass", "segmentation", "detection")
 
 _CHUNK = 1 << 20
 _TIMEOUT_SECONDS = 60.0
@@ -129,6 +137,19 @@ DATASETS: dict[str, DatasetInfo] = {
         group=None,
         ignore=multimnist.IGNORE,
         citation=multimnist.CITATION,
+    ),
+    "mnist_detection": DatasetInfo(
+        name="mnist_detection",
+        summary=mnist_detection.SUMMARY,
+        files=(
+            RemoteFile(multimnist.IMAGES_RELPATH, multimnist.IMAGES_URL, multimnist.IMAGES_SHA256),
+            RemoteFile(multimnist.LABELS_RELPATH, multimnist.LABELS_URL, multimnist.LABELS_SHA256),
+        ),
+        loader=mnist_detection.load_mnist_detection,
+        targets=dict(mnist_detection.TARGETS),
+        group=None,
+        ignore=mnist_detection.IGNORE,
+        citation=mnist_detection.CITATION,
     ),
     "fdu_mtl": DatasetInfo(
         name="fdu_mtl",

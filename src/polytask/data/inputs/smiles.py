@@ -8,6 +8,16 @@ true``). A SMILES RDKit cannot read is a one-line error naming its row, or with 
 "missing"`` an all-zero row with an ``unparsed`` flag column set. With ``cache_dir`` the
 features of a table are kept on disk, one ``.npz`` per (hash of the SMILES list, settings),
 so the same molecules are never featurised twice.
+
+``features = "graph"`` gives the molecular graphs instead, for the message-passing encoders
+(``dmpnn``, ``gin``; :mod:`polytask.models.mpnn`): RDKit atom and bond features in chemprop's
+layout (:mod:`polytask.data.molgraph`), as per-example padded blocks of small integer codes
+(:data:`~polytask.data.molgraph.GRAPH_KEYS`), so a training batch is still ``index_select`` on
+in-memory tensors and the encoder rebuilds the flat graph on the batch's device. Molecule-level
+features (the standardised descriptors with ``descriptors = true``, the ``unparsed`` flag with
+``invalid = "missing"``) come as a ``descriptors`` block that the encoder concatenates after
+pooling. The graphs are cached like the fingerprints (``cache_dir``), and the last table's
+graphs are kept in memory, so fitting and then transforming the training rows parses them once.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from torch import Tensor
 from polytask.config_errors import Schema
 from polytask.data.chem import DESCRIPTORS, MoleculeFeatures, featurise_smiles
 from polytask.data.inputs.base import INPUTS, InputProcessor, StoredState, parse_state
+from polytask.data.molgraph import MolGraphStore, featurise_graphs
 from polytask.data.spec import InputSpec
 from polytask.errors import DataError, PolytaskError
 from polytask.safe_read import regular_file
@@ -37,9 +48,19 @@ class SmilesParams(Schema):
     """Parameters of the ``smiles`` input."""
 
     column: str = Field(default="smiles", min_length=1, description="column of SMILES strings")
-    radius: int = Field(default=2, ge=0, le=8, description="Morgan radius (2 gives ECFP4)")
+    features: Literal["fingerprint", "graph"] = Field(
+        default="fingerprint",
+        description="fingerprint: Morgan bits for the mlp encoder; graph: molecular graphs "
+        "(RDKit atom/bond features, chemprop's layout) for the dmpnn and gin encoders",
+    )
+    radius: int = Field(
+        default=2, ge=0, le=8, description="Morgan radius (2 gives ECFP4); fingerprint only"
+    )
     bits: int = Field(
-        default=2048, ge=8, le=16384, description="length of the folded Morgan fingerprint"
+        default=2048,
+        ge=8,
+        le=16384,
+        description="length of the folded Morgan fingerprint; fingerprint only",
     )
     descriptors: bool = Field(
         default=False,
@@ -76,16 +97,21 @@ def smiles_of(df: pd.DataFrame, column: str) -> list[str | None]:
     return out
 
 
+def smiles_digest(smiles: list[str | None]) -> str:
+    """A hash of the SMILES list (order and blanks included): the key of its cached features."""
+    digest = hashlib.sha256()
+    for text in smiles:
+        digest.update(b"\x00" if text is None else text.encode("utf-8") + b"\x01")
+    return digest.hexdigest()[:32]
+
+
 class FeatureCache:
     """The features of one list of SMILES under one setting, kept as ``{folder}/{name}.npz``
     (packed fingerprint bits, descriptors, parsed flags); written through a temporary file
     and a rename, so a reader never sees a torn file."""
 
     def __init__(self, folder: Path, smiles: list[str | None], settings: str) -> None:
-        digest = hashlib.sha256()
-        for text in smiles:
-            digest.update(b"\x00" if text is None else text.encode("utf-8") + b"\x01")
-        self.path = folder / f"smiles-{digest.hexdigest()[:32]}-{settings}.npz"
+        self.path = folder / f"smiles-{smiles_digest(smiles)}-{settings}.npz"
         self.n = len(smiles)
 
     def get(self, n_bits: int, n_descriptors: int) -> MoleculeFeatures | None:
@@ -133,10 +159,52 @@ class FeatureCache:
             ) from None
 
 
+#: Version of the graph featurisation in the cache file names: bump it when
+#: :mod:`polytask.data.molgraph` changes what it computes, so stale caches are not read.
+GRAPH_CACHE_VERSION = "graph1"
+
+
+def cached_graphs(folder: Path, smiles: list[str | None]) -> MolGraphStore:
+    """The graphs of ``smiles``, read from ``folder`` if featurised before, else featurised
+    and written there (through a temporary file and a rename, as :class:`FeatureCache`)."""
+    path = folder / f"smiles-{smiles_digest(smiles)}-{GRAPH_CACHE_VERSION}.npz"
+    if os.path.lexists(path):
+        regular_file(path)
+        try:
+            store = MolGraphStore.load(path)
+        except DataError:
+            raise PolytaskError(
+                f"'{path}' is not a readable molecular graph cache; delete it to rebuild the cache"
+            ) from None
+        if len(store) != len(smiles):
+            raise PolytaskError(
+                f"'{path}' does not hold the graphs of this table's SMILES; delete it to "
+                "rebuild the cache"
+            )
+        return store
+    store = featurise_graphs(smiles)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.part.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store.save(partial)
+        partial.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise PolytaskError(
+            f"cannot write the SMILES feature cache '{path}': {exc.strerror or exc}"
+        ) from None
+    return store
+
+
 class SmilesInput(InputProcessor):
     """SMILES -> ``{"numeric": float32[N, bits (+ descriptors) (+ 1)]}``: the Morgan bits as
     0/1, the descriptors standardised with the training rows' mean and scale, and with
-    ``invalid = "missing"`` a last column flagging the rows RDKit could not read."""
+    ``invalid = "missing"`` a last column flagging the rows RDKit could not read.
+
+    With ``features = "graph"``: the padded graph blocks of :meth:`MolGraphStore.padded`
+    instead of the bits, and the descriptors (and flag) as ``{"descriptors": float32[N, d]}``
+    when there are any."""
 
     name = "smiles"
 
@@ -146,6 +214,9 @@ class SmilesInput(InputProcessor):
         self.p = params
         self.mean: list[float] = []
         self.std: list[float] = []
+        # The graphs of the last table seen (its SMILES hash and store): fit and transform of
+        # the training rows parse them once.
+        self._graphs: tuple[str, MolGraphStore] | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -156,12 +227,40 @@ class SmilesInput(InputProcessor):
         return len(DESCRIPTORS) if self.p.descriptors else 0
 
     @property
+    def graph(self) -> bool:
+        """Whether this input gives molecular graphs (``features = "graph"``)."""
+        return self.p.features == "graph"
+
+    @property
+    def molecule_width(self) -> int:
+        """Width of the molecule-level block: descriptors, then the ``unparsed`` flag."""
+        return self.n_descriptors + (1 if self.p.invalid == "missing" else 0)
+
+    @property
     def width(self) -> int:
-        return self.p.bits + self.n_descriptors + (1 if self.p.invalid == "missing" else 0)
+        return (0 if self.graph else self.p.bits) + self.molecule_width
+
+    def graphs(self, smiles: list[str | None]) -> MolGraphStore:
+        """The molecular graphs of ``smiles``: from memory if they are the last table's, else
+        from the cache when ``cache_dir`` is set, else featurised by RDKit."""
+        key = smiles_digest(smiles)
+        if self._graphs is not None and self._graphs[0] == key:
+            return self._graphs[1]
+        if self.p.cache_dir is None:
+            store = featurise_graphs(smiles)
+        else:
+            store = cached_graphs(Path(self.p.cache_dir).expanduser(), smiles)
+        self._graphs = (key, store)
+        return store
 
     def features(self, smiles: list[str | None]) -> MoleculeFeatures:
         """The features of ``smiles``, from the cache when ``cache_dir`` is set."""
         p = self.p
+        if self.graph and not p.descriptors:
+            # Graph mode without descriptors needs only the parsed flags, from the graphs.
+            parsed = self.graphs(smiles).parsed
+            n = len(smiles)
+            return MoleculeFeatures(np.zeros((n, 0), np.uint8), np.zeros((n, 0)), parsed)
         if p.cache_dir is None:
             return featurise_smiles(smiles, p.bits, p.radius, p.descriptors)
         settings = f"r{p.radius}-b{p.bits}{'-d' if p.descriptors else ''}"
@@ -211,7 +310,7 @@ class SmilesInput(InputProcessor):
         self, df: pd.DataFrame, source: str, base_dir: Path | None = None
     ) -> dict[str, Tensor]:
         features, parsed = self._checked(df, source)
-        blocks = [features.bits.astype(np.float32)]
+        blocks = [] if self.graph else [features.bits.astype(np.float32)]
         if self.p.descriptors:
             if len(self.mean) != self.n_descriptors:
                 raise ValueError("the smiles input is not fitted")
@@ -219,11 +318,21 @@ class SmilesInput(InputProcessor):
             blocks.append(np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0))
         if self.p.invalid == "missing":
             blocks.append((~parsed).astype(np.float32)[:, None])
-        numeric = np.concatenate(blocks, axis=1).astype(np.float32)
-        return {"numeric": torch.from_numpy(numeric)}
+        if not self.graph:
+            numeric = np.concatenate(blocks, axis=1).astype(np.float32)
+            return {"numeric": torch.from_numpy(numeric)}
+        padded = self.graphs(smiles_of(df, self.p.column)).padded()
+        out = {k: torch.from_numpy(v) for k, v in padded.items()}
+        if blocks:
+            molecule = np.concatenate(blocks, axis=1).astype(np.float32)
+            out["descriptors"] = torch.from_numpy(molecule)
+        return out
 
     @property
     def input_spec(self) -> InputSpec:
+        if self.graph:
+            # n_numeric: the width of the molecule-level block concatenated after pooling.
+            return InputSpec(kind="graph", n_numeric=self.molecule_width)
         return InputSpec(kind="table", n_numeric=self.width)
 
     def state(self) -> dict[str, Any]:
@@ -244,7 +353,8 @@ class SmilesInput(InputProcessor):
 @INPUTS.register(
     "smiles",
     params=SmilesParams,
-    summary="a molecule per row as SMILES: Morgan fingerprint (+ RDKit descriptors), cached",
+    summary="a molecule per row as SMILES: Morgan fingerprint or molecular graph (+ RDKit "
+    "descriptors), cached",
 )
 def build_smiles(params: BaseModel) -> InputProcessor:
     return SmilesInput(params)

@@ -30,6 +30,7 @@ from torch import Tensor
 from polytask.data.tensors import Batch
 from polytask.losses import TaskLoss, loss_denominator, unit_losses
 from polytask.tasks import KINDS, Task
+from polytask.tasks.kinds.tokens import fit_length
 
 
 def label_weight(progress: float, anneal: bool, constant: float) -> float:
@@ -91,7 +92,7 @@ class DistillationLoss:
                 continue
             with torch.no_grad():
                 d = loss.spec.teacher_units(out, batch.soft[name], self.temperature)
-            counted = _unit_mask(mask, d) if not self.fill_missing else torch.ones_like(d)
+            counted = _unit_mask(mask, d) if not self.fill_missing else _all_units(loss, out, d)
             found[name] = counted.sum().to(torch.float64)
         return found
 
@@ -105,7 +106,7 @@ class DistillationLoss:
         # not finite would still poison the gradient through torch.where, so it is zeroed.
         safe = torch.where(mask, tgt, torch.zeros_like(tgt))
         mixed = torch.where(labelled, lam * unit_losses(loss, out, safe) + (1.0 - lam) * d, d)
-        counted = labelled if not self.fill_missing else torch.ones_like(labelled)
+        counted = labelled if not self.fill_missing else _all_units(loss, out, labelled)
         if not bool(counted.any()):
             return None
         return mixed[counted].mean()
@@ -116,6 +117,19 @@ def _unit_mask(mask: Tensor, units: Tensor) -> Tensor:
     and per-label kinds' units already have the mask's shape)."""
     if mask.shape == units.shape:
         return mask
+    if mask.dim() == units.dim() == 2 and mask.shape[1] not in (1, units.shape[1]):
+        # Token-level: [B, T] label masks, [B, T'] units of a batch trimmed to its longest
+        # sentence (polytask.tasks.kinds.tokens): past T' there are no words.
+        return fit_length(mask, units.shape[1], False)
     if mask.dim() == units.dim():
         return mask.expand_as(units)
     return mask.reshape(mask.shape + (1,) * (units.dim() - mask.dim())).expand_as(units)
+
+
+def _all_units(loss: TaskLoss, out: Tensor, units: Tensor) -> Tensor:
+    """Every unit of the batch (``fill_missing``: the teacher teaches unlabelled units too),
+    as a bool tensor of the units' shape; for a token-level kind, every word, not the padding
+    past each sentence's end (its outputs are exact zeros there)."""
+    if loss.spec.token_level:
+        return (out != 0).flatten(2).any(dim=-1)[:, : units.shape[1]]
+    return torch.ones(units.shape, dtype=torch.bool, device=units.device)

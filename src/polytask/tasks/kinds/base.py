@@ -75,6 +75,8 @@ class TaskLike(Protocol):
     @property
     def ignore_index(self) -> int | None: ...
     @property
+    def missing(self) -> list[str | int | float] | None: ...
+    @property
     def targets(self) -> list[str]: ...
     @property
     def metric_names(self) -> list[str]: ...
@@ -106,6 +108,9 @@ class Kind:
     metric_factories: ClassVar[Mapping[str, MetricFactory]]
     #: Predicted per pixel of an image input (targets are arrays, one per example).
     dense: ClassVar[bool] = False
+    #: Predicted per word of a sentence: targets are ``[N, T]`` list columns and the head
+    #: reads a sequence encoder's ``[B, T', D]`` words (see :mod:`polytask.tasks.kinds.tokens`).
+    token_level: ClassVar[bool] = False
     #: The head's single output channel is squeezed out along this dim (None: kept).
     squeeze_dim: ClassVar[int | None] = None
     #: The loss is the plain mean of :meth:`unit_losses` over the valid units (elementwise
@@ -118,11 +123,20 @@ class Kind:
     accepts_class_weights: ClassVar[bool] = False
     accepts_ignore_index: ClassVar[bool] = False
     accepts_positive: ClassVar[bool] = False
+    #: A teacher's outputs of the kind can teach a student (:meth:`teacher_units`); a kind
+    #: that sets False refuses in :meth:`teacher_mismatch` with the reason.
+    distillable: ClassVar[bool] = True
 
     @property
     def metrics(self) -> tuple[str, ...]:
         """Metrics the kind offers; the first one is the default primary metric."""
         return tuple(self.metric_factories)
+
+    @property
+    def default_metrics(self) -> tuple[str, ...]:
+        """Metrics a task reports when it declares none: all of :attr:`metrics` unless the
+        kind offers one that suits some of its tasks only (span F1 for BIO tags)."""
+        return self.metrics
 
     def __repr__(self) -> str:
         return f"<task kind {self.name!r}>"
@@ -213,15 +227,22 @@ class Kind:
         return 1
 
     def make_head(
-        self, task: TaskLike, in_dim: int, spatial: bool, params: Any
+        self,
+        task: TaskLike,
+        in_dim: int,
+        spatial: bool,
+        params: Any,
+        input_size: tuple[int, int] | None = None,
     ) -> nn.Module | None:
         """The kind's own head on a representation of width ``in_dim`` (a feature map when
         ``spatial``), built with the run's head parameters ``params`` (a
-        :class:`polytask.models.heads.HeadParams`), or ``None`` for the standard head that
+        :class:`polytask.models.heads.HeadParams`) and told the image input's ``(H, W)``
+        (``input_size``; None for other inputs), or ``None`` for the standard head that
         :class:`polytask.models.heads.HeadFactory` chooses (tower, pooled tower, dense
         decoder). Kinds whose output is not a plain linear read-out (a biaffine arc scorer,
-        a detection head) return their module here; it is called as ``head(z)`` and its
-        output is the task's raw output."""
+        a detection head whose heat-map sits at a fixed stride of the input pixels) return
+        their module here; it is called as ``head(z)`` and its output is the task's raw
+        output."""
         return None
 
     # -- data ----------------------------------------------------------------------------

@@ -774,18 +774,7 @@ def _fit_table(
 
 
 def _options(cfg: DataJob) -> PreprocessOptions:
-    data = cfg.data
-    return PreprocessOptions(
-        categorical_encoding=data.categorical_encoding,
-        onehot_max_categories=data.onehot_max_categories,
-        max_categories=data.max_categories,
-        min_frequency=data.min_frequency,
-        unseen=data.unseen,
-        missing_numeric=data.missing_numeric,
-        missing_indicator=data.missing_indicator,
-        scale_binary=data.scale_binary,
-        numeric_bins=data.numeric_bins,
-    )
+    return PreprocessOptions.of(cfg.data)
 
 
 def _prepare_stream(cfg: DataJob) -> PreparedData:

@@ -13,7 +13,7 @@ output is two tensors per table, so batching later is plain tensor indexing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -78,6 +78,13 @@ class PreprocessOptions:
     #: bins, and the numeric columns' places in the dense block, for the encoders' numeric
     #: embeddings (``model.encoder.numeric_embedding``).
     numeric_bins: int = 0
+
+    @classmethod
+    def of(cls, settings: object) -> PreprocessOptions:
+        """The options named like these fields on ``settings`` (the ``[data]`` section, a
+        ``table`` input's parameters); a field ``settings`` lacks keeps its default."""
+        names = [f.name for f in fields(cls) if hasattr(settings, f.name)]
+        return cls(**{name: getattr(settings, name) for name in names})
 
 
 def quantile_bins(observed: np.ndarray, n_bins: int, std: float) -> list[float]:

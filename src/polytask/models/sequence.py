@@ -42,6 +42,7 @@ from polytask.config_errors import Layers, Schema, Width
 from polytask.data.spec import InputSpec
 from polytask.errors import ConfigError
 from polytask.models.encoders import ENCODERS, Encoder
+from polytask.models.text import pre_ln_transformer
 
 
 class TokenEncoderParams(Schema):
@@ -137,18 +138,8 @@ class TokenEncoder(Encoder):
             )
         else:
             self.project = nn.Linear(in_dim, params.width)
-            layer = nn.TransformerEncoderLayer(
-                params.width,
-                params.heads,
-                dim_feedforward=4 * params.width,
-                dropout=params.dropout,
-                activation="gelu",
-                batch_first=True,
-                norm_first=True,
-            )
-            # enable_nested_tensor only applies to post-LN layers (and would warn here).
-            self.transformer = nn.TransformerEncoder(
-                layer, params.layers, norm=nn.LayerNorm(params.width), enable_nested_tensor=False
+            self.transformer = pre_ln_transformer(
+                params.width, params.heads, params.layers, params.dropout
             )
         self.out_dim = params.width
 

@@ -147,6 +147,28 @@ class TransformerParams(Schema):
     )
 
 
+def pre_ln_transformer(
+    width: int, heads: int, layers: int, dropout: float, ff_width: int | None = None
+) -> nn.TransformerEncoder:
+    """``layers`` pre-norm Transformer encoder layers (GELU, feed-forward ``ff_width`` or 4 x
+    ``width``) with a final LayerNorm: the pre-LN arrangement trains stably without a
+    learning-rate warm-up (Xiong et al., "On Layer Normalization in the Transformer
+    Architecture", ICML 2020)."""
+    layer = nn.TransformerEncoderLayer(
+        width,
+        heads,
+        dim_feedforward=ff_width or 4 * width,
+        dropout=dropout,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
+    # enable_nested_tensor only applies to post-LN layers (and would warn here).
+    return nn.TransformerEncoder(
+        layer, layers, norm=nn.LayerNorm(width), enable_nested_tensor=False
+    )
+
+
 class TransformerTextEncoder(Encoder):
     """Token + learned position embeddings, pre-LN Transformer encoder blocks with a key
     padding mask, a final layer norm and the mean over the real tokens."""
@@ -170,18 +192,8 @@ class TransformerTextEncoder(Encoder):
         with torch.no_grad():
             self.tokens.weight[0].zero_()
         self.dropout = nn.Dropout(params.embedding_dropout)
-        layer = nn.TransformerEncoderLayer(
-            params.width,
-            params.heads,
-            dim_feedforward=params.ff_width or 4 * params.width,
-            dropout=params.dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        # enable_nested_tensor only applies to post-LN layers (and would warn here).
-        self.blocks = nn.TransformerEncoder(
-            layer, params.layers, norm=nn.LayerNorm(params.width), enable_nested_tensor=False
+        self.blocks = pre_ln_transformer(
+            params.width, params.heads, params.layers, params.dropout, params.ff_width
         )
         self.out_dim = params.width
 

@@ -73,16 +73,7 @@ class TableParams(Schema):
         return self
 
     def options(self) -> PreprocessOptions:
-        return PreprocessOptions(
-            categorical_encoding=self.categorical_encoding,
-            onehot_max_categories=self.onehot_max_categories,
-            max_categories=self.max_categories,
-            min_frequency=self.min_frequency,
-            unseen=self.unseen,
-            missing_numeric=self.missing_numeric,
-            missing_indicator=self.missing_indicator,
-            scale_binary=self.scale_binary,
-        )
+        return PreprocessOptions.of(self)
 
 
 class _StoredNumeric(StoredState):

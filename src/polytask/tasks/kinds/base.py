@@ -15,6 +15,7 @@ Kinds see a task through :class:`TaskLike` (the fields and derived properties of
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from collections.abc import Callable, Iterator, Mapping
@@ -45,6 +46,24 @@ def torchmetric(module: str, name: str) -> type[Metric]:
     this, so listing or registering a kind imports nothing of torchmetrics."""
     cls: type[Metric] = getattr(importlib.import_module(f"torchmetrics.{module}"), name)
     return cls
+
+
+@functools.cache
+def count_score_metric() -> type[Metric]:
+    """A torchmetrics ``Metric`` base for a score in [0, 1], higher better, computed from counts
+    summed over batches and ranks (attachment scores, span F1): the kinds' own metrics
+    subclass it and add their states, ``update`` and ``compute``. Built on first use, like
+    :func:`torchmetric`: torchmetrics costs seconds to import."""
+    base: Any = importlib.import_module("torchmetrics").Metric
+
+    class CountScore(base):  # type: ignore[misc]
+        higher_is_better = True
+        is_differentiable = False
+        full_state_update = False
+        plot_lower_bound = 0.0
+        plot_upper_bound = 1.0
+
+    return CountScore
 
 
 class TaskLike(Protocol):

@@ -48,7 +48,6 @@ heads of the KL over relations, each a tempered softmax, times ``T²``.
 from __future__ import annotations
 
 import functools
-import importlib
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -66,6 +65,7 @@ from polytask.tasks.kinds.base import (
     MetricFactory,
     TaskLike,
     classes_mismatch,
+    count_score_metric,
 )
 from polytask.tasks.kinds.tokens import UNSPECIFIED, fit_length, list_column, per_sentence
 from polytask.tasks.trees import decode_tree
@@ -542,16 +542,8 @@ def attachment_metric(labelled: bool) -> Metric:
     :func:`polytask.tasks.kinds.base.torchmetric`)."""
     global _ATTACHMENT
     if _ATTACHMENT is None:
-        # Lazy third-party import: torchmetrics is only needed once a metric is computed.
-        base: Any = importlib.import_module("torchmetrics").Metric
 
-        class AttachmentScore(base):  # type: ignore[misc]
-            higher_is_better = True
-            is_differentiable = False
-            full_state_update = False
-            plot_lower_bound = 0.0
-            plot_upper_bound = 1.0
-
+        class AttachmentScore(count_score_metric()):  # type: ignore[misc]
             def __init__(self, labelled: bool) -> None:
                 super().__init__()
                 self.labelled = labelled

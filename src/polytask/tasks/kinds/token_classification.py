@@ -31,7 +31,6 @@ padding, :class:`TokenHead`), which is how decoding knows each sentence's length
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -47,6 +46,7 @@ from polytask.tasks.kinds.base import (
     LossState,
     MetricFactory,
     TaskLike,
+    count_score_metric,
     softmax_teacher_units,
     torchmetric,
 )
@@ -413,16 +413,8 @@ def span_f1_metric(n_classes: int) -> Metric:
     :func:`polytask.tasks.kinds.base.torchmetric`)."""
     global _SPAN_F1
     if _SPAN_F1 is None:
-        # Lazy third-party import: torchmetrics is only needed once a metric is computed.
-        base: Any = importlib.import_module("torchmetrics").Metric
 
-        class SpanF1(base):  # type: ignore[misc]
-            higher_is_better = True
-            is_differentiable = False
-            full_state_update = False
-            plot_lower_bound = 0.0
-            plot_upper_bound = 1.0
-
+        class SpanF1(count_score_metric()):  # type: ignore[misc]
             def __init__(self, n_classes: int) -> None:
                 super().__init__()
                 self.n_classes = n_classes

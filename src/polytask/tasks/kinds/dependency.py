@@ -130,11 +130,8 @@ class Dependency(Kind):
         params: Any,
         input_size: tuple[int, int] | None = None,
     ) -> nn.Module | None:
-        if spatial:
-            raise ConfigError(
-                f"config error: task {task.name!r} is a dependency parser and needs a sequence "
-                "encoder (model.encoder.name = 'tokens'), not feature maps"
-            )
+        # A feature map never reaches here: HeadFactory refuses a token-level task on any
+        # encoder but a sequence encoder first (HeadSpec.tokens).
         # The run's head dropout when set, else the paper's 0.33 (a tower's default of 0
         # would leave the parser's four MLPs unregularised).
         dropout = float(getattr(params, "dropout", 0.0)) or DROPOUT

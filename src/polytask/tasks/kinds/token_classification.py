@@ -113,11 +113,8 @@ class TokenClassification(ClassIndexed):
         params: Any,
         input_size: tuple[int, int] | None = None,
     ) -> nn.Module | None:
-        if spatial:
-            raise ConfigError(
-                f"config error: task {task.name!r} is token-level and needs a sequence "
-                "encoder (model.encoder.name = 'tokens'), not feature maps"
-            )
+        # A feature map never reaches here: HeadFactory refuses a token-level task on any
+        # encoder but a sequence encoder first (HeadSpec.tokens).
         return TokenHead(in_dim, self.n_outputs(task), params, task.name)
 
     # -- data ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from polytask.errors import ConfigError, DataError
 from polytask.evaluate.metrics import compute_metrics
 from polytask.losses import TaskLoss
 from polytask.models.config import ModelConfig
+from polytask.models.heads import HeadFactory, HeadParams, HeadSpec
 from polytask.models.model import build_model
 from polytask.tasks import Task
 from polytask.tasks.biaffine import BiaffineScorer, fixed_channels
@@ -93,9 +94,12 @@ def test_biaffine_output_layout_and_padding() -> None:
 
 
 def test_a_feature_map_is_refused_with_a_clear_message() -> None:
+    # The refusal is HeadFactory's, for every token-level kind, before the kind's own head.
     task = _task([[0, 1]], [["root", "obj"]])
-    with pytest.raises(ConfigError, match="needs a sequence encoder"):
-        task.spec.make_head(task, 8, True, None)
+    spec = HeadSpec(task.n_outputs, task.dense, tokens=task.spec.token_level)
+    factory = HeadFactory({task.name: spec}, HeadParams(), (8, 8))
+    with pytest.raises(ConfigError, match=r"is token-level .* needs a sequence encoder"):
+        factory.build(task.name, 8, spatial=True)
 
 
 # -- the loss ---------------------------------------------------------------------------------

@@ -98,6 +98,7 @@ from polytask.models.config import ModelConfig
 from polytask.models.model import MultiTaskModel, build_model
 from polytask.state_io import atomic_write_text
 from polytask.tasks import Task
+from polytask.train.optimizer import StepFusedAdamW
 
 POOL = 8  # distinct batches each cell cycles through
 LR = 1e-3
@@ -199,7 +200,7 @@ def _optimizer(model: MultiTaskModel, balancer: Balancer | None = None) -> torch
     learned = [p for p in balancer.parameters() if p.requires_grad] if balancer else []
     if learned:
         groups.append({"params": learned, "weight_decay": 0.0})
-    return torch.optim.AdamW(groups, lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
+    return StepFusedAdamW(groups, lr=LR, weight_decay=WEIGHT_DECAY)
 
 
 # -- step builders --------------------------------------------------------------------------------

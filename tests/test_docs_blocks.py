@@ -90,6 +90,10 @@ _RAY = (
 )
 
 #: Commands not run here, and why (a polytask command is still parsed: its options exist).
+_DETECTION = (
+    "minutes on the mnist_detection canvases; tests/test_export_detection.py and "
+    "tests/test_detection.py export and distil a small detection model"
+)
 NOT_RUN: dict[str, str] = {
     "pip install 'polytask[serve]'": "the serve extra is installed in the venv this test runs in",
     ".venv/bin/pip install -e tests/plugins/polytask_example_plugin": (
@@ -101,6 +105,13 @@ NOT_RUN: dict[str, str] = {
     "polytask affinity run.toml --out aff --pair-search --backend ray --address HEAD_IP:6379": (
         _RAY
     ),
+    # docs/detection.md: the 4,500 canvases of mnist_detection take minutes to train, export
+    # and distil on 2 cores (11 minutes when this test ran them); the toml block above them
+    # trains the config, and the same steps run on small images in tests/test_detection.py.
+    "polytask train digits.toml -o runs/digits": _DETECTION,
+    "polytask export runs/digits -o digits.onnx": _DETECTION,
+    "polytask distill digits.toml --teacher runs/digits -o runs/student "
+    "--set 'model.encoder.widths=[4,8,16]'": _DETECTION,
 }
 
 #: Blocks not run here, by (page, one of the block's lines), and why.

@@ -1,7 +1,7 @@
 """Molecular graphs end to end: the ``smiles`` input with ``features = "graph"`` (padded graph
 blocks per example, cached featurisation), the ``dmpnn`` and ``gin`` encoders through the
 public API (every architecture, every balancer, fine-tuning with the message passing frozen,
-distillation), save/load + predict, and the ONNX export's refusal.
+distillation) and save/load + predict; the ONNX export is in tests/test_export_graph.py.
 
 The featurisation's hand counts and the encoders' own properties (batching, permutation
 invariance at the module level, export of the bare module) are in tests/test_molgraph.py;
@@ -279,16 +279,6 @@ def test_saved_model_predicts_the_same(trained: tuple[str, RunResult, Path]) -> 
     loaded = polytask.load(out / "model")
     assert loaded.input_spec.kind == "graph"
     pd.testing.assert_frame_equal(loaded.predict(rows), result.predictor.predict(rows))
-
-
-def test_export_is_refused_in_one_line(trained: tuple[str, RunResult, Path]) -> None:
-    from polytask.export import export_onnx
-
-    _, _, out = trained
-    with pytest.raises(PolytaskError) as info:
-        export_onnx(out / "model", out / "model.onnx")
-    assert "\n" not in str(info.value) and "molecular graphs" in str(info.value)
-    assert not (out / "model.onnx").exists()
 
 
 @pytest.mark.parametrize("name", BALANCERS.names())

@@ -185,6 +185,7 @@ BATCH = 4
 SKIP_ENCODERS = {
     "minilm": "needs the pretrained all-MiniLM-L6-v2 weights (the text extra)",
     "hf": "needs a saved Hugging Face model directory (tests/test_backbones.py builds one)",
+    "hf_words": "needs a saved Hugging Face model directory (tests/test_hf_words.py builds one)",
     "timm": "needs timm and a model name (tests/test_backbones.py uses a stand-in)",
 }
 

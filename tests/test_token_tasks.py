@@ -23,7 +23,7 @@ from polytask.data.inputs.base import build_input, input_from_dict
 from polytask.data.inputs.tokens import TokensInput
 from polytask.data.spec import InputSpec
 from polytask.data.targets import encode_targets, fit_task
-from polytask.errors import ConfigError, DataError, PolytaskError
+from polytask.errors import ConfigError, DataError
 from polytask.evaluate.evaluation import predict_outputs
 from polytask.evaluate.metrics import compute_metrics
 from polytask.losses import TaskLoss
@@ -420,17 +420,18 @@ def test_a_generated_treebank_is_tagged_end_to_end(
     assert tags[2] == []
 
 
-def test_export_of_a_token_model_is_refused_in_one_line(
+def test_a_tagger_exports_to_onnx_with_the_same_tags(
     tagger_run: tuple[Path, polytask.RunResult], tmp_path: Path
 ) -> None:
-    pytest.importorskip("onnx")
-    from polytask.export import export_onnx
+    pytest.importorskip("onnxruntime")
+    from polytask.export import OnnxPredictor, export_onnx
 
     folder, _ = tagger_run
-    with pytest.raises(PolytaskError, match="reads sentences as lists of words") as info:
-        export_onnx(folder / "run" / "model", tmp_path / "model.onnx")
-    assert "\n" not in str(info.value)
-    assert not (tmp_path / "model.onnx").exists()
+    path = export_onnx(folder / "run" / "model", tmp_path / "model.onnx")
+    fresh = pd.DataFrame({"form": ["the dog walks a big cat 31337 .", None, "a walks ."]})
+    expected = polytask.load(folder / "run" / "model").predict(fresh)["upos"].tolist()
+    assert OnnxPredictor(path).predict(fresh)["upos"].tolist() == expected
+    assert expected[0] == ["DET", "NOUN", "VERB", "DET", "ADJ", "NOUN", "NUM", "PUNCT"]
 
 
 def test_init_writes_a_tagger_config_for_a_treebank(

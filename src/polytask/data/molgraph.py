@@ -456,8 +456,10 @@ def unpad(
     # Each molecule's atoms start after those of the rows before it in the batch.
     start = torch.cumsum(n_atoms, 0) - n_atoms
     edge_index = (bond_ends.long() + start.view(-1, 1, 1))[bond_mask].t()
-    # Every molecule holds an even number of directed bonds, 2k and 2k + 1 reverse each other.
-    reverse = torch.arange(bcodes.shape[0], device=sizes.device) ^ 1
+    # Every molecule holds an even number of directed bonds, 2k and 2k + 1 reverse each other:
+    # i ^ 1, in arithmetic (the TorchScript ONNX exporter has no XOR of integers).
+    position = torch.arange(bcodes.shape[0], device=sizes.device)
+    reverse = position + 1 - 2 * (position % 2)
     graph_of_atom = torch.arange(rows, device=sizes.device).unsqueeze(1).expand(rows, width_a)
     return (
         atom_features,

@@ -9,7 +9,7 @@ from typing import Literal
 
 from polytask.errors import ConfigError
 
-InputKind = Literal["table", "image", "audio", "text", "multi", "tokens", "graph"]
+InputKind = Literal["table", "image", "audio", "text", "multi", "tokens", "graph", "subwords"]
 
 
 @dataclass
@@ -19,7 +19,10 @@ class InputSpec:
     Attributes:
         n_numeric: tables: width of the dense block (standardised numbers, one-hot columns).
         cardinalities: tables: vocabulary size of each embedded categorical column.
-        kind: the input modality; each encoder accepts some kinds only.
+        kind: the input modality; each encoder accepts some kinds only. ``subwords``:
+            sentences of words in a pretrained tokenizer's sub-words (``data.input.name =
+            "hf_words"``): ``shape`` is ``(sub-words per sentence,)``, ``vocab_size`` the
+            tokenizer's.
         shape: per-example shape of the main input tensor: images ``(C, H, W)``, audio
             ``(samples,)``, text ``(tokens,)``; empty for tables.
         vocab_size: text: number of token ids (0 is padding).

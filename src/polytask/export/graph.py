@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from polytask.data.preprocess import MAX_STANDARD_SCORE, MISSING_TOKEN, TablePreprocessor
+from polytask.export import detection
 from polytask.export.network import NET, NetworkInput
 from polytask.tasks import Task
 
@@ -262,6 +263,8 @@ def task_outputs(b: Builder, task: Task, raw: str) -> dict[str, str]:
     """Output name → value name of ``task``'s outputs in user units, from its raw output
     ``raw`` (see the module docstring; names listed in :func:`output_names`)."""
     kind = task.kind
+    if kind == "detection":  # peaks, top-k, boxes and NMS: polytask.export.detection
+        return detection.detection_outputs(b, task, raw)
     finite = b.finite(raw)
     if kind in ("binary", "multilabel"):
         p = b.op("Cast", [b.op("Sigmoid", [raw], "sigmoid")], "p64", to=_tensor_type("double"))
@@ -303,6 +306,8 @@ def task_outputs(b: Builder, task: Task, raw: str) -> dict[str, str]:
 def output_names(task: Task) -> dict[str, str]:
     """The graph outputs of ``task`` and what each holds (documented in the metadata)."""
     n = task.name
+    if task.kind == "detection":
+        return detection.output_names(task)
     return {
         "binary": {
             f"{n}_proba": "double[B]: probability of the positive class (NaN: undefined)",

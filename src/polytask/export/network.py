@@ -24,8 +24,11 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from polytask.data.inputs.tokens import PAD_ID as TOKENS_PAD_ID
+from polytask.data.inputs.tokens import TokensInput
 from polytask.data.preprocess import TablePreprocessor
 from polytask.errors import PolytaskError
+from polytask.export.graphs import GRAPH_AXES, example_blocks
 from polytask.export.processors import pad_id
 from polytask.run.predictor import Predictor
 
@@ -34,13 +37,18 @@ Exporter = Literal["auto", "dynamo", "torchscript"]
 #: Prefix of the network's own input and output names inside the composed graph, so they
 #: cannot collide with a column name (the composed graph's inputs) or a task output.
 NET = "net/"
+#: The dynamic sentence axis of a tokens model's ``words`` and ``chars`` inputs (one axis:
+#: both are as wide as the longest sentence of the batch).
+WORDS_AXIS = "words"
 
 
 @dataclass(frozen=True)
 class NetworkInput:
     """One encoded tensor the network reads: its name in the processor's output, dtype and
     per-example shape (the batch dimension is dynamic). A token-id input has a dynamic
-    sequence axis too (``length``: its name, up to ``shape[0]``), padded with ``pad_id``."""
+    sequence axis too (``length``: its name, up to ``shape[0]``), padded with ``pad_id``; a
+    molecular graph's atom and bond blocks have a dynamic, unbounded axis 1 (``length`` set,
+    ``pad_id`` None: :data:`~polytask.export.graphs.GRAPH_AXES`)."""
 
     key: str
     dtype: torch.dtype
@@ -96,7 +104,9 @@ def network_inputs(predictor: Predictor) -> tuple[list[NetworkInput], dict[str, 
     Table: ``numeric`` float32 ``[B, D]`` and ``categorical`` int64 ``[B, C]`` (a zero-width
     block is built inside the graph instead). Other inputs: the processor's own output keys,
     dtypes and shapes, read from its transform of zero rows (images from the fitted shape);
-    token ids (``[B, L]`` int64 of a text input) get a dynamic length axis."""
+    token ids (``[B, L]`` int64 of a text input) get a dynamic length axis. Sentences
+    (``tokens``): ``words`` int64 ``[B, T]``, ``chars`` int16 ``[B, T, max_word_chars]`` (one
+    dynamic axis :data:`WORDS_AXIS`, up to ``max_words``) and ``lengths`` int64 ``[B]``."""
     pre = predictor.preprocessor
     spec = predictor.input_spec
     if isinstance(pre, TablePreprocessor):
@@ -109,6 +119,17 @@ def network_inputs(predictor: Predictor) -> tuple[list[NetworkInput], dict[str, 
         return used, absent
     if spec.kind == "image":
         return [NetworkInput("image", torch.float32, tuple(spec.shape))], {}
+    if isinstance(pre, TokensInput):
+        # Words and their characters share one dynamic sentence axis (words past a sentence's
+        # end are padding: id 0, no characters); lengths say where each sentence ends.
+        p = pre.p
+        return [
+            NetworkInput("words", torch.int64, (p.max_words,), WORDS_AXIS, TOKENS_PAD_ID),
+            NetworkInput(
+                "chars", torch.int16, (p.max_words, p.max_word_chars), WORDS_AXIS, TOKENS_PAD_ID
+            ),
+            NetworkInput("lengths", torch.int64, ()),
+        ], {}
     # Zero rows; a text processor encodes one empty text (a Hugging Face tokenizer cannot
     # encode an empty list).
     rows: list[object] = [""] if spec.kind == "text" else []
@@ -127,13 +148,17 @@ def network_inputs(predictor: Predictor) -> tuple[list[NetworkInput], dict[str, 
         # A width of 1 would be specialised by torch.export (0/1 sizes are): kept fixed.
         ids = pad is not None and v.dtype == torch.int64 and len(shape) == 1 and shape[0] > 1
         length = f"{k}_length" if ids else None
+        if spec.kind == "graph":  # padded atoms or bonds: as many as the batch's largest
+            length = GRAPH_AXES.get(k)
         inputs.append(NetworkInput(k, v.dtype, shape, length, pad if ids else None))
     return inputs, {}
 
 
 def _examples(inputs: list[NetworkInput], n_tasks: int | None, rows: int = 3) -> tuple[Tensor, ...]:
-    """Tensors to trace with: zeros (valid token ids, category codes and pixels alike)."""
-    tensors = [torch.zeros((rows, *i.shape), dtype=i.dtype) for i in inputs]
+    """Tensors to trace with: zeros (valid token ids, category codes and pixels alike);
+    molecular graphs' blocks hold small graphs of different sizes (zeros would have no atom)."""
+    graphs = example_blocks(rows) if any(i.key in GRAPH_AXES for i in inputs) else {}
+    tensors = [graphs.get(i.key, torch.zeros((rows, *i.shape), dtype=i.dtype)) for i in inputs]
     if n_tasks is not None:
         tensors.append(torch.full((rows, n_tasks), 1.0 / n_tasks))
     return tuple(tensors)
@@ -185,14 +210,28 @@ def network_proto(
     names = [NET + i.key for i in inputs] + ([NET + "preference"] if n_tasks else [])
     outputs = [NET + t for t in tasks]
     errors: list[str] = []
-    if exporter in ("auto", "dynamo"):
+    recurrent = any(isinstance(m, nn.LSTM) for m in predictor.model.modules())
+    if recurrent and exporter == "dynamo":
+        raise PolytaskError(
+            "export: the dynamo exporter unrolls an LSTM step by step, so the sentence length "
+            "could not stay dynamic; use exporter = 'torchscript' or 'auto' (the default)"
+        )
+    # An LSTM goes straight to TorchScript, which writes one ONNX LSTM node over a dynamic
+    # length (dynamo would spend minutes unrolling max_words steps, then fix the length).
+    if exporter in ("auto", "dynamo") and not recurrent:
         try:
             batch = torch.export.Dim("batch")
-            axes: list[dict[int, Any]] = [
-                {0: batch}
-                if i.length is None
-                else {0: batch, 1: torch.export.Dim(i.length, min=1, max=i.shape[0])}
+            # One Dim per axis name: inputs that share a length axis share its symbol.
+            lengths = {
+                # Token ids: up to their padded width; graph atoms and bonds: unbounded.
+                i.length: torch.export.Dim(
+                    i.length, min=1, max=i.shape[0] if i.pad_id is not None else None
+                )
                 for i in inputs
+                if i.length is not None
+            }
+            axes: list[dict[int, Any]] = [
+                {0: batch} if i.length is None else {0: batch, 1: lengths[i.length]} for i in inputs
             ]
             axes += [{0: batch}] * (len(examples) - len(inputs))
             with _quiet():

@@ -42,6 +42,7 @@ from polytask.export.graph import (
     task_outputs,
 )
 from polytask.export.network import NET, Exporter, NetworkInput, network_proto
+from polytask.export.tokens import TOKEN_KINDS, token_output_names, token_outputs
 from polytask.run.predictor import Predictor, load
 from polytask.tasks import Task
 
@@ -56,6 +57,8 @@ SUPPORTED_KINDS = (
     "regression",
     "segmentation",
     "dense_regression",
+    "detection",
+    *TOKEN_KINDS,
 )
 #: Metadata key prefix (``metadata_props``).
 META = "polytask."
@@ -98,17 +101,11 @@ def export_onnx(
     if target.is_dir():
         raise PolytaskError(f"export: '{target}' is a directory; give a file name (model.onnx)")
     predictor = model if isinstance(model, Predictor) else load(model)
-    if predictor.input_spec.kind == "graph":
+    if predictor.input_spec.kind == "subwords":
         raise PolytaskError(
-            "export: this model reads molecular graphs (data.input 'smiles' with features = "
-            "'graph'), which the ONNX export does not take yet; serve it with the torch "
-            "runtime, or train on features = 'fingerprint' to export"
-        )
-    if predictor.input_spec.kind == "tokens":
-        raise PolytaskError(
-            "export: this model reads sentences as lists of words (data.input 'tokens'), which "
-            "the ONNX export does not take yet (variable-length word lists, a packed BiLSTM); "
-            "serve it with the torch runtime"
+            "export: this model reads words through a Hugging Face tokenizer (data.input "
+            "'hf_words'), which the ONNX export does not take yet (the word alignment of the "
+            "sub-words is made by the tokenizer); serve it with the torch runtime"
         )
     chosen = predictor._select(tasks)  # the predictor's own check and error for unknown names
     unsupported = [t for t in chosen if t.kind not in SUPPORTED_KINDS]
@@ -159,7 +156,7 @@ def _compose(
         total = b.op("ReduceSum", ["preference", axes], "total", keepdims=1)
         b.nodes.append(helper.make_node("Div", ["preference", total], [NET + "preference"]))
     names = [i.name for i in inputs]
-    clash = sorted(set(names) & {n for t in chosen for n in output_names(t)})
+    clash = sorted(set(names) & {n for t in chosen for n in _output_names(t)})
     clash += [n for n in set(names) if names.count(n) > 1]  # an input named "preference"
     if clash:
         raise PolytaskError(
@@ -169,7 +166,8 @@ def _compose(
     post = Builder("polytask/out/")
     outputs: list[Any] = []
     for task in chosen:
-        for out_name, value in task_outputs(post, task, NET + task.name).items():
+        decoding = token_outputs if task.kind in TOKEN_KINDS else task_outputs
+        for out_name, value in decoding(post, task, NET + task.name).items():
             post.nodes.append(helper.make_node("Identity", [value], [out_name]))
             outputs.append(helper.make_empty_tensor_value_info(out_name))
     g = net.graph
@@ -189,6 +187,11 @@ def _compose(
         functions=list(net.functions),
     )
     return onnx.shape_inference.infer_shapes(model)
+
+
+def _output_names(task: Task) -> dict[str, str]:
+    """The graph outputs of ``task`` (token-level kinds: :mod:`polytask.export.tokens`)."""
+    return token_output_names(task) if task.kind in TOKEN_KINDS else output_names(task)
 
 
 def _numpy_dtype(i: NetworkInput) -> Any:
@@ -235,7 +238,7 @@ def _input_schema(predictor: Predictor, net_inputs: list[NetworkInput]) -> list[
                 "dtype": str(i.dtype).removeprefix("torch."),
                 "shape": i.axes,
             }
-            if i.length is not None:
+            if i.pad_id is not None:  # (a graph's atom and bond axes have no padding id)
                 entry.update(type="token_ids", max_length=i.shape[0], pad_id=i.pad_id)
             schema.append(entry)
     if predictor.preference_conditioned:
@@ -287,7 +290,7 @@ def metadata(
         META + "kinds": json.dumps({t.name: t.kind for t in chosen}),
         META + "classes": json.dumps({t.name: t.classes for t in chosen if t.classes}),
         META + "inputs": json.dumps(_input_schema(predictor, net_inputs)),
-        META + "outputs": json.dumps({k: v for t in chosen for k, v in output_names(t).items()}),
+        META + "outputs": json.dumps({k: v for t in chosen for k, v in _output_names(t).items()}),
         META + "preprocessing_steps": json.dumps(_steps(predictor)),
         META + "preprocessing": json.dumps(predictor.preprocessor.to_dict()),
         **(

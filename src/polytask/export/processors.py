@@ -14,6 +14,12 @@ The exported network starts at the tensor the processor produces (:mod:`polytask
   files, mixing to mono, cropping and padding stay outside); the log-mel front end is part of
   the network, so it is in the graph (``STFT``/``MatMul``/``Log`` nodes).
 * ``image``: ``image`` float32 ``[B, C, H, W]``, read, resized and standardised outside.
+* ``tokens`` (sentences as lists of words): ``words`` int64 ``[B, T]``, ``chars`` int16
+  ``[B, T, max_word_chars]`` and ``lengths`` int64 ``[B]``, ids over the fitted word and
+  character vocabularies stored in the metadata; the sentence axis ``T`` is dynamic (the
+  longest sentence of the batch; the graph masks padding). See :mod:`polytask.export.tokens`.
+* ``smiles`` with ``features = "graph"``: the padded atom and bond blocks of polytask's RDKit
+  featuriser (:mod:`polytask.export.graphs`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 from polytask.data.inputs.audio import AudioInput
 from polytask.data.inputs.base import InputProcessor
 from polytask.data.inputs.hf import pad_id_of
+from polytask.data.inputs.smiles import SmilesInput
 from polytask.data.inputs.text import (
     PAD_ID,
     TOKEN_PATTERN,
@@ -32,6 +39,10 @@ from polytask.data.inputs.text import (
     TextInput,
     ngram_slots,
 )
+from polytask.data.inputs.tokens import PAD_ID as TOKENS_PAD_ID
+from polytask.data.inputs.tokens import UNKNOWN_ID as TOKENS_UNKNOWN_ID
+from polytask.data.inputs.tokens import TokensInput
+from polytask.export import graphs
 from polytask.models.encoders import ENCODERS
 from polytask.run.predictor import Predictor
 
@@ -119,6 +130,46 @@ def describe(predictor: Predictor) -> dict[str, Any]:
             max_tokens=pre.p.max_tokens,
             inputs={"tokens": f"int64[B, L], 1 <= L <= {pre.p.max_tokens}, left-aligned"},
         )
+    elif isinstance(pre, SmilesInput) and pre.graph:
+        out.update(graphs.describe(pre))
+    elif isinstance(pre, TokensInput):
+        tp = pre.p
+        width = tp.max_word_chars
+        out.update(
+            sentence={
+                "column": tp.column,
+                "how": "a list of words as they are, or a string split on whitespace "
+                "(str.split()); a missing cell is a sentence of no words; at most "
+                f"{tp.max_words} words (more: an error)",
+            },
+            words={
+                "lowercase": tp.lowercase,
+                "vocabulary": "polytask.preprocessing -> state.vocabulary (word of id i + 2)",
+                "vocabulary_size": len(pre.vocabulary),
+                "how": "id = 2 + index of (word.lower() if lowercase else word) in the "
+                f"vocabulary, {TOKENS_UNKNOWN_ID} if absent",
+            },
+            characters={
+                "vocabulary": "polytask.preprocessing -> state.characters (character of id "
+                "i + 2), case kept",
+                "vocabulary_size": len(pre.characters),
+                "max_word_chars": width,
+                "how": f"a word longer than {width} characters keeps its first "
+                f"{width - width // 2} and last {width // 2}; id = 2 + index of the character, "
+                f"{TOKENS_UNKNOWN_ID} if absent; left-aligned, padded with {TOKENS_PAD_ID}",
+            },
+            pad_id=TOKENS_PAD_ID,
+            unknown_id=TOKENS_UNKNOWN_ID,
+            first_id=2,
+            max_words=tp.max_words,
+            inputs={
+                "words": f"int64[B, T], 1 <= T <= {tp.max_words}: word ids, left-aligned, "
+                f"{TOKENS_PAD_ID} past each sentence's end",
+                "chars": f"int16[B, T, {width}]: character ids of each word, "
+                f"{TOKENS_PAD_ID}-padded",
+                "lengths": "int64[B]: words per sentence",
+            },
+        )
     elif isinstance(pre, AudioInput):
         encoder = _encoder_params(predictor)
         out.update(
@@ -188,6 +239,26 @@ def steps(predictor: Predictor) -> list[str]:
             f"text: the Hugging Face tokenizer of '{pre.directory()}' (special tokens included), "
             f"truncated to {pre.p.max_tokens} tokens, padded with its padding id "
             f"{pad_id_of(pre.tokenizer)}: 'tokens' int64[B, {pre.p.max_tokens}]"
+        )
+    elif isinstance(pre, SmilesInput) and pre.graph:
+        lines += graphs.steps(pre)
+    elif isinstance(pre, TokensInput):
+        tp = pre.p
+        lines.append(
+            f"tokens: column '{tp.column}': a list of words, or a string split on whitespace "
+            f"(missing: no words); each word's id is 2 + its index in the fitted vocabulary "
+            f"(polytask.preprocessing state.vocabulary, {len(pre.vocabulary)} words"
+            + (", looked up lower-cased" if tp.lowercase else "")
+            + f"), {TOKENS_UNKNOWN_ID} if unknown; its characters' ids 2 + their index in "
+            f"state.characters ({TOKENS_UNKNOWN_ID} if unknown), the first and last halves of "
+            f"a word longer than {tp.max_word_chars}: 'words' int64[B, T], 'chars' "
+            f"int16[B, T, {tp.max_word_chars}], 'lengths' int64[B], padded with "
+            f"{TOKENS_PAD_ID}, T the longest sentence (at most {tp.max_words})"
+        )
+        lines.append(
+            "tokens: the sentence axis T is dynamic: any width from the longest sentence up "
+            "gives the same outputs at every word (the graph masks padding); every token-level "
+            "output is T wide, padding past each sentence's end"
         )
     elif isinstance(pre, AudioInput):
         lines.append(

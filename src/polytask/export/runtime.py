@@ -7,7 +7,8 @@ and ``cells_as_text``, packed into the ``numbers`` and ``categories`` matrices; 
 processor itself,
 rebuilt from the stored preprocessing, for image/audio/text models: raw texts and recordings
 go through polytask's tokenizer or audio reader here, token ids trimmed to the longest row as
-the torch encoders trim them) and the graph's outputs
+the torch encoders trim them; for molecular-graph models the SMILES go through polytask's
+RDKit featuriser, so RDKit is needed here: :mod:`polytask.export.graphs`) and the graph's outputs
 into the same columns: ``<task>`` / ``<task>_proba`` (binary), ``<task>_proba_<class>``
 (multiclass), ``<task>.<label>`` / ``<task>.<label>_proba`` (multilabel), values (regression),
 one array per row (per-pixel kinds), with no label (None) where the output is undefined.
@@ -31,8 +32,10 @@ from polytask.data.preprocess import (
     cells_as_text,
 )
 from polytask.errors import DataError, PolytaskError
+from polytask.export import detection
 from polytask.export.graph import CATEGORIES, NUMBERS
 from polytask.export.onnx_export import FORMAT
+from polytask.export.tokens import TOKEN_KINDS, token_columns, token_graph_outputs
 from polytask.run.model_schema import parse_preprocessing
 from polytask.run.predictor import mark_missing, mark_missing_cells
 from polytask.tasks import Task
@@ -339,10 +342,14 @@ def _frame(df: pd.DataFrame | Mapping[str, Any]) -> pd.DataFrame:
 
 
 def _graph_outputs(task: Task) -> list[str]:
+    if task.kind in TOKEN_KINDS:
+        return token_graph_outputs(task)
     if task.kind in ("binary", "multiclass"):
         return [task.name, f"{task.name}_proba"]
     if task.kind == "multilabel":
         return [f"{task.name}_label", f"{task.name}_proba"]
+    if task.kind == "detection":
+        return list(detection.output_names(task))
     return [task.name]
 
 
@@ -355,6 +362,8 @@ def _labels(names: np.ndarray) -> np.ndarray:
 def task_columns(task: Task, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``task``'s prediction columns from the graph's outputs, as its kind decodes them."""
     n = task.name
+    if task.kind in TOKEN_KINDS:
+        return token_columns(task, values)
     if task.kind == "binary":
         return {n: _labels(values[n]), f"{n}_proba": values[f"{n}_proba"]}
     if task.kind == "multiclass":
@@ -373,6 +382,9 @@ def task_columns(task: Task, values: Mapping[str, np.ndarray]) -> dict[str, np.n
         return cols
     if task.kind == "regression":
         return {n: values[n]}
+    if task.kind == "detection":  # boxes and scores per image, as Detection.decode
+        found = (values[f"{n}_{part}"] for part in ("boxes", "scores", "classes"))
+        return detection.prediction_columns(task, *found)
     maps = values[n]
     if task.kind == "segmentation":
         known: np.ndarray = np.all(maps.reshape(len(maps), -1) >= 0, axis=1)

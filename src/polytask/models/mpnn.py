@@ -47,9 +47,12 @@ def _sum_into(index: Tensor, values: Tensor, n: int) -> Tensor:
     """``out[i] = sum of values[j] over index[j] == i``, ``[n, width]``.
 
     ``index_add`` in torch (2-3x faster than ``scatter_add`` on CPU, measured on Tox21
-    batches); ``scatter_add`` while exporting to ONNX, because the TorchScript exporter turns
-    ``index_add`` into a ScatterND that keeps only one of the repeated indices (a wrong graph,
-    with just a warning) but ``scatter_add`` into ScatterElements with ``reduction="add"``.
+    batches); ``scatter_add`` while exporting to ONNX (either exporter: dynamo sets the flag
+    too), because the TorchScript exporter turns ``index_add`` into a ScatterND that keeps only
+    one of the repeated indices (a wrong graph, with just a warning) but ``scatter_add`` into
+    ScatterElements with ``reduction="add"`` (opset >= 16; the export writes 18 and up). The
+    two paths are equal (tests/test_export_graph.py), so the state dict and outputs do not
+    depend on which one ran.
     """
     out = values.new_zeros(n, values.shape[1])
     if torch.onnx.is_in_onnx_export():

@@ -17,6 +17,15 @@ its per-word vectors, and sentence-level tasks read their mean.
 * dropout on the embeddings and on the output (Dozat & Manning's 0.33 by default, "Deep
   Biaffine Attention for Neural Dependency Parsing", ICLR 2017).
 
+**While the network is exported** (``torch.export``, TorchScript tracing: see
+:func:`exporting`) the forward pass avoids what an ONNX graph cannot hold: it does not trim to
+the longest sentence (a data-dependent shape; the exported graph's runner trims before feeding
+instead), runs the character CNN on the whole ``[B, T]`` grid rather than on the gathered real
+words (a data-dependent count; padding words have no characters, so their features are the
+same zeros), and runs the BiLSTM without ``pack_padded_sequence`` (:func:`bilstm_padded`:
+each direction on the padded batch, the backward one on every sentence reversed within its
+length), which gives the same outputs at every real word.
+
 **The sequence contract** (:attr:`polytask.models.encoders.Encoder.sequence`): the output is
 trimmed to the longest sentence of the batch (``T' <= T``, the input's padded width), and the
 positions past each sentence's end are **exact zeros**. That zero padding is how the mask
@@ -34,6 +43,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -145,9 +155,14 @@ class TokenEncoder(Encoder):
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
         lengths = inputs["lengths"]
-        # Trim to the batch's longest sentence: one host synchronisation, and every layer
-        # after it works on T' positions instead of the table's T.
-        t = max(int(lengths.max()), 1) if lengths.numel() else 1
+        export = exporting()
+        if export:
+            # No trimming: the width would be a data-dependent shape (module docstring).
+            t = inputs["words"].shape[1]
+        else:
+            # Trim to the batch's longest sentence: one host synchronisation, and every layer
+            # after it works on T' positions instead of the table's T.
+            t = max(int(lengths.max()), 1) if lengths.numel() else 1
         words = inputs["words"][:, :t]
         real = torch.arange(t, device=words.device) < lengths.unsqueeze(1)
         if self.training and self.params.word_dropout > 0:
@@ -155,28 +170,110 @@ class TokenEncoder(Encoder):
             words = words.masked_fill(dropped & (words > 0), 1)
         x = self.words(words)
         if self.chars is not None:
-            # The CNN runs on the real words only: most of a [B, T', L] grid is padding.
-            chars = inputs["chars"][:, :t][real]
-            features = x.new_zeros(*words.shape, self.chars.out_dim)
-            features[real] = self.chars(chars).to(x.dtype)
+            if export:
+                # Every position of the grid: a padding word's characters are all padding,
+                # so the CNN gives it zeros, as the gathered version leaves it.
+                grid = inputs["chars"][:, :t]
+                flat = self.chars(grid.flatten(0, 1)).to(x.dtype)
+                features = flat.reshape(grid.shape[0], grid.shape[1], self.chars.out_dim)
+                features = torch.where(real.unsqueeze(-1), features, torch.zeros((), dtype=x.dtype))
+            else:
+                # The CNN runs on the real words only: most of a [B, T', L] grid is padding.
+                chars = inputs["chars"][:, :t][real]
+                features = x.new_zeros(*words.shape, self.chars.out_dim)
+                features[real] = self.chars(chars).to(x.dtype)
             x = torch.cat([x, features], dim=-1)
         x = self.dropout(x)
         if self.lstm is not None:
-            packed = pack_padded_sequence(
-                x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
-            )
-            out, _ = self.lstm(packed)
-            h, _ = pad_packed_sequence(out, batch_first=True, total_length=t)
+            if export:
+                h = bilstm_padded(self.lstm, x, lengths)
+            else:
+                packed = pack_padded_sequence(
+                    x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+                )
+                out, _ = self.lstm(packed)
+                h, _ = pad_packed_sequence(out, batch_first=True, total_length=t)
         else:
             assert self.transformer is not None
-            h = self.project(x) + _sinusoid(t, self.out_dim, x.device, x.dtype)
+            position = (_sinusoid_export if export else _sinusoid)(
+                t, self.out_dim, x.device, x.dtype
+            )
+            h = self.project(x) + position
             # A sentence of no words would have every key masked (softmax over nothing =
             # NaN): let it attend to its first position; it is zeroed below anyway.
-            padding = ~real
-            padding[:, 0] &= real.any(dim=1)
+            # (Out of place: the TorchScript exporter has no in-place and.)
+            first = ~real[:, :1] & real.any(dim=1, keepdim=True)
+            padding = torch.cat([first, ~real[:, 1:]], dim=1)
             h = self.transformer(h, src_key_padding_mask=padding)
         h = self.dropout(h)
         return torch.where(real.unsqueeze(-1), h, torch.zeros((), dtype=h.dtype))
+
+
+def exporting() -> bool:
+    """Whether the module is being exported (``torch.export`` / dynamo, or TorchScript
+    tracing), as :func:`polytask.data.inputs.hf.trim_padding` tells it."""
+    return bool(torch.compiler.is_exporting() or torch._C._is_tracing())
+
+
+def _reverse_within(lengths: Tensor, t: int) -> Tensor:
+    """``[B, T]`` positions that reverse each sentence within its length: position ``i <
+    n`` reads ``n - 1 - i``; padding positions read themselves (an involution)."""
+    position = torch.arange(t, device=lengths.device).unsqueeze(0)
+    n = lengths.unsqueeze(1)
+    return torch.where(position < n, n - 1 - position, position)
+
+
+def bilstm_padded(lstm: nn.LSTM, x: Tensor, lengths: Tensor) -> Tensor:
+    """A bidirectional, batch-first ``lstm`` over the padded ``x`` (``[B, T, D]``, real words
+    first) without ``pack_padded_sequence``, equal to the packed run at every real word.
+
+    Layer by layer: the forward direction runs on the padded batch (trailing padding comes
+    after every real word, so it never reaches one); the backward direction runs forward on
+    each sentence reversed within its length (a gather by :func:`_reverse_within`, which keeps
+    the padding trailing) and its output is reversed back by the same gather. The two
+    directions are concatenated as ``nn.LSTM`` does, with its dropout between layers. Values
+    at padding positions differ from the packed run's zeros (callers zero them). Each call is
+    a plain unidirectional ``torch.lstm``, which the ONNX exporters write as an ``LSTM`` node
+    with a dynamic sequence length."""
+    if not (lstm.bidirectional and lstm.batch_first) or lstm.proj_size:
+        raise ValueError("bilstm_padded: expected a batch-first bidirectional nn.LSTM")
+    index = _reverse_within(lengths, x.shape[1]).unsqueeze(-1)
+    batch = x.shape[0]
+    for layer in range(lstm.num_layers):
+        outputs = []
+        for suffix in ("", "_reverse"):
+            names = [f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}"]
+            if lstm.bias:
+                names += [f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}"]
+            weights = [getattr(lstm, n) for n in names]
+            source = x if not suffix else x.gather(1, index.expand(-1, -1, x.shape[2]))
+            zeros = x.new_zeros(1, batch, lstm.hidden_size)
+            out = torch.lstm(
+                source, (zeros, zeros), weights, lstm.bias, 1, 0.0, False, False, True
+            )[0]
+            if suffix:
+                out = out.gather(1, index.expand(-1, -1, out.shape[2]))
+            outputs.append(out)
+        x = torch.cat(outputs, dim=-1)
+        if layer < lstm.num_layers - 1 and lstm.dropout > 0:
+            x = F.dropout(x, lstm.dropout, lstm.training)
+    return x
+
+
+def _sinusoid_export(length: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """:func:`_sinusoid` without writes into slices (the exporters trace a dynamic
+    ``length``): the sine and cosine columns interleaved by a stack, the same values."""
+    position = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)
+    rate = torch.exp(
+        torch.arange(0, width, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / width)
+    )
+    angle = position * rate  # [length, ceil(width / 2)]
+    half = width // 2
+    pairs = torch.stack([torch.sin(angle[:, :half]), torch.cos(angle[:, :half])], dim=-1)
+    table = pairs.flatten(1)
+    if width % 2:
+        table = torch.cat([table, torch.sin(angle[:, half:])], dim=1)
+    return table.to(dtype)
 
 
 def _sinusoid(length: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:

@@ -278,16 +278,17 @@ class PretrainedTextEncoder(Encoder):
         pooling: Pooling = "mean",
         attribute: str = "backbone",
         input_hint: str = "hf_tokens",
+        kind: str = "text",
     ) -> None:
         super().__init__()
-        spec.require("text", name)
+        spec.require(kind, name)
         tokenizer = hf_tokenizer(directory)
         if spec.vocab_size != len(tokenizer):
             raise ConfigError(
                 f"config error: model.encoder: encoder {name!r} reads the token ids of its own "
                 f"tokenizer ({len(tokenizer)} ids; the input has {spec.vocab_size}); set "
                 f"data.input.name = {input_hint!r}"
-                + (" with the same path" if input_hint == "hf_tokens" else "")
+                + (" with the same path" if input_hint in ("hf_tokens", "hf_words") else "")
             )
         # Typed Any: a transformers model's submodules (embeddings, encoder.layer) are untyped.
         body: Any = load_hf_encoder(directory)

@@ -131,6 +131,7 @@ class StoredInputSpec(_Stored):
             "audio": [MAX_SAMPLES],
             "text": [MAX_WIDTH],
             "tokens": [MAX_WIDTH],
+            "subwords": [MAX_WIDTH],
             "graph": [],
         }
         limit = limits[self.kind]

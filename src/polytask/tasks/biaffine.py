@@ -126,4 +126,8 @@ class BiaffineScorer(nn.Module):
         flag = is_word.to(arcs.dtype).unsqueeze(-1)
         out = torch.cat([flag, root_labels, dep.flatten(2), head[:, 1:].flatten(2), arcs], dim=-1)
         # Padding rows carry zeros: nothing there is read, and zeros keep outputs comparable.
+        # While exported, always multiplied (the test is a data-dependent branch; times 1 is
+        # exact where every position is a word).
+        if torch.compiler.is_exporting() or torch._C._is_tracing():
+            return out * flag
         return out * flag if not bool(is_word.all()) else out

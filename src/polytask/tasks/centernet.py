@@ -237,3 +237,43 @@ def _classwise_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     shift = boxes.abs().max() + 1
     return nms(boxes + (classes.to(boxes.dtype) * shift).unsqueeze(1), scores, iou_threshold)
+
+
+# -- distillation -----------------------------------------------------------------------------
+#: The Quality Focal Loss exponent on the gap between the soft target and the prediction
+#: (Li et al., "Generalized Focal Loss", NeurIPS 2020: β = 2).
+QFL_BETA = 2.0
+
+
+def quality_focal_terms(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
+    """Li et al.'s Quality Focal Loss per entry, unreduced, of a student's heat-map logits
+    against a teacher's as soft targets: ``-|y - q|^β (y log q' + (1 - y) log(1 - q'))``.
+
+    At temperature 1 it is the paper's loss with ``q = q' = σ(s)`` and ``y = σ(t)``. The focal
+    factor plays the part of CenterNet's ``p^α`` on background cells: the many cells where
+    student and teacher already agree (both near 0) cost almost nothing, so they do not swamp
+    the few peaks, as a plain binary cross-entropy over every cell would (a student at the
+    prior 0.1 against a teacher at 0.001 costs 0.1 a cell with BCE, 0.001 with QFL).
+
+    A temperature ``T`` softens the cross-entropy's targets and predictions
+    (``q' = σ(s / T)``, ``y' = σ(t / T)`` in place of ``y`` there, Hinton et al. 2015) but not
+    the focal factor, which stays on the untempered probabilities: tempered, a background
+    cell's near-zero probabilities rise towards 0.5 and the factor would no longer silence
+    them (at T = 2, a cell of logits -5 against -7 weighs a thousand times more). The student
+    at the teacher's logits costs 0, with a 0 gradient, at any temperature."""
+    gap = (torch.sigmoid(teacher) - torch.sigmoid(student)).abs()
+    t = temperature
+    cross = F.binary_cross_entropy_with_logits(
+        student / t, torch.sigmoid(teacher / t), reduction="none"
+    )
+    return gap**QFL_BETA * cross
+
+
+def peak_cells(logits: Tensor, score_threshold: float) -> Tensor:
+    """``[B, h, w]`` bool: the cells where a heat-map ``[B, C, h, w]`` (logits) has a peak of
+    some class (a cell no lower than its 3x3 neighbourhood, as :func:`decode_detections`
+    finds them) scoring at least ``score_threshold``: the centres of the detections it would
+    report, before top-k and NMS."""
+    heat = torch.sigmoid(logits.float())
+    peaks = (heat == F.max_pool2d(heat, 3, stride=1, padding=1)) & (heat >= score_threshold)
+    return peaks.any(dim=1)

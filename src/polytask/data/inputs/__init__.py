@@ -3,6 +3,7 @@ Importing the package registers every processor in :data:`INPUTS`."""
 
 from polytask.data.inputs import (
     audio,  # noqa: F401  (importing registers the processor)
+    hf_words,  # noqa: F401  (importing registers the processor)
     image,  # noqa: F401  (importing registers the processor)
     multi,  # noqa: F401  (importing registers the processor)
     smiles,  # noqa: F401  (importing registers the processor)

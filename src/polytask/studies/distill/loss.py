@@ -91,8 +91,9 @@ class DistillationLoss:
                 found[name] = loss_denominator(loss, tgt, mask)
                 continue
             with torch.no_grad():
-                d = loss.spec.teacher_units(out, batch.soft[name], self.temperature)
-            counted = _unit_mask(mask, d) if not self.fill_missing else _all_units(loss, out, d)
+                d = _teacher_units(loss, out, batch.soft[name], self.temperature, mask)
+            labelled = _unit_mask(mask, d)
+            counted = labelled if not self.fill_missing else _all_units(loss, out, labelled)
             found[name] = counted.sum().to(torch.float64)
         return found
 
@@ -100,7 +101,7 @@ class DistillationLoss:
         self, loss: TaskLoss, out: Tensor, tgt: Tensor, mask: Tensor, teacher: Tensor, lam: float
     ) -> Tensor | None:
         """One task's mixed loss over a batch, or ``None`` when no unit costs anything."""
-        d = loss.spec.teacher_units(out, teacher, self.temperature)
+        d = _teacher_units(loss, out, teacher, self.temperature, mask)
         labelled = _unit_mask(mask, d)
         # Unlabelled units' label losses are computed but unused; a placeholder target that is
         # not finite would still poison the gradient through torch.where, so it is zeroed.
@@ -110,6 +111,19 @@ class DistillationLoss:
         if not bool(counted.any()):
             return None
         return mixed[counted].mean()
+
+
+def _teacher_units(
+    loss: TaskLoss, out: Tensor, teacher: Tensor, temperature: float, mask: Tensor
+) -> Tensor:
+    """The kind's teacher units, laid out like the label mask when the kind gives one per row
+    (:attr:`polytask.tasks.Kind.teacher_per_row`): the row's teacher loss on its first unit,
+    0 on the others, so a labelled row costs ``λ Σ l + (1 - λ) d`` over its label units."""
+    d = loss.spec.teacher_units(out, teacher, temperature)
+    if not loss.spec.teacher_per_row:
+        return d
+    rest = d.new_zeros(d.shape[0], mask.shape[1] - 1)
+    return torch.cat([d.reshape(-1, 1), rest], dim=1)
 
 
 def _unit_mask(mask: Tensor, units: Tensor) -> Tensor:
@@ -128,8 +142,15 @@ def _unit_mask(mask: Tensor, units: Tensor) -> Tensor:
 
 def _all_units(loss: TaskLoss, out: Tensor, units: Tensor) -> Tensor:
     """Every unit of the batch (``fill_missing``: the teacher teaches unlabelled units too),
-    as a bool tensor of the units' shape; for a token-level kind, every word, not the padding
-    past each sentence's end (its outputs are exact zeros there)."""
+    as a bool tensor of the shape of ``units`` (the labelled units' mask); for a token-level
+    kind, every word, not the padding past each sentence's end (its outputs are exact zeros
+    there)."""
     if loss.spec.token_level:
         return (out != 0).flatten(2).any(dim=-1)[:, : units.shape[1]]
+    if loss.spec.teacher_per_row:
+        # ``units`` is the labelled units' mask: those, and every row's first unit (its
+        # teacher loss); not the padding slots of the labels (an image's absent boxes).
+        every = units.clone()
+        every[:, 0] = True
+        return every
     return torch.ones(units.shape, dtype=torch.bool, device=units.device)

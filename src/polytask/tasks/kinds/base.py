@@ -145,6 +145,11 @@ class Kind:
     #: A teacher's outputs of the kind can teach a student (:meth:`teacher_units`); a kind
     #: that sets False refuses in :meth:`teacher_mismatch` with the reason.
     distillable: ClassVar[bool] = True
+    #: :meth:`teacher_units` gives one unit per row (``[B, 1]``) while the label mask has
+    #: finer units that a teacher's output does not give one by one (detection: an image's
+    #: header slot and its boxes' slots); the distillation loss carries a row's teacher loss
+    #: on its first label unit.
+    teacher_per_row: ClassVar[bool] = False
 
     @property
     def metrics(self) -> tuple[str, ...]:

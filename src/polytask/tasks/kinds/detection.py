@@ -25,6 +25,14 @@ focal loss at its centre, its ``x1``/``y1`` slots the L1 error of the centre off
 paper divides the same sum by the number of objects; here the divisor is the number of valid
 units (1 per image plus 5 per box), a constant factor of about 5-6 for the MNIST benchmark's
 1-5 digits per image.
+
+Distillation. One teacher unit per image (:meth:`Detection.teacher_units`: the teacher's
+heat-map as soft targets under a Quality Focal Loss, and its detections' offsets and sizes as
+regression targets), carried by the image's slot 0 (``teacher_per_row``): a labelled image
+costs ``λ`` times its label units plus ``1 - λ`` times its teacher unit, an image without boxes
+one unit, an unlabelled one its teacher unit alone (with ``fill_missing``).
+
+Export. :mod:`polytask.export.detection` builds the same decoding as ONNX nodes.
 """
 
 from __future__ import annotations
@@ -55,8 +63,17 @@ from polytask.tasks.centernet import (
     decode_detections,
     focal_terms,
     heatmap_targets,
+    peak_cells,
+    quality_focal_terms,
 )
-from polytask.tasks.kinds.base import Kind, LoadArrays, LossState, MetricFactory, TaskLike
+from polytask.tasks.kinds.base import (
+    Kind,
+    LoadArrays,
+    LossState,
+    MetricFactory,
+    TaskLike,
+    classes_mismatch,
+)
 
 if TYPE_CHECKING:
     from torchmetrics import Metric
@@ -69,8 +86,10 @@ BOX = 5
 #: score threshold, so that the precision-recall curve reaches low-confidence detections.
 METRIC_TOP_K = 100
 METRIC_SCORE_THRESHOLD = 0.05
-#: Predictions ``polytask predict`` writes: the detections CenterNet's demo shows.
+#: Predictions ``polytask predict`` writes: the detections CenterNet's demo shows, at most
+#: COCO's 100 per image (the ONNX export's fixed number, :mod:`polytask.export.detection`).
 PREDICT_SCORE_THRESHOLD = 0.3
+PREDICT_TOP_K = 100
 #: Class-wise IoU above which the lower-scored of two boxes of one class is dropped.
 NMS_IOU = 0.5
 #: Logit magnitude of a confident heat-map cell in :meth:`Detection.perfect_output`.
@@ -95,10 +114,10 @@ class Detection(Kind):
         "map_50": _map_factory("map_50"),
     }
     accepts_classes = True
-    #: The distillation loss compares a teacher's and a student's units of the label mask's
-    #: shape; a detection row's units are its boxes, which a teacher's heat-map does not
-    #: give one by one.
-    distillable = False
+    #: A row's label units are its header and its boxes, which a teacher's heat-map does not
+    #: give one by one: the teacher loss is one per image (:meth:`teacher_units`), carried
+    #: by the image's header unit.
+    teacher_per_row = True
 
     def check_classes(self, task: TaskLike, classes: list[str], where: str) -> None:
         """Any distinct labels (digits, names)."""
@@ -314,6 +333,7 @@ class Detection(Kind):
         found = decode_detections(
             output.nan_to_num(),
             len(classes),
+            top_k=PREDICT_TOP_K,
             score_threshold=PREDICT_SCORE_THRESHOLD,
             iou_threshold=NMS_IOU,
         )
@@ -331,7 +351,48 @@ class Detection(Kind):
 
     # -- distillation --------------------------------------------------------------------
     def teacher_mismatch(self, student: TaskLike, teacher: TaskLike) -> str | None:
-        return "is a detection task, which cannot be distilled yet (leave it out of distill.tasks)"
+        """The teacher's heat-map channels must be the student's classes, in order."""
+        return classes_mismatch(student, teacher)
+
+    def teacher_units(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """One teacher loss per image ``[B, 1]``: the teacher's heat-map as soft targets at
+        every cell and class, and its detections' offsets and sizes as regression targets.
+
+        * Heat-map: Li et al.'s Quality Focal Loss (:func:`~polytask.tasks.centernet.\
+          quality_focal_terms`) of the student's heat-map against the teacher's as soft
+          targets, its cross-entropy on the tempered probabilities ``σ(s / T)`` and
+          ``σ(t / T)`` and scaled by ``T²`` (as the other kinds' tempered divergences,
+          Hinton et al. 2015), its focal factor on the untempered ones; summed over the
+          cells and classes. A temperature above 1 softens the teacher's peaks and lifts its
+          near-misses (a second class, a neighbouring cell) that the labels' Gaussian splats
+          do not hold.
+        * Regression at the teacher's detections: at every cell where the teacher's heat-map
+          has a peak scoring at least the prediction threshold
+          (:data:`PREDICT_SCORE_THRESHOLD`, the boxes ``polytask predict`` would report),
+          the L1 distance of the student's offset (weight 1) and size (weight
+          :data:`~polytask.tasks.centernet.SIZE_WEIGHT`) to the teacher's: the labels' box
+          loss with the teacher's boxes. Elsewhere the teacher's regression channels are
+          untrained and teach nothing.
+
+        Summed over the image as the label loss sums its background cells into one header
+        unit. An image without objects (a teacher without a peak above the threshold) costs
+        its heat-map term only: it teaches the student where there is nothing."""
+        if student.shape[1:] != teacher.shape[1:]:
+            raise DataError(
+                f"distill: a detection teacher's outputs {list(teacher.shape[1:])} (classes + "
+                f"4, heat-map rows, columns) differ from the student's {list(student.shape[1:])}"
+                "; teacher and student must read images of one size"
+            )
+        t = temperature
+        n_classes = student.shape[1] - 4
+        s, p = student.float(), teacher.float()
+        heat = quality_focal_terms(s[:, :n_classes], p[:, :n_classes], t)
+        heat = heat.flatten(1).sum(dim=1) * t * t
+        found = peak_cells(p[:, :n_classes], PREDICT_SCORE_THRESHOLD)  # [B, h, w]
+        weights = s.new_tensor([1.0, 1.0, SIZE_WEIGHT, SIZE_WEIGHT]).view(1, 4, 1, 1)
+        gap = ((s[:, n_classes:] - p[:, n_classes:]).abs() * weights).sum(dim=1)
+        regression = torch.where(found, gap, torch.zeros_like(gap)).flatten(1).sum(dim=1)
+        return (heat + regression).unsqueeze(1)
 
 
 def parse_boxes(series: pd.Series, where: str) -> list[list[Box] | None]:

@@ -374,12 +374,18 @@ def render_steps(steps: list[dict[str, Any]], settings: dict[str, Any]) -> list[
         'shared machine it leaves out the time other processes held the core. "polytask '
         "equal\" is forward, the masked losses, `equal`'s backward and AdamW; the Trainer step "
         "adds what every step of a run does besides (gradient clipping at the default 1.0, the "
-        "finiteness check, the epoch's running sums). What still grows with K is mostly per "
-        "parameter, not per task: each head keeps its own weight and bias (state-dict names "
-        "unchanged), so K = 100 linear heads are 200 more tensors for AdamW, `zero_grad`, "
-        "gradient accumulation and clipping, where the hand-written net has one. With tower "
-        "heads the towers' arithmetic itself grows: K × 64 hidden units read the 512-wide "
-        "representation, 6.4 times the trunk's last layer at K = 100, so no step can stay flat "
+        "finiteness check, the epoch's running sums). Each head keeps its own weight and bias "
+        "(state-dict names unchanged), so K = 100 linear heads are 200 more parameter tensors "
+        "than the hand-written net's one output layer. Their per-tensor costs that no longer "
+        "grow with K: the optimiser's bookkeeping (`polytask.train.optimizer.StepFusedAdamW`: "
+        "torch's fused AdamW kernel, its lists and step counters kept between steps) and the "
+        "batched heads' weight gathering (a native `cat`, no K-input autograd function). What "
+        "still does: one gradient accumulation per parameter tensor in the backward pass, the "
+        "per-task squeeze of the outputs and, in the Trainer step, gradient clipping's norm "
+        "and scaling of each tensor (torch's foreach kernels loop per tensor on the CPU). With "
+        "tower heads the towers' arithmetic itself grows: K × 64 hidden units read the "
+        "512-wide representation, 6.4 times the trunk's last layer at K = 100, so no step can "
+        "stay flat "
         "(the hand-written fused towers are the floor).",
         "",
     ]

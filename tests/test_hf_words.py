@@ -6,7 +6,6 @@ parser trained end to end on a generated treebank; save/load; one-line errors.""
 
 from __future__ import annotations
 
-import random
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 
 import polytask
 from conftest import save_tiny_bert
+from generated_treebank import write_conllu
 from polytask.config import config_from_dict
 from polytask.data.conllu import read_conllu
 from polytask.data.inputs.base import build_input, input_from_dict
@@ -224,45 +224,6 @@ def test_bad_inputs_are_one_line_errors_naming_the_column_or_key(
 
 
 # -- end to end: a tagger and a parser on a generated treebank --------------------------------
-LEXICON = {
-    "DET": ["the", "a", "every", "this"],
-    "NOUN": ["cat", "dog", "man", "park", "ball", "girl", "tree", "car"],
-    "VERB": ["sees", "likes", "kicks", "finds"],
-    "ADJ": ["big", "red", "old", "small"],
-}
-
-
-def _sentence(rng: random.Random) -> list[tuple[str, str]]:
-    """DET (ADJ) NOUN VERB DET (ADJ) NOUN (NUM) . with the ambiguous two-piece "walks" (a
-    NOUN after a determiner, a VERB after a noun) and numbers in digit pieces."""
-
-    def noun_phrase() -> list[tuple[str, str]]:
-        words = [(rng.choice(LEXICON["DET"]), "DET")]
-        if rng.random() < 0.4:
-            words.append((rng.choice(LEXICON["ADJ"]), "ADJ"))
-        noun = "walks" if rng.random() < 0.2 else rng.choice(LEXICON["NOUN"])
-        return [*words, (noun, "NOUN")]
-
-    verb = "walks" if rng.random() < 0.3 else rng.choice(LEXICON["VERB"])
-    words = [*noun_phrase(), (verb, "VERB"), *noun_phrase()]
-    if rng.random() < 0.3:
-        words.append((str(rng.randint(10, 999)), "NUM"))
-    return [*words, (".", "PUNCT")]
-
-
-def _write_conllu(path: Path, n: int, seed: int) -> None:
-    rng = random.Random(seed)
-    lines: list[str] = []
-    for s in range(n):
-        words = _sentence(rng)
-        verb = next(i for i, (_, tag) in enumerate(words) if tag == "VERB") + 1
-        lines += [f"# sent_id = s{seed}-{s}"]
-        for i, (word, tag) in enumerate(words, start=1):
-            head = 0 if i == verb else verb
-            rel = "root" if i == verb else "dep"
-            lines.append(f"{i}\t{word}\t{word}\t{tag}\t_\t_\t{head}\t{rel}\t_\t_")
-        lines.append("")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +232,7 @@ def tagger_run(
 ) -> tuple[Path, polytask.RunResult]:
     folder = tmp_path_factory.mktemp("hf_tagger")
     for name, n, seed in (("train", 160, 0), ("dev", 40, 1), ("test", 60, 2)):
-        _write_conllu(folder / f"{name}.conllu", n, seed)
+        write_conllu(folder / f"{name}.conllu", n, seed, max_number=999, text=False)
     raw = {
         "seed": 0,
         "baselines": False,

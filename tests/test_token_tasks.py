@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 
 import polytask
 from conftest import run_cli
+from generated_treebank import write_conllu
 from polytask.config import config_from_dict
 from polytask.data.conllu import read_conllu
 from polytask.data.inputs.base import build_input, input_from_dict
@@ -330,46 +330,6 @@ def test_the_loss_reads_targets_longer_than_the_trimmed_output() -> None:
 
 
 # -- end to end: a generated treebank ---------------------------------------------------------
-LEXICON = {
-    "DET": ["the", "a", "every", "this"],
-    "NOUN": ["cat", "dog", "man", "park", "ball", "girl", "tree", "car"],
-    "VERB": ["sees", "likes", "kicks", "finds"],
-    "ADJ": ["big", "red", "old", "small"],
-}
-
-
-def _sentence(rng: random.Random) -> list[tuple[str, str]]:
-    """DET (ADJ) NOUN VERB DET (ADJ) NOUN (NUM) . with the ambiguous "walks": a NOUN after a
-    determiner, a VERB after a noun (so a tagger needs the context), and numbers written
-    with digits that no vocabulary holds (so it needs the characters)."""
-
-    def noun_phrase() -> list[tuple[str, str]]:
-        words = [(rng.choice(LEXICON["DET"]), "DET")]
-        if rng.random() < 0.4:
-            words.append((rng.choice(LEXICON["ADJ"]), "ADJ"))
-        noun = "walks" if rng.random() < 0.2 else rng.choice(LEXICON["NOUN"])
-        return [*words, (noun, "NOUN")]
-
-    verb = "walks" if rng.random() < 0.3 else rng.choice(LEXICON["VERB"])
-    words = [*noun_phrase(), (verb, "VERB"), *noun_phrase()]
-    if rng.random() < 0.3:
-        words.append((str(rng.randint(10, 99999)), "NUM"))
-    return [*words, (".", "PUNCT")]
-
-
-def _write_conllu(path: Path, n: int, seed: int) -> None:
-    rng = random.Random(seed)
-    lines: list[str] = []
-    for s in range(n):
-        words = _sentence(rng)
-        verb = next(i for i, (_, tag) in enumerate(words) if tag == "VERB") + 1
-        lines += [f"# sent_id = s{seed}-{s}", f"# text = {' '.join(w for w, _ in words)}"]
-        for i, (word, tag) in enumerate(words, start=1):
-            head = 0 if i == verb else verb
-            rel = "root" if i == verb else "dep"
-            lines.append(f"{i}\t{word}\t{word}\t{tag}\t_\t_\t{head}\t{rel}\t_\t_")
-        lines.append("")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _tagger_config(folder: Path, **extra: object) -> dict[str, object]:
@@ -393,7 +353,7 @@ def _tagger_config(folder: Path, **extra: object) -> dict[str, object]:
 def tagger_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, polytask.RunResult]:
     folder = tmp_path_factory.mktemp("tagger")
     for name, n, seed in (("train", 240, 0), ("dev", 60, 1), ("test", 80, 2)):
-        _write_conllu(folder / f"{name}.conllu", n, seed)
+        write_conllu(folder / f"{name}.conllu", n, seed)
     cfg = config_from_dict(_tagger_config(folder), base_dir=folder)
     result = polytask.run(cfg, out=folder / "run", quiet=True)
     return folder, result
